@@ -1,0 +1,270 @@
+//! Typed facts that layers pass to each other through `http::Extensions`.
+//!
+//! Each fact is inserted once, by the layer named in its docs, and only read afterwards. A
+//! layer that finds a fact missing refuses the request with a precise [`RejectionKind`].
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// The header that names why the gateway refused a request, as a stable token.
+pub const DENIED_HEADER: &str = "x-egress-denied";
+/// The header that names which upstream failure the gateway reports (502/503/504).
+pub const ERROR_HEADER: &str = "x-egress-error";
+
+/// The scheme a destination is reached with.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTP over TLS.
+    Https,
+}
+
+impl Scheme {
+    /// The port used when a request names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Http => 80,
+            Scheme::Https => 443,
+        }
+    }
+
+    /// The scheme as written in a URI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// How the client addressed the gateway.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum RequestForm {
+    /// `GET http://host/path` (forward proxy, `curl -x`).
+    Absolute,
+    /// `GET /path` with `Host:` (egress gateway behind sidecars, or h2 `:authority`).
+    Origin,
+    /// `CONNECT host:port` (tunnel, `HTTPS_PROXY`).
+    Connect,
+}
+
+/// The host part of a destination, normalised.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// A DNS name: lower-case, no trailing dot, validated label by label.
+    Name(Arc<str>),
+    /// An IP literal (IPv4 in strict dotted-quad form, or a bracketed IPv6 address).
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Ip(IpAddr::V4(ip)) => write!(f, "{ip}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+        }
+    }
+}
+
+/// Where an egress request is going, normalised once at the edge.
+///
+/// - Inserted by: [`DestinationLayer`](crate::destination::DestinationLayer).
+/// - Read by: the registry check, authorization, routing, the transport. The transport dials
+///   exactly this host and port and writes exactly [`Destination::host_header`] upstream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Destination {
+    host: Host,
+    port: u16,
+    scheme: Scheme,
+    form: RequestForm,
+    host_header: HeaderValue,
+}
+
+impl Destination {
+    /// Builds a destination from parts that are already normalised.
+    pub fn new(host: Host, port: u16, scheme: Scheme, form: RequestForm) -> Self {
+        let host_header = if port == scheme.default_port() && form != RequestForm::Connect {
+            host.to_string()
+        } else {
+            format!("{host}:{port}")
+        };
+        // `Host` is built only from validated characters, so this cannot fail; fall back to
+        // an empty value rather than panicking.
+        let host_header =
+            HeaderValue::from_str(&host_header).unwrap_or(HeaderValue::from_static(""));
+        Self {
+            host,
+            port,
+            scheme,
+            form,
+            host_header,
+        }
+    }
+
+    /// The normalised host.
+    pub fn host(&self) -> &Host {
+        &self.host
+    }
+
+    /// The DNS name, if the host is not an IP literal.
+    pub fn name(&self) -> Option<&str> {
+        match &self.host {
+            Host::Name(n) => Some(n),
+            Host::Ip(_) => None,
+        }
+    }
+
+    /// The IP literal, if the host is one.
+    pub fn ip(&self) -> Option<IpAddr> {
+        match self.host {
+            Host::Ip(ip) => Some(ip),
+            Host::Name(_) => None,
+        }
+    }
+
+    /// The port, with the scheme's default filled in.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The scheme the client asked for.
+    pub fn scheme(&self) -> Scheme {
+        self.scheme
+    }
+
+    /// How the client addressed the gateway.
+    pub fn form(&self) -> RequestForm {
+        self.form
+    }
+
+    /// The `Host` header written upstream: the host, and the port when it is not the default.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// How the transport finds the addresses of a destination.
+///
+/// - Inserted by: the registry check (from the matching `ServiceEntry`).
+/// - Read by: the transport. Without a plan the transport resolves the destination's own name
+///   (or dials its IP literal) on its own port, and trusts no internal address.
+#[derive(Clone, Debug, Default)]
+pub struct UpstreamPlan {
+    /// Where to send the request; empty means "the destination itself".
+    pub targets: Arc<[Target]>,
+    /// The port to dial when a target names none (a `targetPort`, or the destination's port).
+    pub port: Option<u16>,
+    /// Networks the registry declares for this service (`ServiceEntry.addresses`): addresses in
+    /// them are dialled even when they are internal.
+    pub trusted_nets: Arc<[ipnet::IpNet]>,
+    /// A label for logs: `namespace/name` of the `ServiceEntry`.
+    pub service: Option<Arc<str>>,
+}
+
+/// One upstream target of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A fixed address (`STATIC` endpoints). Declared by the operator, hence trusted even when
+    /// internal.
+    Addr(SocketAddr),
+    /// A name to resolve (`DNS` endpoints), on this port (or the plan's port).
+    Name(Arc<str>, Option<u16>),
+}
+
+/// Marks a request let through under `ALLOW_ANY` without a matching registry entry.
+///
+/// - Inserted by: the registry check. - Read by: telemetry (Istio's `PassthroughCluster`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Passthrough;
+
+/// Why a layer answered instead of forwarding.
+///
+/// - Inserted by: the refusing layer, into the *response* extensions.
+/// - Read by: telemetry, tests.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    kind: RejectionKind,
+}
+
+/// The stable reasons for a refusal; [`RejectionKind::token`] is the `x-egress-denied` value.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RejectionKind {
+    /// The request is ambiguous or malformed (400).
+    Malformed,
+    /// A layer found no [`Destination`] in the request (a stack assembled in the wrong order).
+    MissingDestination,
+    /// `REGISTRY_ONLY` and the destination is not registered.
+    NotInRegistry,
+    /// A `CONNECT` to a registered port whose protocol does not allow opaque tunnels.
+    TunnelNotAllowed,
+    /// The destination resolves to an internal address that is not declared (SSRF guard).
+    IpDenied,
+    /// The request would loop back into the gateway.
+    LoopDetected,
+    /// The scheme or request form is not supported.
+    Unsupported,
+}
+
+impl RejectionKind {
+    /// The stable token sent in `x-egress-denied`.
+    pub fn token(self) -> &'static str {
+        match self {
+            RejectionKind::Malformed => "malformed",
+            RejectionKind::MissingDestination => "missing-destination",
+            RejectionKind::NotInRegistry => "registry-only",
+            RejectionKind::TunnelNotAllowed => "tunnel-not-allowed",
+            RejectionKind::IpDenied => "ip-denied",
+            RejectionKind::LoopDetected => "loop-detected",
+            RejectionKind::Unsupported => "unsupported",
+        }
+    }
+}
+
+impl Rejection {
+    /// A rejection of this kind.
+    pub fn new(kind: RejectionKind) -> Self {
+        Self { kind }
+    }
+
+    /// Its kind.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// Builds the refusal response: status, plain-text body, `x-egress-denied`, this fact in
+    /// the extensions, and `Connection: close` when `close` (ambiguous input, failed CONNECT).
+    /// Every refusal goes through here, so every refusal is also logged.
+    pub fn respond<B: From<Bytes>>(
+        self,
+        status: StatusCode,
+        close: bool,
+        why: String,
+    ) -> Response<B> {
+        tracing::info!(reason = self.kind.token(), %status, why = why.trim_end(), "request refused");
+        let mut rsp = Response::new(B::from(Bytes::from(why)));
+        *rsp.status_mut() = status;
+        let headers = rsp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        headers.insert(DENIED_HEADER, HeaderValue::from_static(self.kind.token()));
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        rsp.extensions_mut().insert(self);
+        rsp
+    }
+}

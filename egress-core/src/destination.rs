@@ -1,0 +1,378 @@
+//! `DestinationLayer`: the one parser of where a request is going.
+//!
+//! It reads the absolute-form URI (forward proxy), the `Host` header or HTTP/2 `:authority`
+//! (egress gateway behind sidecars) and the `CONNECT` authority, normalises them once, and
+//! inserts a [`Destination`] that every later layer and the transport use as is. Anything two
+//! parsers could read differently is refused with **400**, `x-egress-denied: malformed` and
+//! `Connection: close`: several or comma-joined `Host` headers, a `Host` that disagrees with
+//! the URI, userinfo, odd ports, numeric hosts that are not dotted quads.
+//!
+//! - Reads: the request line and `Host`. Inserts: [`Destination`].
+//! - Refuses: [`RejectionKind::Malformed`] (400), [`RejectionKind::Unsupported`] (400).
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, Version, header};
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+use crate::ctx::{Destination, Host, Rejection, RejectionKind, RequestForm, Scheme};
+use crate::host::{HostError, parse_authority};
+use crate::respond::RefuseOr;
+
+/// Why no destination could be taken from a request.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    /// More than one `Host` header.
+    #[error("more than one Host header")]
+    DuplicateHost,
+    /// A `Host` header that holds several values.
+    #[error("comma-joined Host header")]
+    CommaHost,
+    /// A `Host` header with bytes that are not visible ASCII.
+    #[error("Host header is not visible ASCII")]
+    HostNotAscii,
+    /// HTTP/1.1 without `Host` (RFC 9112 section 3.2), or no destination at all.
+    #[error("missing Host header")]
+    MissingHost,
+    /// The `Host` header names another destination than the request target.
+    #[error("Host header {host:?} disagrees with the request target {target:?}")]
+    HostMismatch {
+        /// The `Host` header.
+        host: String,
+        /// The authority of the request target.
+        target: String,
+    },
+    /// The authority or `Host` is invalid.
+    #[error("invalid {what} {value:?}: {error}")]
+    BadAuthority {
+        /// `request target` or `Host header`.
+        what: &'static str,
+        /// The offending text.
+        value: String,
+        /// What is wrong with it.
+        error: HostError,
+    },
+    /// A scheme other than `http` or `https`.
+    #[error("unsupported scheme {0:?} (only http and https)")]
+    UnsupportedScheme(String),
+    /// `OPTIONS *` and other asterisk-form requests have no destination to check.
+    #[error("asterisk-form requests are not proxied")]
+    AsteriskForm,
+    /// `CONNECT` whose target is not `host:port`.
+    #[error("CONNECT needs a host:port target")]
+    BadConnect,
+}
+
+/// Takes the destination from a request; see the module docs for the rules.
+pub fn destination_of<B>(req: &Request<B>) -> Result<Destination, DestinationError> {
+    let host_header = single_host(req)?;
+    let uri = req.uri();
+    if req.method() == Method::CONNECT {
+        let target = uri.authority().ok_or(DestinationError::BadConnect)?;
+        if uri.scheme().is_some() {
+            return Err(DestinationError::BadConnect);
+        }
+        let (host, port) = parse(target.as_str(), "request target")?;
+        let port = port.ok_or(DestinationError::BadAuthority {
+            what: "request target",
+            value: target.as_str().to_owned(),
+            error: HostError::MissingPort,
+        })?;
+        if let Some(h) = host_header {
+            let (hh, hp) = parse(h, "Host header")?;
+            if hh != host || hp.is_some_and(|p| p != port) {
+                return Err(mismatch(h, target.as_str()));
+            }
+        }
+        return Ok(Destination::new(
+            host,
+            port,
+            Scheme::Https,
+            RequestForm::Connect,
+        ));
+    }
+    if let Some(target) = uri.authority() {
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::Http,
+            Some("https") => Scheme::Https,
+            Some(other) => return Err(DestinationError::UnsupportedScheme(other.to_owned())),
+            None => return Err(DestinationError::BadConnect),
+        };
+        let (host, port) = parse(target.as_str(), "request target")?;
+        let port = port.unwrap_or(scheme.default_port());
+        match host_header {
+            Some(h) => {
+                let (hh, hp) = parse(h, "Host header")?;
+                if hh != host || hp.unwrap_or(scheme.default_port()) != port {
+                    return Err(mismatch(h, target.as_str()));
+                }
+            }
+            None if req.version() == Version::HTTP_11 => return Err(DestinationError::MissingHost),
+            None => {}
+        }
+        let form = if req.version() >= Version::HTTP_2 {
+            RequestForm::Origin
+        } else {
+            RequestForm::Absolute
+        };
+        return Ok(Destination::new(host, port, scheme, form));
+    }
+    if uri.path() == "*" {
+        return Err(DestinationError::AsteriskForm);
+    }
+    let h = host_header.ok_or(DestinationError::MissingHost)?;
+    let (host, port) = parse(h, "Host header")?;
+    Ok(Destination::new(
+        host,
+        port.unwrap_or(80),
+        Scheme::Http,
+        RequestForm::Origin,
+    ))
+}
+
+fn single_host<B>(req: &Request<B>) -> Result<Option<&str>, DestinationError> {
+    let mut all = req.headers().get_all(header::HOST).iter();
+    let Some(value) = all.next() else {
+        return Ok(None);
+    };
+    if all.next().is_some() {
+        return Err(DestinationError::DuplicateHost);
+    }
+    let value = value.to_str().map_err(|_| DestinationError::HostNotAscii)?;
+    if value.contains(',') {
+        return Err(DestinationError::CommaHost);
+    }
+    Ok(Some(value))
+}
+
+fn parse(value: &str, what: &'static str) -> Result<(Host, Option<u16>), DestinationError> {
+    parse_authority(value).map_err(|error| DestinationError::BadAuthority {
+        what,
+        value: value.to_owned(),
+        error,
+    })
+}
+
+fn mismatch(host: &str, target: &str) -> DestinationError {
+    DestinationError::HostMismatch {
+        host: host.to_owned(),
+        target: target.to_owned(),
+    }
+}
+
+/// Inserts the request's [`Destination`], or answers 400 and closes the connection.
+#[derive(Clone, Debug, Default)]
+pub struct DestinationLayer(());
+
+impl DestinationLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self(())
+    }
+}
+
+impl<S> Layer<S> for DestinationLayer {
+    type Service = ExtractDestination<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ExtractDestination { inner }
+    }
+}
+
+/// The service of [`DestinationLayer`].
+#[derive(Clone, Debug)]
+pub struct ExtractDestination<S> {
+    inner: S,
+}
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for ExtractDestination<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    RspB: From<Bytes>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RefuseOr<S::Future, S::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        match destination_of(&req) {
+            Ok(dst) => {
+                req.extensions_mut().insert(dst);
+                RefuseOr::inner(self.inner.call(req))
+            }
+            Err(error) => {
+                let kind = match error {
+                    DestinationError::UnsupportedScheme(_) | DestinationError::AsteriskForm => {
+                        RejectionKind::Unsupported
+                    }
+                    _ => RejectionKind::Malformed,
+                };
+                let why = format!("egress: malformed request: {error}\n");
+                RefuseOr::refused(Rejection::new(kind).respond(StatusCode::BAD_REQUEST, true, why))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, uri: &str, version: Version, hosts: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method(method).uri(uri).version(version);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap()
+    }
+
+    fn ok(r: Request<()>) -> (String, RequestForm, Scheme, String) {
+        let d = destination_of(&r).unwrap();
+        (
+            d.to_string(),
+            d.form(),
+            d.scheme(),
+            d.host_header().to_str().unwrap().to_owned(),
+        )
+    }
+
+    #[test]
+    fn forms() {
+        use RequestForm::*;
+        let v11 = Version::HTTP_11;
+        assert_eq!(
+            ok(req("GET", "http://Example.com/x", v11, &["example.com"])),
+            (
+                "example.com:80".into(),
+                Absolute,
+                Scheme::Http,
+                "example.com".into()
+            )
+        );
+        assert_eq!(
+            ok(req(
+                "GET",
+                "http://example.com:8080/x",
+                v11,
+                &["example.com:8080"]
+            )),
+            (
+                "example.com:8080".into(),
+                Absolute,
+                Scheme::Http,
+                "example.com:8080".into()
+            )
+        );
+        assert_eq!(
+            ok(req("GET", "/x", v11, &["api.example.com."])),
+            (
+                "api.example.com:80".into(),
+                Origin,
+                Scheme::Http,
+                "api.example.com".into()
+            )
+        );
+        assert_eq!(
+            ok(req("CONNECT", "example.com:443", v11, &["example.com:443"])),
+            (
+                "example.com:443".into(),
+                Connect,
+                Scheme::Https,
+                "example.com:443".into()
+            )
+        );
+        assert_eq!(
+            ok(req("GET", "https://[::1]/", Version::HTTP_2, &[])),
+            ("[::1]:443".into(), Origin, Scheme::Https, "[::1]".into())
+        );
+        // HTTP/1.0 may omit Host in absolute form.
+        assert_eq!(
+            ok(req("GET", "http://example.com/", Version::HTTP_10, &[])).0,
+            "example.com:80"
+        );
+        // Host with the default port spelled out agrees with a target without it.
+        assert_eq!(
+            ok(req("GET", "http://example.com/", v11, &["example.com:80"])).0,
+            "example.com:80"
+        );
+    }
+
+    #[test]
+    fn ambiguity_is_refused() {
+        let v11 = Version::HTTP_11;
+        let cases: Vec<(Request<()>, &str)> = vec![
+            (
+                req("GET", "/", v11, &["a.com", "b.com"]),
+                "more than one Host",
+            ),
+            (req("GET", "/", v11, &["a.com, b.com"]), "comma-joined"),
+            (req("GET", "/", v11, &[]), "missing Host"),
+            (req("GET", "http://a.com/", v11, &[]), "missing Host"),
+            (req("GET", "http://a.com/", v11, &["b.com"]), "disagrees"),
+            (req("GET", "http://a.com:81/", v11, &["a.com"]), "disagrees"),
+            (req("GET", "http://u:p@a.com/", v11, &["a.com"]), "userinfo"),
+            (req("GET", "/", v11, &["2130706433"]), "ambiguous numeric"),
+            (req("GET", "/", v11, &["0x7f.1"]), "ambiguous numeric"),
+            (req("GET", "/", v11, &["0177.0.0.1"]), "ambiguous numeric"),
+            (req("GET", "/", v11, &["a.com:0"]), "invalid port"),
+            (req("GET", "/", v11, &["a.com:08"]), "invalid port"),
+            (
+                req("GET", "ftp://a.com/", v11, &["a.com"]),
+                "unsupported scheme",
+            ),
+            (
+                req("CONNECT", "a.com:443", v11, &["b.com:443"]),
+                "disagrees",
+            ),
+            (
+                req("CONNECT", "a.com:443", v11, &["a.com:444"]),
+                "disagrees",
+            ),
+            (req("OPTIONS", "*", v11, &["a.com"]), "asterisk"),
+        ];
+        for (r, want) in cases {
+            let uri = r.uri().clone();
+            let err = destination_of(&r).unwrap_err().to_string();
+            assert!(err.contains(want), "{uri}: {err} should contain {want:?}");
+        }
+        let mut r = req("GET", "/", v11, &[]);
+        r.headers_mut().insert(
+            header::HOST,
+            http::HeaderValue::from_bytes(b"a\xffb").unwrap(),
+        );
+        assert_eq!(destination_of(&r), Err(DestinationError::HostNotAscii));
+    }
+
+    #[tokio::test]
+    async fn layer_inserts_or_refuses() {
+        use tower::{ServiceExt, service_fn};
+        let svc = DestinationLayer::new().layer(service_fn(|r: Request<()>| async move {
+            let d = r.extensions().get::<Destination>().cloned();
+            Ok::<_, std::convert::Infallible>(Response::new(Bytes::from(
+                d.map(|d| d.to_string()).unwrap_or_default(),
+            )))
+        }));
+        let rsp = svc
+            .clone()
+            .oneshot(req("GET", "/", Version::HTTP_11, &["X.org"]))
+            .await
+            .unwrap();
+        assert_eq!(rsp.into_body(), Bytes::from("x.org:80"));
+        let rsp = svc
+            .oneshot(req("GET", "/", Version::HTTP_11, &["a.com", "b.com"]))
+            .await
+            .unwrap();
+        assert_eq!(rsp.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(rsp.headers()[crate::ctx::DENIED_HEADER], "malformed");
+        assert_eq!(rsp.headers()[header::CONNECTION], "close");
+        assert_eq!(
+            rsp.extensions().get::<Rejection>().map(Rejection::kind),
+            Some(RejectionKind::Malformed)
+        );
+    }
+}

@@ -1,0 +1,366 @@
+//! Resolve once, classify every address, dial only what passed.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+use crate::ctx::{Destination, Host, Target, UpstreamPlan};
+use crate::error::{UpstreamError, UpstreamErrorKind};
+use crate::ip::classify;
+use crate::transport::{Overrides, Resolve, SystemResolver};
+
+/// Settings of a [`Dialer`].
+#[derive(Clone, Debug)]
+pub struct DialerConfig {
+    dns_timeout: Duration,
+    connect_timeout: Duration,
+    overrides: Overrides,
+    listeners: Vec<SocketAddr>,
+}
+
+impl Default for DialerConfig {
+    fn default() -> Self {
+        Self {
+            dns_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            overrides: Overrides::default(),
+            listeners: Vec::new(),
+        }
+    }
+}
+
+impl DialerConfig {
+    /// How long a name may take to resolve (default 5 s).
+    pub fn with_dns_timeout(mut self, t: Duration) -> Self {
+        self.dns_timeout = t;
+        self
+    }
+
+    /// How long a TCP connection may take (default 10 s).
+    pub fn with_connect_timeout(mut self, t: Duration) -> Self {
+        self.connect_timeout = t;
+        self
+    }
+
+    /// Fixed answers (`--resolve`) that win over endpoints and DNS.
+    pub fn with_overrides(mut self, overrides: Overrides) -> Self {
+        self.overrides = overrides;
+        self
+    }
+
+    /// The gateway's own listening addresses: never a destination.
+    pub fn with_listeners(mut self, listeners: Vec<SocketAddr>) -> Self {
+        self.listeners = listeners;
+        self
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// The overrides.
+    pub fn overrides(&self) -> &Overrides {
+        &self.overrides
+    }
+}
+
+/// Finds the addresses of a destination: overrides, then the registry's plan, then DNS.
+pub struct Dialer {
+    config: DialerConfig,
+    resolver: Arc<dyn Resolve>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for Dialer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dialer")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an address came from, which decides whether an internal one may be dialled.
+#[derive(Copy, Clone, PartialEq, Eq)]
+enum Origin {
+    /// `--resolve`, a STATIC endpoint, or inside `ServiceEntry.addresses`.
+    Declared,
+    /// DNS, or an IP literal written by the client.
+    Untrusted,
+}
+
+impl Dialer {
+    /// A dialer with the system resolver.
+    pub fn new(config: DialerConfig) -> Self {
+        Self::with_resolver(config, Arc::new(SystemResolver::default()))
+    }
+
+    /// A dialer with another resolver.
+    pub fn with_resolver(config: DialerConfig, resolver: Arc<dyn Resolve>) -> Self {
+        Self {
+            config,
+            resolver,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &DialerConfig {
+        &self.config
+    }
+
+    /// Every address the destination may be dialled at, in the order to try them (rotated on
+    /// each call, so load spreads over endpoints). Fails when nothing resolves, when any
+    /// resolved address is internal and not declared (a name that mixes public and internal
+    /// answers is refused whole), or when an address is one of the gateway's listeners.
+    pub async fn addresses(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
+        let mut found: Vec<(SocketAddr, Origin)> = Vec::new();
+        let overridden = dst.name().and_then(|name| {
+            let o = &self.config.overrides;
+            o.get(name, port).or_else(|| o.get(name, dst.port()))
+        });
+        if let Some(addrs) = overridden {
+            found.extend(
+                addrs
+                    .iter()
+                    .map(|ip| (SocketAddr::new(*ip, port), Origin::Declared)),
+            );
+        } else if let Some(plan) = plan.filter(|p| !p.targets.is_empty()) {
+            for target in plan.targets.iter() {
+                match target {
+                    Target::Addr(sa) => found.push((*sa, Origin::Declared)),
+                    Target::Name(name, p) => {
+                        let p = p.unwrap_or(port);
+                        if let Some(addrs) = self.config.overrides.get(name, p) {
+                            found.extend(
+                                addrs
+                                    .iter()
+                                    .map(|ip| (SocketAddr::new(*ip, p), Origin::Declared)),
+                            );
+                            continue;
+                        }
+                        for ip in self.resolve(dst, name).await?.iter() {
+                            found.push((SocketAddr::new(*ip, p), trust(plan, *ip)));
+                        }
+                    }
+                }
+            }
+        } else {
+            match dst.host() {
+                Host::Ip(ip) => found.push((SocketAddr::new(*ip, port), trust_opt(plan, *ip))),
+                Host::Name(name) => {
+                    for ip in self.resolve(dst, name).await?.iter() {
+                        found.push((SocketAddr::new(*ip, port), trust_opt(plan, *ip)));
+                    }
+                }
+            }
+        }
+        self.check(dst, found)
+    }
+
+    async fn resolve(&self, dst: &Destination, name: &str) -> Result<Arc<[IpAddr]>, UpstreamError> {
+        match tokio::time::timeout(self.config.dns_timeout, self.resolver.resolve(name)).await {
+            Ok(Ok(addrs)) => Ok(addrs),
+            Ok(Err(e)) => Err(UpstreamError::new(
+                UpstreamErrorKind::DnsFailed,
+                format!("{dst}: cannot resolve {name}"),
+            )
+            .with_source(e)),
+            Err(_) => Err(UpstreamError::new(
+                UpstreamErrorKind::DnsTimeout,
+                format!(
+                    "{dst}: resolving {name} took longer than {:?}",
+                    self.config.dns_timeout
+                ),
+            )),
+        }
+    }
+
+    fn check(
+        &self,
+        dst: &Destination,
+        found: Vec<(SocketAddr, Origin)>,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        if found.is_empty() {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::DnsFailed,
+                format!("{dst}: no upstream address"),
+            ));
+        }
+        if let Some((sa, _)) = found.iter().find(|(sa, _)| self.is_listener(*sa)) {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::LoopDetected,
+                format!("{dst}: {sa} is this gateway's own listener"),
+            ));
+        }
+        let mut denied = String::new();
+        for (sa, origin) in &found {
+            let class = classify(sa.ip());
+            if class.is_internal() && *origin == Origin::Untrusted {
+                let sep = if denied.is_empty() { "" } else { ", " };
+                let _ = write!(denied, "{sep}{} ({})", sa.ip(), class.as_str());
+            }
+        }
+        if !denied.is_empty() {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::IpDenied,
+                format!(
+                    "{dst} resolves to internal address {denied}, which is not declared \
+                     (list it in the ServiceEntry's addresses or STATIC endpoints, or map it \
+                     with --resolve)"
+                ),
+            ));
+        }
+        let mut addrs: Vec<SocketAddr> = found.into_iter().map(|(sa, _)| sa).collect();
+        if addrs.len() > 1 {
+            let n = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
+            addrs.rotate_left(n);
+        }
+        Ok(addrs)
+    }
+
+    fn is_listener(&self, sa: SocketAddr) -> bool {
+        self.config.listeners.iter().any(|l| {
+            l.port() == sa.port()
+                && (l.ip() == sa.ip()
+                    || (l.ip().is_unspecified()
+                        && (sa.ip().is_loopback() || sa.ip().is_unspecified())))
+        })
+    }
+
+    /// Opens a TCP connection to the destination, trying each address in turn within the
+    /// connect timeout (used for `CONNECT` tunnels).
+    pub async fn connect(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+    ) -> Result<TcpStream, UpstreamError> {
+        let addrs = self.addresses(dst, plan).await?;
+        let mut last = None;
+        for sa in addrs {
+            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(sa)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Ok(Err(e)) => {
+                    last = Some(
+                        UpstreamError::new(
+                            UpstreamErrorKind::ConnectFailed,
+                            format!("{dst}: connecting to {sa} failed"),
+                        )
+                        .with_source(e),
+                    )
+                }
+                Err(_) => {
+                    last = Some(UpstreamError::new(
+                        UpstreamErrorKind::ConnectTimeout,
+                        format!(
+                            "{dst}: connecting to {sa} took longer than {:?}",
+                            self.config.connect_timeout
+                        ),
+                    ))
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            UpstreamError::new(
+                UpstreamErrorKind::ConnectFailed,
+                format!("{dst}: no address"),
+            )
+        }))
+    }
+}
+
+fn trust(plan: &UpstreamPlan, ip: IpAddr) -> Origin {
+    if plan.trusted_nets.iter().any(|n| n.contains(&ip)) {
+        Origin::Declared
+    } else {
+        Origin::Untrusted
+    }
+}
+
+fn trust_opt(plan: Option<&UpstreamPlan>, ip: IpAddr) -> Origin {
+    plan.map_or(Origin::Untrusted, |p| trust(p, ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::{RequestForm, Scheme};
+
+    fn dst(host: &str, port: u16) -> Destination {
+        let (h, _) = crate::host::parse_authority(host).unwrap();
+        Destination::new(h, port, Scheme::Http, RequestForm::Absolute)
+    }
+
+    #[tokio::test]
+    async fn guard_refuses_internal_unless_declared() {
+        let d = Dialer::new(DialerConfig::default());
+        let err = d.addresses(&dst("localhost", 80), None).await.unwrap_err();
+        assert_eq!(err.kind(), UpstreamErrorKind::IpDenied, "{err}");
+        for literal in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "169.254.169.254",
+            "[::ffff:127.0.0.1]",
+            "[::1]",
+        ] {
+            let err = d.addresses(&dst(literal, 80), None).await.unwrap_err();
+            assert_eq!(err.kind(), UpstreamErrorKind::IpDenied, "{literal}");
+        }
+        // A public literal passes untouched.
+        let ok = d.addresses(&dst("93.184.216.34", 80), None).await.unwrap();
+        assert_eq!(ok, vec!["93.184.216.34:80".parse().unwrap()]);
+        // Declared through ServiceEntry.addresses.
+        let plan = UpstreamPlan {
+            trusted_nets: vec!["10.0.0.0/8".parse().unwrap()].into(),
+            ..Default::default()
+        };
+        let ok = d
+            .addresses(&dst("10.0.0.1", 80), Some(&plan))
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 1);
+        // STATIC endpoints, with targetPort.
+        let plan = UpstreamPlan {
+            targets: vec![Target::Addr("127.0.0.1:9000".parse().unwrap())].into(),
+            port: Some(9000),
+            ..Default::default()
+        };
+        let ok = d
+            .addresses(&dst("static.test", 80), Some(&plan))
+            .await
+            .unwrap();
+        assert_eq!(ok, vec!["127.0.0.1:9000".parse().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn overrides_win_and_listeners_are_refused() {
+        let mut o = Overrides::new();
+        o.add("svc.test:80:127.0.0.1").unwrap();
+        o.add("self.test:80:127.0.0.1").unwrap();
+        let config = DialerConfig::default()
+            .with_overrides(o)
+            .with_listeners(vec!["0.0.0.0:80".parse().unwrap()]);
+        let d = Dialer::new(config);
+        let err = d.addresses(&dst("svc.test", 80), None).await.unwrap_err();
+        assert_eq!(err.kind(), UpstreamErrorKind::LoopDetected);
+        let d = Dialer::new(DialerConfig::default().with_overrides(d.config().overrides().clone()));
+        let ok = d.addresses(&dst("svc.test", 80), None).await.unwrap();
+        assert_eq!(ok, vec!["127.0.0.1:80".parse().unwrap()]);
+        let err = d
+            .addresses(&dst("nxdomain.invalid", 80), None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), UpstreamErrorKind::DnsFailed);
+    }
+}

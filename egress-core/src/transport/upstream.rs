@@ -1,0 +1,233 @@
+//! `Upstream`: the service at the bottom of the stack that sends a request to its destination.
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version, header};
+use http_body::Body;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::Service;
+
+use crate::BoxBody;
+use crate::ctx::{Destination, UpstreamPlan};
+use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
+use crate::transport::Dialer;
+
+/// Settings of the [`Upstream`] service and its connection pool.
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    request_timeout: Option<Duration>,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            request_timeout: Some(Duration::from_secs(60)),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// How long to wait for the response headers after sending (default 60 s; `None`: no
+    /// limit). Expiry gives 504 `upstream-timeout`.
+    pub fn with_request_timeout(mut self, t: Option<Duration>) -> Self {
+        self.request_timeout = t;
+        self
+    }
+
+    /// How long an idle pooled connection is kept (default 90 s).
+    pub fn with_pool_idle_timeout(mut self, t: Duration) -> Self {
+        self.pool_idle_timeout = t;
+        self
+    }
+
+    /// How many idle connections are kept per upstream address (default 256).
+    pub fn with_pool_max_idle_per_host(mut self, n: usize) -> Self {
+        self.pool_max_idle_per_host = n;
+        self
+    }
+}
+
+/// Sends requests to the address the [`Dialer`] chose, over pooled keep-alive connections.
+///
+/// Reads [`Destination`] (required) and [`UpstreamPlan`] (optional) from the request. The
+/// request goes out as HTTP/1.1 in origin form, with exactly the `Host` of the destination,
+/// to an IP literal: the connector never sees a name to resolve again.
+pub struct Upstream<C, B> {
+    client: Client<C, B>,
+    dialer: Arc<Dialer>,
+    request_timeout: Option<Duration>,
+}
+
+impl<C: Clone, B> Clone for Upstream<C, B> {
+    fn clone(&self) -> Self {
+        Self {
+            client: self.client.clone(),
+            dialer: self.dialer.clone(),
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+impl<C, B> std::fmt::Debug for Upstream<C, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("dialer", &self.dialer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Upstream<HttpConnector, B>
+where
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// An upstream over plain TCP, with the dialer's connect timeout.
+    pub fn tcp(dialer: Arc<Dialer>, config: UpstreamConfig) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(dialer.config().connect_timeout()));
+        http.enforce_http(true);
+        Self::with_connector(http, dialer, config)
+    }
+}
+
+impl<C, B> Upstream<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// An upstream over any hyper-util connector (TLS, an upstream proxy, an in-memory pipe).
+    /// The connector is handed `http://IP:PORT` URIs.
+    pub fn with_connector(connector: C, dialer: Arc<Dialer>, config: UpstreamConfig) -> Self {
+        let client = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.pool_idle_timeout)
+            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .set_host(false)
+            .build(connector);
+        Self {
+            client,
+            dialer,
+            request_timeout: config.request_timeout,
+        }
+    }
+}
+
+impl<C, B> Service<Request<B>> for Upstream<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    // Boxed once: the resolve-then-send sequence has no nameable future type.
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let client = self.client.clone();
+        let dialer = self.dialer.clone();
+        let timeout = self.request_timeout;
+        Box::pin(async move {
+            let Some(dst) = req.extensions().get::<Destination>().cloned() else {
+                return Err("upstream: no Destination in the request extensions".into());
+            };
+            let plan = req.extensions().get::<UpstreamPlan>();
+            let addrs = dialer.addresses(&dst, plan).await?;
+            let addr = addrs[0];
+            let req = prepare(req, &dst, addr)?;
+            let send = client.request(req);
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, send).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::ResponseTimeout,
+                            format!("{dst}: no response from {addr} within {t:?}"),
+                        )
+                        .into());
+                    }
+                },
+                None => send.await,
+            };
+            match result {
+                Ok(rsp) => Ok(rsp.map(BoxBody::new)),
+                Err(e) => Err(classify(&dst, addr, e).into()),
+            }
+        })
+    }
+}
+
+/// Rewrites the request for the chosen address: origin-form path, the destination's `Host`.
+fn prepare<B>(
+    mut req: Request<B>,
+    dst: &Destination,
+    addr: SocketAddr,
+) -> Result<Request<B>, BoxError> {
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let authority = Authority::try_from(addr.to_string())?;
+    *req.uri_mut() = Uri::from_parts({
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.authority = Some(authority);
+        parts.path_and_query = Some(path);
+        parts
+    })?;
+    *req.version_mut() = Version::HTTP_11;
+    req.headers_mut()
+        .insert(header::HOST, dst.host_header().clone());
+    Ok(req)
+}
+
+fn classify(
+    dst: &Destination,
+    addr: SocketAddr,
+    e: hyper_util::client::legacy::Error,
+) -> UpstreamError {
+    if e.is_connect() {
+        let timed_out = crate::error::cause_ref::<std::io::Error>(&e)
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
+        if timed_out {
+            return UpstreamError::new(
+                UpstreamErrorKind::ConnectTimeout,
+                format!("{dst}: connecting to {addr} timed out"),
+            )
+            .with_source(e);
+        }
+        return UpstreamError::new(
+            UpstreamErrorKind::ConnectFailed,
+            format!("{dst}: connecting to {addr} failed"),
+        )
+        .with_source(e);
+    }
+    UpstreamError::new(
+        UpstreamErrorKind::Protocol,
+        format!("{dst}: upstream {addr} failed"),
+    )
+    .with_source(e)
+}

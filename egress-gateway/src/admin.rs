@@ -1,0 +1,98 @@
+//! The admin listener: readiness and the effective configuration.
+
+use bytes::Bytes;
+use egress_core::BoxBody;
+use egress_policy::Registry;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use serde::Serialize;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What the admin endpoints show.
+pub(crate) struct AdminState {
+    pub(crate) ready: AtomicBool,
+    pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
+    pub(crate) dump: StaticDump,
+}
+
+/// The parts of `/config_dump` that do not change while running.
+#[derive(Serialize)]
+pub(crate) struct StaticDump {
+    pub(crate) sources: Vec<String>,
+    pub(crate) listeners: Listeners,
+    pub(crate) resolve: Vec<ResolveDump>,
+    pub(crate) ignored: Vec<String>,
+    pub(crate) warnings: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Listeners {
+    pub(crate) proxy: SocketAddr,
+    pub(crate) admin: SocketAddr,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ResolveDump {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) addresses: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Dump<'a> {
+    #[serde(flatten)]
+    registry: egress_policy::registry::RegistrySummary<'a>,
+    #[serde(flatten)]
+    fixed: &'a StaticDump,
+}
+
+pub(crate) async fn handle(
+    state: Arc<AdminState>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<BoxBody>, Infallible> {
+    let rsp = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz/ready") => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/config_dump") => {
+            let registry = state.registry.load();
+            let dump = Dump {
+                registry: registry.summary(),
+                fixed: &state.dump,
+            };
+            match serde_json::to_vec_pretty(&dump) {
+                Ok(json) => {
+                    let mut rsp = Response::new(BoxBody::from(Bytes::from(json)));
+                    rsp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    rsp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
+            }
+        }
+        (_, "/healthz/ready" | "/config_dump") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz/ready or /config_dump\n",
+        ),
+    };
+    Ok(rsp)
+}
+
+fn text(status: StatusCode, body: &str) -> Response<BoxBody> {
+    let mut rsp = Response::new(BoxBody::from(Bytes::copy_from_slice(body.as_bytes())));
+    *rsp.status_mut() = status;
+    rsp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    rsp
+}

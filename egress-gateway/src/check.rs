@@ -1,0 +1,72 @@
+//! `egress-gateway check`: validate configuration for CI pipelines.
+
+use std::io::Write;
+
+use crate::cli::ConfigArgs;
+use crate::config::{self, LoadError};
+
+/// Validates, writes a summary to `out` and diagnostics to `err`; returns the exit status.
+pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
+    match config::load(args) {
+        Ok(loaded) => {
+            let reg = &loaded.registry;
+            let _ = writeln!(
+                out,
+                "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
+                loaded.config.sources.len(),
+                reg.services().len(),
+                reg.policy().as_str()
+            );
+            for se in reg.services() {
+                let ports: Vec<String> = se
+                    .ports
+                    .iter()
+                    .map(|p| match p.target_port {
+                        Some(t) => format!("{}/{:?}->{t}", p.number, p.protocol),
+                        None => format!("{}/{:?}", p.number, p.protocol),
+                    })
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  ServiceEntry {}: hosts [{}] ports [{}] resolution {:?}{}",
+                    se.meta.id(),
+                    se.hosts.join(", "),
+                    ports.join(", "),
+                    se.resolution,
+                    if se.addresses.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            " addresses [{}]",
+                            se.addresses
+                                .iter()
+                                .map(|a| a.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    }
+                );
+            }
+            for w in loaded.diagnostics.warnings() {
+                let _ = writeln!(err, "{w}");
+            }
+            0
+        }
+        Err(e @ LoadError::Source(_)) => {
+            let _ = writeln!(err, "{e}");
+            1
+        }
+        Err(LoadError::Invalid(d)) => {
+            for x in d.iter() {
+                let _ = writeln!(err, "{x}");
+            }
+            let _ = writeln!(
+                err,
+                "configuration has {} error(s), {} warning(s)",
+                d.errors().count(),
+                d.warnings().count()
+            );
+            1
+        }
+    }
+}

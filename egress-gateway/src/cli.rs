@@ -1,0 +1,165 @@
+//! Command-line arguments.
+
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
+use egress_policy::istio::OutboundPolicy;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// An egress gateway configured with Istio's own YAML.
+///
+/// With no arguments it runs on an embedded example registry, REGISTRY_ONLY, proxying on
+/// 127.0.0.1:15001 (HTTP/1.1 and h2c: `curl -x`, `HTTP_PROXY`/`HTTPS_PROXY`, Host-routed
+/// requests) with its admin endpoints on 127.0.0.1:15000.
+#[derive(Debug, Parser)]
+#[command(name = "egress-gateway", version, about, long_about)]
+pub struct Cli {
+    /// Validate configuration instead of running (`check --config PATH`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Configuration and listener settings.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the configuration, print a summary; exit status 1 on errors.
+    Check(ConfigArgs),
+}
+
+/// Where configuration comes from.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct ConfigArgs {
+    /// Istio YAML file or directory (`.yaml`/`.yml`, multi-document); repeatable. Without it,
+    /// the embedded default configuration is used.
+    #[arg(short, long = "config", value_name = "PATH")]
+    pub config: Vec<PathBuf>,
+    /// Override the outbound traffic policy of the configuration (default REGISTRY_ONLY).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub outbound_policy: Option<PolicyArg>,
+}
+
+/// `--outbound-policy` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PolicyArg {
+    /// Unregistered destinations pass (Istio's mesh default).
+    AllowAny,
+    /// Unregistered destinations are refused.
+    RegistryOnly,
+}
+
+impl From<PolicyArg> for OutboundPolicy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::AllowAny => OutboundPolicy::AllowAny,
+            PolicyArg::RegistryOnly => OutboundPolicy::RegistryOnly,
+        }
+    }
+}
+
+/// Settings of a running gateway.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct RunArgs {
+    /// Configuration sources and policy.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The proxy listener (HTTP/1.1 and h2c).
+    #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// The admin listener (/healthz/ready, /config_dump).
+    #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
+    pub admin: SocketAddr,
+    /// Pin HOST:PORT to addresses, like curl's --resolve (HOST:PORT:ADDR[,ADDR]); wins over
+    /// endpoints and DNS, and lets internal addresses through the SSRF guard. Repeatable.
+    #[arg(long, value_name = "HOST:PORT:ADDR")]
+    pub resolve: Vec<String>,
+    /// Upstream TCP connect timeout (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub connect_timeout: Duration,
+    /// Time allowed for upstream response headers; 0 disables.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+    /// Time allowed for DNS resolution.
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_timeout: Duration,
+    /// Time a client has to send complete request headers (slowloris guard).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+    /// How long a CONNECT tunnel may stay silent in both directions before it is closed.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub tunnel_idle_timeout: Duration,
+    /// Maximum concurrent client connections; more are closed at once.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    pub max_connections: usize,
+    /// Maximum size of a request head (request line and headers), in bytes.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub max_header_bytes: usize,
+    /// The pseudonym written in `Via`; a request that already carries it has looped.
+    #[arg(long, default_value = "egress-gateway", value_name = "NAME")]
+    pub via_name: String,
+}
+
+/// Parses `10s`, `500ms`, `2m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 10s, 500ms, 2m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?} (ms, s, m or h)")),
+    };
+    if !secs.is_finite() || !(0.0..=86_400.0 * 365.0).contains(&secs) {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn cli_parses() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "egress-gateway",
+            "--config",
+            "a.yaml",
+            "-c",
+            "dir",
+            "--outbound-policy",
+            "allow-any",
+            "--resolve",
+            "a.com:80:127.0.0.1",
+        ])
+        .unwrap();
+        assert_eq!(cli.run.config.config.len(), 2);
+        assert!(matches!(
+            cli.run.config.outbound_policy,
+            Some(PolicyArg::AllowAny)
+        ));
+        let check = Cli::try_parse_from(["egress-gateway", "check", "--config", "x.yaml"]).unwrap();
+        assert!(matches!(check.command, Some(Command::Check(_))));
+    }
+}

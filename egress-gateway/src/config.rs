@@ -1,0 +1,92 @@
+//! The only place that reads configuration files.
+
+use egress_policy::Registry;
+use egress_policy::diag::Diagnostics;
+use egress_policy::istio::ConfigSet;
+use std::fmt;
+
+use crate::cli::ConfigArgs;
+
+/// The configuration compiled into this binary, used when no `--config` is given.
+pub const DEFAULT_CONFIG: &str = include_str!("../config/default.yaml");
+/// The name the embedded configuration has in diagnostics.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
+
+/// A configuration that loaded: the registry and what was found along the way.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The compiled registry (with the outbound policy).
+    pub registry: Registry,
+    /// Everything that was read.
+    pub config: ConfigSet,
+    /// Warnings (errors would have failed the load).
+    pub diagnostics: Diagnostics,
+}
+
+/// Why a configuration did not load.
+#[derive(Debug)]
+pub enum LoadError {
+    /// A path could not be read.
+    Source(egress_policy::istio::SourceError),
+    /// The configuration has errors.
+    Invalid(Diagnostics),
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Source(e) => write!(f, "cannot read configuration: {e}"),
+            LoadError::Invalid(d) => {
+                let n = d.errors().count();
+                writeln!(f, "configuration has {n} error(s):")?;
+                write!(f, "{d}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+/// Reads and compiles the configuration named by the arguments.
+pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
+    let config = if args.config.is_empty() {
+        ConfigSet::load_str(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG)
+    } else {
+        ConfigSet::load_paths(&args.config).map_err(LoadError::Source)?
+    };
+    let policy = args.outbound_policy.map(Into::into);
+    match Registry::compile(&config, policy) {
+        Ok((registry, diagnostics)) => Ok(Loaded {
+            registry,
+            config,
+            diagnostics,
+        }),
+        Err(d) => Err(LoadError::Invalid(d)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_registry_only() {
+        let loaded = load(&ConfigArgs {
+            config: Vec::new(),
+            outbound_policy: None,
+        })
+        .unwrap();
+        assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);
+        assert_eq!(
+            loaded.registry.policy(),
+            egress_policy::istio::OutboundPolicy::RegistryOnly
+        );
+        assert!(loaded.registry.lookup_name("httpbin.org", 80).is_some());
+        assert!(
+            loaded
+                .registry
+                .lookup_name("en.wikipedia.org", 443)
+                .is_some()
+        );
+    }
+}

@@ -1,0 +1,184 @@
+//! The one function that assembles the gateway's request stack.
+
+use arc_swap::ArcSwap;
+use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm, Scheme, UpstreamPlan};
+use egress_core::destination::DestinationLayer;
+use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
+use egress_core::respond::{self, error_response};
+use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
+use egress_core::{BoxBody, BoxError};
+use egress_policy::{Registry, RegistryOnlyLayer};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Service, ServiceBuilder};
+
+use crate::tunnel;
+
+/// Everything the stack is built from.
+#[derive(Clone)]
+pub struct StackConfig {
+    /// The registry, swappable as a whole.
+    pub registry: Arc<ArcSwap<Registry>>,
+    /// Resolution, SSRF guard and dialling.
+    pub dialer: Arc<Dialer>,
+    /// Upstream pool settings.
+    pub upstream: UpstreamConfig,
+    /// `Via` pseudonym.
+    pub proxy_headers: ProxyHeadersConfig,
+    /// How long a `CONNECT` tunnel may stay silent in both directions.
+    pub tunnel_idle_timeout: Duration,
+}
+
+/// Builds the request stack. The first layer listed sees the request first.
+pub fn build(
+    config: StackConfig,
+) -> impl Service<
+    Request<Incoming>,
+    Response = Response<BoxBody>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Response<BoxBody>, BoxError>> + Send,
+> + Clone
++ Send
++ 'static {
+    let http = ServiceBuilder::new()
+        // Hop-by-hop headers, Via, loop detection: only for requests that are forwarded.
+        .layer(ProxyHeadersLayer::new(config.proxy_headers))
+        // Resolve once, SSRF guard, pooled keep-alive connections.
+        .service(Upstream::tcp(config.dialer.clone(), config.upstream));
+    ServiceBuilder::new()
+        // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
+        .map_result(respond::into_response)
+        // The only parser of where a request goes; 400 and close on anything ambiguous.
+        .layer(DestinationLayer::new())
+        // Cheapest refusal first: unregistered destinations never reach the network.
+        .layer(RegistryOnlyLayer::from_swap(config.registry))
+        .service(Dispatch {
+            http,
+            dialer: config.dialer,
+            tunnel_idle_timeout: config.tunnel_idle_timeout,
+        })
+}
+
+/// Sends `CONNECT` to a tunnel and every other request to the HTTP forwarding stack.
+#[derive(Clone)]
+pub struct Dispatch<H> {
+    http: H,
+    dialer: Arc<Dialer>,
+    tunnel_idle_timeout: Duration,
+}
+
+impl<H> Service<Request<Incoming>> for Dispatch<H>
+where
+    H: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = DispatchFuture<H::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let Some(dst) = req.extensions().get::<Destination>() else {
+            return DispatchFuture::Ready {
+                response: Some(Rejection::new(RejectionKind::MissingDestination).respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    false,
+                    "egress: no destination was determined for this request\n".to_owned(),
+                )),
+            };
+        };
+        if req.method() == Method::CONNECT {
+            let dialer = self.dialer.clone();
+            let idle = self.tunnel_idle_timeout;
+            return DispatchFuture::Tunnel {
+                future: Box::pin(connect(req, dialer, idle)),
+            };
+        }
+        if dst.scheme() == Scheme::Https && dst.form() == RequestForm::Absolute {
+            let why = format!(
+                "egress: https://{dst} as a proxy request target is not supported: TLS origination \
+                 is not configured for it; send it through a CONNECT tunnel (curl -x does)\n"
+            );
+            return DispatchFuture::Ready {
+                response: Some(Rejection::new(RejectionKind::Unsupported).respond(
+                    StatusCode::BAD_REQUEST,
+                    false,
+                    why,
+                )),
+            };
+        }
+        DispatchFuture::Http {
+            future: self.http.call(req),
+        }
+    }
+}
+
+/// Dials the destination, answers 200, and splices the upgraded connection to it. A failed
+/// dial answers with the failure and `Connection: close`: hyper would otherwise read the
+/// bytes the client sent after `CONNECT` as a new request.
+async fn connect(
+    mut req: Request<Incoming>,
+    dialer: Arc<Dialer>,
+    idle: Duration,
+) -> Result<Response<BoxBody>, BoxError> {
+    let Some(dst) = req.extensions().get::<Destination>().cloned() else {
+        return Err("tunnel: no destination".into());
+    };
+    let plan = req.extensions().get::<UpstreamPlan>().cloned();
+    let upstream = match dialer.connect(&dst, plan.as_ref()).await {
+        Ok(s) => s,
+        Err(e) => {
+            let mut rsp: Response<BoxBody> = error_response(&e);
+            rsp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return Ok(rsp);
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => tunnel::splice(upgraded, upstream, idle, &dst).await,
+            Err(error) => tracing::debug!(%dst, %error, "CONNECT upgrade failed"),
+        }
+    });
+    Ok(Response::new(BoxBody::empty()))
+}
+
+pin_project! {
+    /// The future of [`Dispatch`].
+    #[project = DispatchProj]
+    #[allow(missing_docs)]
+    pub enum DispatchFuture<F> {
+        Ready { response: Option<Response<BoxBody>> },
+        // Boxed: a tunnel set-up is rare next to forwarded requests and awaits a dial.
+        Tunnel { future: Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>> },
+        Http { #[pin] future: F },
+    }
+}
+
+impl<F> Future for DispatchFuture<F>
+where
+    F: Future<Output = Result<Response<BoxBody>, BoxError>>,
+{
+    type Output = Result<Response<BoxBody>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            DispatchProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            DispatchProj::Tunnel { future } => future.as_mut().poll(cx),
+            DispatchProj::Http { future } => future.poll(cx),
+        }
+    }
+}

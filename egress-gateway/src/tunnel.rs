@@ -1,0 +1,77 @@
+//! Splicing a `CONNECT` tunnel, with an idle timeout so that no tunnel is held forever.
+
+use egress_core::ctx::Destination;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Copies bytes both ways until both sides have closed, or until neither has sent anything
+/// for `idle`.
+pub(crate) async fn splice(
+    client: Upgraded,
+    upstream: TcpStream,
+    idle: Duration,
+    dst: &Destination,
+) {
+    let (cr, cw) = tokio::io::split(TokioIo::new(client));
+    let (ur, uw) = upstream.into_split();
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let up = pipe(cr, uw, idle, start, &last);
+    let down = pipe(ur, cw, idle, start, &last);
+    match tokio::try_join!(up, down) {
+        Ok((sent, received)) => tracing::debug!(%dst, sent, received, "tunnel closed"),
+        Err(error) => tracing::debug!(%dst, %error, "tunnel ended"),
+    }
+}
+
+async fn pipe<R, W>(
+    mut r: R,
+    mut w: W,
+    idle: Duration,
+    start: Instant,
+    last: &AtomicU64,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    loop {
+        let n = match tokio::time::timeout(idle, r.read(&mut buf)).await {
+            Ok(n) => n?,
+            Err(_) => {
+                // This direction was quiet; the tunnel is idle only if the other was too.
+                let quiet = start.elapsed().as_millis() as u64 - last.load(Ordering::Relaxed);
+                if quiet >= idle.as_millis() as u64 {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "tunnel idle timeout",
+                    ));
+                }
+                continue;
+            }
+        };
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(total);
+        }
+        match tokio::time::timeout(idle, w.write_all(&buf[..n])).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "tunnel peer not reading",
+                ));
+            }
+        }
+        total += n as u64;
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,323 @@
+//! Istio's own YAML: the resources users already have, read with positions and validated.
+//!
+//! Accepted: `networking.istio.io` `v1`, `v1beta1` and `v1alpha3` `ServiceEntry` and
+//! `Sidecar` (its `outboundTrafficPolicy`). Other Istio kinds are reported once per kind as
+//! "not yet supported, ignored", never silently. `kind: List` documents are unpacked.
+
+mod model;
+mod reader;
+mod service_entry;
+
+pub use model::{
+    Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
+};
+
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::yaml::{Node, parse_documents};
+use reader::Reader;
+
+const NETWORKING_VERSIONS: &[&str] = &[
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// Istio kinds that later versions of this gateway will read; reported as ignored for now.
+const KNOWN_LATER: &[&str] = &[
+    "VirtualService",
+    "DestinationRule",
+    "Gateway",
+    "WorkloadEntry",
+    "WorkloadGroup",
+    "EnvoyFilter",
+    "ProxyConfig",
+    "AuthorizationPolicy",
+    "RequestAuthentication",
+    "PeerAuthentication",
+    "Telemetry",
+    "WasmPlugin",
+];
+
+/// Everything read from the configuration sources.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConfigSet {
+    /// The `ServiceEntry` resources, in the order read.
+    pub service_entries: Vec<ServiceEntry>,
+    /// The `Sidecar` resources.
+    pub sidecars: Vec<Sidecar>,
+    /// Resources read but not applied: `Kind namespace/name (file:line)`.
+    pub ignored: Vec<String>,
+    /// The files read.
+    pub sources: Vec<String>,
+    /// Errors and warnings.
+    pub diagnostics: Diagnostics,
+}
+
+/// A configuration source that cannot be read at all.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {source}")]
+pub struct SourceError {
+    /// The path.
+    pub path: PathBuf,
+    /// Why.
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl ConfigSet {
+    /// Reads files and directories (their `.yaml` / `.yml` files, sorted, recursively).
+    pub fn load_paths(paths: &[PathBuf]) -> Result<Self, SourceError> {
+        let mut set = ConfigSet::default();
+        let mut ignored_kinds = BTreeMap::new();
+        for path in paths {
+            let mut files = Vec::new();
+            collect_files(path, &mut files)?;
+            for file in files {
+                let text = std::fs::read_to_string(&file).map_err(|source| SourceError {
+                    path: file.clone(),
+                    source,
+                })?;
+                set.read_text(&file.display().to_string(), &text, &mut ignored_kinds);
+            }
+        }
+        set.report_ignored(ignored_kinds);
+        Ok(set)
+    }
+
+    /// Reads one YAML text; `name` is used in diagnostics.
+    pub fn load_str(name: &str, text: &str) -> Self {
+        let mut set = ConfigSet::default();
+        let mut ignored_kinds = BTreeMap::new();
+        set.read_text(name, text, &mut ignored_kinds);
+        set.report_ignored(ignored_kinds);
+        set
+    }
+
+    fn read_text(
+        &mut self,
+        name: &str,
+        text: &str,
+        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
+    ) {
+        let file: Arc<str> = name.into();
+        self.sources.push(name.to_owned());
+        let docs = match parse_documents(text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.diagnostics.push(Diagnostic {
+                    severity: Severity::Error,
+                    file,
+                    line: e.line,
+                    col: e.col,
+                    resource: None,
+                    field: String::new(),
+                    message: format!("invalid YAML: {}", e.message),
+                });
+                return;
+            }
+        };
+        for doc in &docs {
+            self.read_resource(&file, doc, ignored);
+        }
+    }
+
+    fn read_resource(
+        &mut self,
+        file: &Arc<str>,
+        doc: &Node,
+        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
+    ) {
+        let mut r = Reader {
+            file: file.clone(),
+            resource: None,
+            diags: &mut self.diagnostics,
+        };
+        let Some(mut f) = r.map(doc, "") else { return };
+        let api = f.take("apiVersion").and_then(|n| r.string(n, "apiVersion"));
+        let kind = f.take("kind").and_then(|n| r.string(n, "kind"));
+        let (Some(api), Some(kind)) = (api, kind) else {
+            r.error(doc, "", "a resource needs apiVersion and kind");
+            return;
+        };
+        if kind == "List" && api == "v1" {
+            let items = f.take("items").map(|n| r.list(n, "items").unwrap_or(&[]));
+            for item in items.unwrap_or(&[]) {
+                self.read_resource(file, item, ignored);
+            }
+            return;
+        }
+        let mut name = String::new();
+        let mut namespace = "default".to_owned();
+        match f.take("metadata") {
+            None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
+            Some(m) => {
+                if let Some(mut mf) = r.map(m, "metadata") {
+                    match mf.take("name").and_then(|n| r.string(n, "metadata.name")) {
+                        Some(n) if !n.is_empty() => name = n,
+                        _ => r.error(m, "metadata.name", "a resource needs metadata.name"),
+                    }
+                    if let Some(ns) = mf
+                        .take("namespace")
+                        .and_then(|n| r.string(n, "metadata.namespace"))
+                    {
+                        namespace = ns;
+                    }
+                    // Kubernetes metadata carries many server-set fields; none matter here.
+                    mf.ignore_rest();
+                }
+            }
+        }
+        let meta = Meta {
+            name,
+            namespace,
+            file: file.clone(),
+            line: doc.line,
+        };
+        let id: Arc<str> = format!("{kind} {}", meta.id()).into();
+        r.resource = Some(id.clone());
+        let spec = f.take("spec");
+        let _status = f.take("status");
+        f.finish(&mut r, &[]);
+        let networking = NETWORKING_VERSIONS.contains(&api.as_str());
+        let empty = Node {
+            value: crate::yaml::Value::Null,
+            line: doc.line,
+            col: doc.col,
+        };
+        let spec = spec.unwrap_or(&empty);
+        match kind.as_str() {
+            "ServiceEntry" | "Sidecar" if !networking => {
+                r.error(
+                    doc,
+                    "apiVersion",
+                    format!(
+                        "unsupported apiVersion {api:?} for {kind} (expected one of {})",
+                        NETWORKING_VERSIONS.join(", ")
+                    ),
+                );
+            }
+            "ServiceEntry" => {
+                if let Some(se) = service_entry::read(&mut r, meta, spec) {
+                    self.service_entries.push(se);
+                }
+            }
+            "Sidecar" => {
+                if let Some(sc) = read_sidecar(&mut r, meta, spec) {
+                    self.sidecars.push(sc);
+                }
+            }
+            _ => {
+                let what = if KNOWN_LATER.contains(&kind.as_str()) && api.contains(".istio.io/") {
+                    format!("{kind} ({api})")
+                } else {
+                    format!("{kind} ({api}), which is not an Istio resource this gateway reads,")
+                };
+                self.ignored.push(format!("{id} ({file}:{})", doc.line));
+                let entry = ignored.entry(what).or_insert_with(|| {
+                    (
+                        Diagnostic {
+                            severity: Severity::Warning,
+                            file: file.clone(),
+                            line: doc.line,
+                            col: doc.col,
+                            resource: Some(id.clone()),
+                            field: String::new(),
+                            message: String::new(),
+                        },
+                        0,
+                    )
+                });
+                entry.1 += 1;
+            }
+        }
+    }
+
+    fn report_ignored(&mut self, ignored: BTreeMap<String, (Diagnostic, usize)>) {
+        for (what, (mut d, n)) in ignored {
+            let more = if n > 1 {
+                format!(" ({n} resources of this kind; the first is named here)")
+            } else {
+                String::new()
+            };
+            d.message = format!("{what} is not yet supported, ignored{more}");
+            self.diagnostics.push(d);
+        }
+    }
+}
+
+fn read_sidecar(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Sidecar> {
+    let mut f = r.map(spec, "spec")?;
+    let mut outbound = None;
+    if let Some(otp) = f.take("outboundTrafficPolicy")
+        && let Some(mut of) = r.map(otp, "spec.outboundTrafficPolicy")
+    {
+        if let Some(mode) = of.take("mode") {
+            outbound = match r.one_of(
+                mode,
+                "spec.outboundTrafficPolicy.mode",
+                &["ALLOW_ANY", "REGISTRY_ONLY"],
+            ) {
+                Some("ALLOW_ANY") => Some(OutboundPolicy::AllowAny),
+                Some(_) => Some(OutboundPolicy::RegistryOnly),
+                None => None,
+            };
+        }
+        of.finish(r, &["egressProxy"]);
+    }
+    f.finish(
+        r,
+        &[
+            "workloadSelector",
+            "ingress",
+            "egress",
+            "inboundConnectionPool",
+        ],
+    );
+    Some(Sidecar { meta, outbound })
+}
+
+fn collect_files(path: &Path, out: &mut Vec<PathBuf>) -> Result<(), SourceError> {
+    let err = |source| SourceError {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.is_file() {
+        out.push(path.to_owned());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(err)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        // Kubernetes ConfigMap mounts keep the real files in `..data`-style hidden folders
+        // and link them in; reading hidden entries would read every file twice.
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        if hidden {
+            continue;
+        }
+        if p.is_dir() {
+            collect_files(&p, out)?;
+        } else if p
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| e == "yaml" || e == "yml")
+        {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

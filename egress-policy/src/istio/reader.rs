@@ -1,0 +1,217 @@
+//! Field-by-field reading of YAML nodes, with diagnostics that name file, line and field.
+
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::yaml::{Entry, Node, Value};
+
+/// Reads fields of one resource and records what is wrong with them.
+pub(crate) struct Reader<'d> {
+    pub(crate) file: Arc<str>,
+    pub(crate) resource: Option<Arc<str>>,
+    pub(crate) diags: &'d mut Diagnostics,
+}
+
+/// The entries of one mapping; keys not taken are reported by [`Fields::finish`].
+pub(crate) struct Fields<'n> {
+    entries: &'n [Entry],
+    used: Vec<bool>,
+    path: String,
+}
+
+impl<'n> Fields<'n> {
+    /// The value of `key`, marking it as read.
+    pub(crate) fn take(&mut self, key: &str) -> Option<&'n Node> {
+        let i = self.entries.iter().position(|e| e.key == key)?;
+        self.used[i] = true;
+        Some(&self.entries[i].value)
+    }
+
+    /// The path of a field below this mapping.
+    pub(crate) fn path(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    /// Warns about every key not taken: `unsupported` keys are Istio fields this gateway does
+    /// not implement yet; anything else is unknown (a typo, or a field of a newer Istio).
+    pub(crate) fn finish(self, r: &mut Reader<'_>, unsupported: &[&str]) {
+        for (e, used) in self.entries.iter().zip(self.used.iter().copied()) {
+            if used {
+                continue;
+            }
+            let path = self.path_of(&e.key);
+            let message = if unsupported.contains(&e.key.as_str()) {
+                "field is not supported by this gateway yet, ignored".to_owned()
+            } else {
+                "unknown field, ignored".to_owned()
+            };
+            r.push(Severity::Warning, e.line, e.col, path, message);
+        }
+    }
+
+    /// Marks every key as read (for mappings whose content is free-form, like labels).
+    pub(crate) fn ignore_rest(self) {}
+
+    fn path_of(&self, key: &str) -> String {
+        self.path(key)
+    }
+}
+
+impl Reader<'_> {
+    pub(crate) fn push(
+        &mut self,
+        severity: Severity,
+        line: u32,
+        col: u32,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.diags.push(Diagnostic {
+            severity,
+            file: self.file.clone(),
+            line,
+            col,
+            resource: self.resource.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    pub(crate) fn error(&mut self, at: &Node, field: impl Into<String>, msg: impl Into<String>) {
+        self.push(Severity::Error, at.line, at.col, field, msg);
+    }
+
+    pub(crate) fn warn(&mut self, at: &Node, field: impl Into<String>, msg: impl Into<String>) {
+        self.push(Severity::Warning, at.line, at.col, field, msg);
+    }
+
+    fn wrong_type(&mut self, node: &Node, path: &str, want: &str) {
+        let got = node.type_name();
+        self.error(node, path, format!("expected {want}, got {got}"));
+    }
+
+    /// A mapping (null reads as an empty one).
+    pub(crate) fn map<'n>(&mut self, node: &'n Node, path: &str) -> Option<Fields<'n>> {
+        match &node.value {
+            Value::Map(entries) => Some(Fields {
+                entries,
+                used: vec![false; entries.len()],
+                path: path.to_owned(),
+            }),
+            Value::Null => Some(Fields {
+                entries: &[],
+                used: Vec::new(),
+                path: path.to_owned(),
+            }),
+            _ => {
+                self.wrong_type(node, path, "a map");
+                None
+            }
+        }
+    }
+
+    /// A list (null reads as an empty one).
+    pub(crate) fn list<'n>(&mut self, node: &'n Node, path: &str) -> Option<&'n [Node]> {
+        match &node.value {
+            Value::Seq(items) => Some(items),
+            Value::Null => Some(&[]),
+            _ => {
+                self.wrong_type(node, path, "a list");
+                None
+            }
+        }
+    }
+
+    /// A string. Plain scalars that look like numbers or booleans are taken as text, as
+    /// Kubernetes' YAML-to-JSON conversion would not, but as users mean them.
+    pub(crate) fn string(&mut self, node: &Node, path: &str) -> Option<String> {
+        match &node.value {
+            Value::Scalar { text, .. } => Some(text.clone()),
+            _ => {
+                self.wrong_type(node, path, "a string");
+                None
+            }
+        }
+    }
+
+    /// A list of strings.
+    pub(crate) fn strings(&mut self, node: &Node, path: &str) -> Vec<String> {
+        let Some(items) = self.list(node, path) else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| self.string(n, &format!("{path}[{i}]")))
+            .collect()
+    }
+
+    /// A map of strings to strings (labels).
+    pub(crate) fn string_map(&mut self, node: &Node, path: &str) -> Vec<(String, String)> {
+        let Some(fields) = self.map(node, path) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for e in fields.entries {
+            if let Some(v) = self.string(&e.value, &format!("{path}.{}", e.key)) {
+                out.push((e.key.clone(), v));
+            }
+        }
+        fields.ignore_rest();
+        out
+    }
+
+    /// An unsigned integer within `min..=max`. Quoted numbers are refused, as protobuf's
+    /// JSON mapping for uint32 fields would in Istio's validation webhook.
+    pub(crate) fn uint(&mut self, node: &Node, path: &str, min: u64, max: u64) -> Option<u64> {
+        let Value::Scalar { text, plain } = &node.value else {
+            self.wrong_type(node, path, "a number");
+            return None;
+        };
+        let parsed = if *plain {
+            text.parse::<u64>().ok()
+        } else {
+            None
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            Some(n) => {
+                self.error(node, path, format!("{n} is out of range {min}..={max}"));
+                None
+            }
+            None => {
+                let what = if *plain { "" } else { " (quoted)" };
+                self.error(node, path, format!("expected a number, got {text:?}{what}"));
+                None
+            }
+        }
+    }
+
+    /// One of a fixed set of names (protobuf enum values), matched exactly.
+    pub(crate) fn one_of(
+        &mut self,
+        node: &Node,
+        path: &str,
+        allowed: &[&'static str],
+    ) -> Option<&'static str> {
+        let s = self.string(node, path)?;
+        match allowed.iter().find(|a| **a == s) {
+            Some(a) => Some(a),
+            None => {
+                self.error(
+                    node,
+                    path,
+                    format!(
+                        "invalid value {s:?} (expected one of {})",
+                        allowed.join(", ")
+                    ),
+                );
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! Policy for egress traffic, configured with Istio's own YAML.
+//!
+//! - [`istio`] reads `networking.istio.io` resources with file and line positions and
+//!   validates them as Istio does ([`diag`] carries the findings).
+//! - [`registry`] compiles `ServiceEntry` resources into an immutable [`Registry`] and
+//!   provides [`RegistryOnlyLayer`], which refuses unregistered destinations under
+//!   `REGISTRY_ONLY`.
+//!
+//! Mechanisms (destination parsing, transport) live in `egress-core`; this crate only decides.
+//!
+//! ```
+//! use egress_policy::{istio::ConfigSet, registry::Registry};
+//!
+//! let config = ConfigSet::load_str("inline.yaml", r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: ServiceEntry
+//! metadata: { name: httpbin }
+//! spec:
+//!   hosts: [httpbin.org]
+//!   ports: [{ number: 80, name: http, protocol: HTTP }]
+//!   resolution: DNS
+//! "#);
+//! let (registry, _warnings) = Registry::compile(&config, None).expect("valid");
+//! assert!(registry.lookup_name("httpbin.org", 80).is_some());
+//! assert!(registry.lookup_name("example.com", 80).is_none());
+//! ```
+
+pub mod diag;
+pub mod istio;
+pub mod registry;
+pub mod yaml;
+
+pub use registry::{Registry, RegistryOnlyLayer};

@@ -1,0 +1,129 @@
+//! `RegistryOnlyLayer`: refuses destinations that are not registered under `REGISTRY_ONLY`.
+//!
+//! - Reads: [`Destination`]. Inserts: [`UpstreamPlan`] (registered) or [`Passthrough`]
+//!   (`ALLOW_ANY`, not registered).
+//! - Refuses with `x-egress-denied`: `registry-only` (**502** for HTTP, as Istio's
+//!   BlackHoleCluster answers; **403** for `CONNECT`), `tunnel-not-allowed` (**403**: a
+//!   `CONNECT` to a registered port whose protocol is HTTP, which must be proxied as HTTP to
+//!   be checked), `missing-destination` (**500**).
+//! - The upstream never sees a byte of a refused request.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use egress_core::ctx::{Destination, Passthrough, Rejection, RejectionKind, RequestForm};
+use egress_core::respond::RefuseOr;
+use http::{Request, Response, StatusCode};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+use super::Registry;
+use crate::istio::OutboundPolicy;
+
+/// Checks each request's destination against a [`Registry`] that can be swapped at run time.
+#[derive(Clone, Debug)]
+pub struct RegistryOnlyLayer {
+    registry: Arc<ArcSwap<Registry>>,
+}
+
+impl RegistryOnlyLayer {
+    /// A layer over a fixed registry.
+    pub fn new(registry: Arc<Registry>) -> Self {
+        Self::from_swap(Arc::new(ArcSwap::new(registry)))
+    }
+
+    /// A layer over a swappable registry: `store` a new one to reload, atomically.
+    pub fn from_swap(registry: Arc<ArcSwap<Registry>>) -> Self {
+        Self { registry }
+    }
+}
+
+impl<S> Layer<S> for RegistryOnlyLayer {
+    type Service = RegistryOnly<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RegistryOnly {
+            inner,
+            registry: self.registry.clone(),
+        }
+    }
+}
+
+/// The service of [`RegistryOnlyLayer`].
+#[derive(Clone, Debug)]
+pub struct RegistryOnly<S> {
+    inner: S,
+    registry: Arc<ArcSwap<Registry>>,
+}
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for RegistryOnly<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    RspB: From<Bytes>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RefuseOr<S::Future, S::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let Some(dst) = req.extensions().get::<Destination>() else {
+            let why = "egress: no destination was determined for this request\n".to_owned();
+            return RefuseOr::refused(Rejection::new(RejectionKind::MissingDestination).respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                false,
+                why,
+            ));
+        };
+        let registry = self.registry.load();
+        let connect = dst.form() == RequestForm::Connect;
+        match registry.lookup(dst) {
+            Some(found) => {
+                if connect
+                    && registry.policy() == OutboundPolicy::RegistryOnly
+                    && !found.port.protocol.allows_tunnel()
+                {
+                    let why = format!(
+                        "egress: CONNECT to {dst} refused: port {} of ServiceEntry {} is declared {:?}, \
+                         which must be sent as plain HTTP requests (not a tunnel) so that they can be checked\n",
+                        found.port.number,
+                        found.service.meta.id(),
+                        found.port.protocol
+                    );
+                    return RefuseOr::refused(
+                        Rejection::new(RejectionKind::TunnelNotAllowed).respond(
+                            StatusCode::FORBIDDEN,
+                            true,
+                            why,
+                        ),
+                    );
+                }
+                let plan = found.plan.clone();
+                req.extensions_mut().insert(plan);
+                RefuseOr::inner(self.inner.call(req))
+            }
+            None if registry.policy() == OutboundPolicy::AllowAny => {
+                req.extensions_mut().insert(Passthrough);
+                RefuseOr::inner(self.inner.call(req))
+            }
+            None => {
+                let (status, what) = if connect {
+                    (StatusCode::FORBIDDEN, "CONNECT to ")
+                } else {
+                    (StatusCode::BAD_GATEWAY, "")
+                };
+                let why = format!(
+                    "egress: {what}{dst} refused: not in the service registry \
+                     (outbound traffic policy is REGISTRY_ONLY; add a ServiceEntry for this host and port)\n"
+                );
+                RefuseOr::refused(
+                    Rejection::new(RejectionKind::NotInRegistry).respond(status, connect, why),
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! The compiled service registry and the `REGISTRY_ONLY` check.
+//!
+//! [`Registry::compile`] turns `ServiceEntry` resources into an immutable index: a hash of
+//! exact hosts, a hash of wildcard suffixes walked label by label (so a lookup costs the same
+//! with 10 or 100,000 entries, and the most specific match wins), and an index of declared
+//! IPs and CIDRs. Each registered port carries its precomputed [`UpstreamPlan`], so the check
+//! on the request path is lookups and reference-count bumps only.
+
+mod layer;
+
+pub use layer::{RegistryOnly, RegistryOnlyLayer};
+
+use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
+use ipnet::IpNet;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::istio::{ConfigSet, OutboundPolicy, Port, Resolution, ServiceEntry};
+
+/// One registered port of one service: what a lookup returns.
+#[derive(Debug)]
+pub struct RegisteredPort {
+    /// The `ServiceEntry` it belongs to.
+    pub service: Arc<ServiceEntry>,
+    /// The port.
+    pub port: Port,
+    /// How the transport reaches it.
+    pub plan: UpstreamPlan,
+}
+
+#[derive(Debug, Default)]
+struct HostPorts {
+    ports: Vec<(u16, Arc<RegisteredPort>)>,
+}
+
+impl HostPorts {
+    #[inline]
+    fn get(&self, port: u16) -> Option<&Arc<RegisteredPort>> {
+        self.ports.iter().find(|(p, _)| *p == port).map(|(_, r)| r)
+    }
+}
+
+/// The compiled registry and the outbound policy, swapped as a whole on reload.
+#[derive(Debug)]
+pub struct Registry {
+    policy: OutboundPolicy,
+    exact: HashMap<Box<str>, HostPorts>,
+    wildcard: HashMap<Box<str>, HostPorts>,
+    ips: HashMap<IpAddr, HostPorts>,
+    /// CIDRs grouped by prefix length, longest first: one hash lookup per length in use.
+    cidrs: Vec<(IpNet, HashMap<IpNet, HostPorts>)>,
+    services: Vec<Arc<ServiceEntry>>,
+}
+
+/// A summary of the registry, for `check` and `/config_dump`.
+#[derive(Debug, Serialize)]
+pub struct RegistrySummary<'a> {
+    /// The outbound policy.
+    #[serde(rename = "outboundTrafficPolicy")]
+    pub policy: OutboundPolicy,
+    /// The registered services.
+    #[serde(rename = "serviceEntries")]
+    pub services: &'a [Arc<ServiceEntry>],
+}
+
+impl Registry {
+    /// An empty registry with this policy.
+    pub fn empty(policy: OutboundPolicy) -> Self {
+        Self {
+            policy,
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            ips: HashMap::new(),
+            cidrs: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+
+    /// Compiles the `ServiceEntry` resources of a configuration. The policy is `override_`
+    /// when given (the CLI flag), else the `Sidecar`'s, else `REGISTRY_ONLY`. Conflicts are
+    /// reported as diagnostics; the registry is returned, with the warnings of the whole
+    /// configuration, only when there are no errors.
+    pub fn compile(
+        config: &ConfigSet,
+        override_: Option<OutboundPolicy>,
+    ) -> Result<(Registry, Diagnostics), Diagnostics> {
+        let mut diags = config.diagnostics.clone();
+        let policy = override_.or_else(|| sidecar_policy(config, &mut diags));
+        let mut reg = Registry::empty(policy.unwrap_or(OutboundPolicy::RegistryOnly));
+        let mut seen = HashMap::new();
+        for se in &config.service_entries {
+            let id = se.meta.id();
+            if let Some(first) = seen.insert(id.clone(), se.meta.line) {
+                diags.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: se.meta.file.clone(),
+                    line: se.meta.line,
+                    col: 1,
+                    resource: Some(format!("ServiceEntry {id}").into()),
+                    field: "metadata.name".into(),
+                    message: format!("ServiceEntry {id} is defined twice (first at line {first})"),
+                });
+                continue;
+            }
+            reg.add(se, &mut diags);
+        }
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok((reg, diags))
+    }
+
+    fn add(&mut self, se: &ServiceEntry, diags: &mut Diagnostics) {
+        let service = Arc::new(se.clone());
+        self.services.push(service.clone());
+        let trusted: Arc<[IpNet]> = se.addresses.clone().into();
+        let label: Arc<str> = se.meta.id().into();
+        for port in &se.ports {
+            let plan = plan_for(se, port, &trusted, &label);
+            let entry = Arc::new(RegisteredPort {
+                service: service.clone(),
+                port: port.clone(),
+                plan,
+            });
+            for host in &se.hosts {
+                let (map, key) = match host.strip_prefix("*.") {
+                    Some(suffix) => (&mut self.wildcard, suffix),
+                    None => match host.parse::<IpAddr>() {
+                        Ok(ip) => {
+                            insert(
+                                self.ips.entry(ip).or_default(),
+                                port.number,
+                                &entry,
+                                se,
+                                host,
+                                diags,
+                            );
+                            continue;
+                        }
+                        Err(_) => (&mut self.exact, host.as_str()),
+                    },
+                };
+                insert(
+                    map.entry(key.into()).or_default(),
+                    port.number,
+                    &entry,
+                    se,
+                    host,
+                    diags,
+                );
+            }
+            for net in &se.addresses {
+                if net.prefix_len() == net.max_prefix_len() {
+                    let slot = self.ips.entry(net.addr()).or_default();
+                    insert(slot, port.number, &entry, se, &net.to_string(), diags);
+                } else {
+                    let mask = match net {
+                        IpNet::V4(n) => {
+                            IpNet::V4(ipnet::Ipv4Net::new_assert(n.netmask(), n.prefix_len()))
+                        }
+                        IpNet::V6(n) => {
+                            IpNet::V6(ipnet::Ipv6Net::new_assert(n.netmask(), n.prefix_len()))
+                        }
+                    };
+                    let group = match self.cidrs.iter().position(|(m, _)| *m == mask) {
+                        Some(i) => &mut self.cidrs[i].1,
+                        None => {
+                            self.cidrs.push((mask, HashMap::new()));
+                            self.cidrs
+                                .sort_by_key(|(m, _)| std::cmp::Reverse(m.prefix_len()));
+                            let i = self.cidrs.iter().position(|(m, _)| *m == mask).unwrap_or(0);
+                            &mut self.cidrs[i].1
+                        }
+                    };
+                    insert(
+                        group.entry(*net).or_default(),
+                        port.number,
+                        &entry,
+                        se,
+                        &net.to_string(),
+                        diags,
+                    );
+                }
+            }
+        }
+    }
+
+    /// The outbound policy.
+    pub fn policy(&self) -> OutboundPolicy {
+        self.policy
+    }
+
+    /// The registered services, in the order read.
+    pub fn services(&self) -> &[Arc<ServiceEntry>] {
+        &self.services
+    }
+
+    /// A serialisable summary.
+    pub fn summary(&self) -> RegistrySummary<'_> {
+        RegistrySummary {
+            policy: self.policy,
+            services: &self.services,
+        }
+    }
+
+    /// The registered port a destination maps to: an exact host, else the longest wildcard
+    /// suffix, else (for IP literals) a declared address or the narrowest declared CIDR.
+    #[inline]
+    pub fn lookup(&self, dst: &Destination) -> Option<&Arc<RegisteredPort>> {
+        match dst.host() {
+            Host::Name(name) => self.lookup_name(name, dst.port()),
+            Host::Ip(ip) => self.lookup_ip(*ip, dst.port()),
+        }
+    }
+
+    /// Looks up a lower-case host name and port.
+    pub fn lookup_name(&self, name: &str, port: u16) -> Option<&Arc<RegisteredPort>> {
+        // Ports are matched per host, as Envoy matches per listener: an exact host without
+        // this port falls through to a wildcard that has it.
+        if let Some(found) = self.exact.get(name).and_then(|hp| hp.get(port)) {
+            return Some(found);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        // `*.example.com` matches `a.example.com` and `a.b.example.com`, never
+        // `example.com`: try each proper suffix, longest (most specific) first.
+        let mut rest = name;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(found) = self.wildcard.get(rest).and_then(|hp| hp.get(port)) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
+    /// Looks up an IP address and port among declared addresses.
+    pub fn lookup_ip(&self, ip: IpAddr, port: u16) -> Option<&Arc<RegisteredPort>> {
+        if let Some(found) = self.ips.get(&ip).and_then(|hp| hp.get(port)) {
+            return Some(found);
+        }
+        for (mask, group) in &self.cidrs {
+            let ((IpNet::V4(_), IpAddr::V4(_)) | (IpNet::V6(_), IpAddr::V6(_))) = (mask, ip) else {
+                continue;
+            };
+            let Ok(net) = IpNet::new(ip, mask.prefix_len()) else {
+                continue;
+            };
+            if let Some(found) = group.get(&net.trunc()).and_then(|hp| hp.get(port)) {
+                return Some(found);
+            }
+        }
+        None
+    }
+}
+
+fn insert(
+    slot: &mut HostPorts,
+    number: u16,
+    entry: &Arc<RegisteredPort>,
+    se: &ServiceEntry,
+    host: &str,
+    diags: &mut Diagnostics,
+) {
+    if let Some(existing) = slot.get(number) {
+        // Istio keeps the oldest resource; here, the first one read.
+        diags.push(Diagnostic {
+            severity: Severity::Warning,
+            file: se.meta.file.clone(),
+            line: se.meta.line,
+            col: 1,
+            resource: Some(format!("ServiceEntry {}", se.meta.id()).into()),
+            field: "spec.hosts".into(),
+            message: format!(
+                "{host} port {number} is already registered by ServiceEntry {} ({}:{}); this one is ignored for it",
+                existing.service.meta.id(),
+                existing.service.meta.file,
+                existing.service.meta.line
+            ),
+        });
+        return;
+    }
+    slot.ports.push((number, entry.clone()));
+}
+
+fn plan_for(
+    se: &ServiceEntry,
+    port: &Port,
+    trusted: &Arc<[IpNet]>,
+    label: &Arc<str>,
+) -> UpstreamPlan {
+    let dial = port.target_port.unwrap_or(port.number);
+    let targets: Vec<Target> = match se.resolution {
+        Resolution::None | Resolution::DynamicDns => Vec::new(),
+        Resolution::Static | Resolution::Dns | Resolution::DnsRoundRobin => se
+            .endpoints
+            .iter()
+            .filter(|e| e.weight != Some(0))
+            .map(|e| {
+                let p = e
+                    .ports
+                    .iter()
+                    .find(|(n, _)| *n == port.name)
+                    .map(|(_, p)| *p)
+                    .unwrap_or(dial);
+                match e.address.parse::<IpAddr>() {
+                    Ok(ip) => Target::Addr(SocketAddr::new(ip, p)),
+                    Err(_) => Target::Name(e.address.as_str().into(), Some(p)),
+                }
+            })
+            .collect(),
+    };
+    UpstreamPlan {
+        targets: targets.into(),
+        port: Some(dial),
+        trusted_nets: trusted.clone(),
+        service: Some(label.clone()),
+    }
+}
+
+fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<OutboundPolicy> {
+    let mut found: Option<(OutboundPolicy, &crate::istio::Sidecar)> = None;
+    for sc in &config.sidecars {
+        let Some(mode) = sc.outbound else { continue };
+        match found {
+            Some((first, at)) if first != mode => diags.push(Diagnostic {
+                severity: Severity::Error,
+                file: sc.meta.file.clone(),
+                line: sc.meta.line,
+                col: 1,
+                resource: Some(format!("Sidecar {}", sc.meta.id()).into()),
+                field: "spec.outboundTrafficPolicy.mode".into(),
+                message: format!(
+                    "{} conflicts with {} set by Sidecar {} ({}:{})",
+                    mode.as_str(),
+                    first.as_str(),
+                    at.meta.id(),
+                    at.meta.file,
+                    at.meta.line
+                ),
+            }),
+            Some(_) => {}
+            None => found = Some((mode, sc)),
+        }
+    }
+    found.map(|(m, _)| m)
+}
+
+#[cfg(test)]
+mod tests;
