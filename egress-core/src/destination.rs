@@ -63,8 +63,15 @@ pub enum DestinationError {
     BadConnect,
 }
 
-/// Takes the destination from a request; see the module docs for the rules.
+/// Takes the destination from a request received by a server; see the module docs.
 pub fn destination_of<B>(req: &Request<B>) -> Result<Destination, DestinationError> {
+    destination_with(req, true)
+}
+
+/// Takes the destination; `wire` says the request was parsed from a client connection, where
+/// HTTP/1.1 requires `Host` (RFC 9112 section 3.2). Requests an application builds for its own
+/// client (`Request::get("http://...")`) carry the authority in the URI only.
+fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, DestinationError> {
     let host_header = single_host(req)?;
     let uri = req.uri();
     if req.method() == Method::CONNECT {
@@ -107,7 +114,9 @@ pub fn destination_of<B>(req: &Request<B>) -> Result<Destination, DestinationErr
                     return Err(mismatch(h, target.as_str()));
                 }
             }
-            None if req.version() == Version::HTTP_11 => return Err(DestinationError::MissingHost),
+            None if wire && req.version() == Version::HTTP_11 => {
+                return Err(DestinationError::MissingHost);
+            }
             None => {}
         }
         let form = if req.version() >= Version::HTTP_2 {
@@ -161,13 +170,27 @@ fn mismatch(host: &str, target: &str) -> DestinationError {
 }
 
 /// Inserts the request's [`Destination`], or answers 400 and closes the connection.
-#[derive(Clone, Debug, Default)]
-pub struct DestinationLayer(());
+#[derive(Clone, Debug)]
+pub struct DestinationLayer {
+    wire: bool,
+}
+
+impl Default for DestinationLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl DestinationLayer {
-    /// The layer.
+    /// The layer for a server: requests come from the wire and HTTP/1.1 needs `Host`.
     pub fn new() -> Self {
-        Self(())
+        Self { wire: true }
+    }
+
+    /// The layer for an application's own HTTP client, whose requests carry their authority
+    /// in an absolute URI and need no `Host` header (the same checks apply when one is set).
+    pub fn for_client() -> Self {
+        Self { wire: false }
     }
 }
 
@@ -175,7 +198,10 @@ impl<S> Layer<S> for DestinationLayer {
     type Service = ExtractDestination<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ExtractDestination { inner }
+        ExtractDestination {
+            inner,
+            wire: self.wire,
+        }
     }
 }
 
@@ -183,6 +209,7 @@ impl<S> Layer<S> for DestinationLayer {
 #[derive(Clone, Debug)]
 pub struct ExtractDestination<S> {
     inner: S,
+    wire: bool,
 }
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for ExtractDestination<S>
@@ -200,7 +227,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        match destination_of(&req) {
+        match destination_with(&req, self.wire) {
             Ok(dst) => {
                 req.extensions_mut().insert(dst);
                 RefuseOr::inner(self.inner.call(req))
