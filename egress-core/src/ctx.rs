@@ -106,6 +106,39 @@ impl Destination {
         }
     }
 
+    /// Like [`Destination::new`], reusing `raw` as the upstream `Host` value when it is
+    /// already the canonical spelling (the common case), which saves formatting it again.
+    pub fn with_raw_host(
+        host: Host,
+        port: u16,
+        scheme: Scheme,
+        form: RequestForm,
+        raw: &HeaderValue,
+    ) -> Self {
+        let canonical = match (&host, raw.to_str()) {
+            (Host::Name(name), Ok(text)) => {
+                let default = port == scheme.default_port() && form != RequestForm::Connect;
+                match text.split_once(':') {
+                    // The port was parsed strictly (no sign, no leading zero), so equal
+                    // numbers have equal spellings.
+                    Some((h, p)) => !default && h == &**name && p.parse() == Ok(port),
+                    None => default && text == &**name,
+                }
+            }
+            _ => false,
+        };
+        if !canonical {
+            return Self::new(host, port, scheme, form);
+        }
+        Self {
+            host,
+            port,
+            scheme,
+            form,
+            host_header: raw.clone(),
+        }
+    }
+
     /// The normalised host.
     pub fn host(&self) -> &Host {
         &self.host

@@ -11,7 +11,7 @@
 //! - Refuses: [`RejectionKind::Malformed`] (400), [`RejectionKind::Unsupported`] (400).
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -85,7 +85,7 @@ fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, Dest
             value: target.as_str().to_owned(),
             error: HostError::MissingPort,
         })?;
-        if let Some(h) = host_header {
+        if let Some((h, _)) = host_header {
             let (hh, hp) = parse(h, "Host header")?;
             if hh != host || hp.is_some_and(|p| p != port) {
                 return Err(mismatch(h, target.as_str()));
@@ -108,11 +108,17 @@ fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, Dest
         let (host, port) = parse(target.as_str(), "request target")?;
         let port = port.unwrap_or(scheme.default_port());
         match host_header {
-            Some(h) => {
+            Some((h, raw)) => {
                 let (hh, hp) = parse(h, "Host header")?;
                 if hh != host || hp.unwrap_or(scheme.default_port()) != port {
                     return Err(mismatch(h, target.as_str()));
                 }
+                let form = if req.version() >= Version::HTTP_2 {
+                    RequestForm::Origin
+                } else {
+                    RequestForm::Absolute
+                };
+                return Ok(Destination::with_raw_host(host, port, scheme, form, raw));
             }
             None if wire && req.version() == Version::HTTP_11 => {
                 return Err(DestinationError::MissingHost);
@@ -129,29 +135,30 @@ fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, Dest
     if uri.path() == "*" {
         return Err(DestinationError::AsteriskForm);
     }
-    let h = host_header.ok_or(DestinationError::MissingHost)?;
+    let (h, raw) = host_header.ok_or(DestinationError::MissingHost)?;
     let (host, port) = parse(h, "Host header")?;
-    Ok(Destination::new(
+    Ok(Destination::with_raw_host(
         host,
         port.unwrap_or(80),
         Scheme::Http,
         RequestForm::Origin,
+        raw,
     ))
 }
 
-fn single_host<B>(req: &Request<B>) -> Result<Option<&str>, DestinationError> {
+fn single_host<B>(req: &Request<B>) -> Result<Option<(&str, &HeaderValue)>, DestinationError> {
     let mut all = req.headers().get_all(header::HOST).iter();
-    let Some(value) = all.next() else {
+    let Some(raw) = all.next() else {
         return Ok(None);
     };
     if all.next().is_some() {
         return Err(DestinationError::DuplicateHost);
     }
-    let value = value.to_str().map_err(|_| DestinationError::HostNotAscii)?;
+    let value = raw.to_str().map_err(|_| DestinationError::HostNotAscii)?;
     if value.contains(',') {
         return Err(DestinationError::CommaHost);
     }
-    Ok(Some(value))
+    Ok(Some((value, raw)))
 }
 
 fn parse(value: &str, what: &'static str) -> Result<(Host, Option<u16>), DestinationError> {
@@ -322,10 +329,25 @@ mod tests {
             ok(req("GET", "http://example.com/", Version::HTTP_10, &[])).0,
             "example.com:80"
         );
-        // Host with the default port spelled out agrees with a target without it.
+        // Host with the default port spelled out agrees with a target without it, and the
+        // Host written upstream is the canonical one, whatever the client spelled.
         assert_eq!(
-            ok(req("GET", "http://example.com/", v11, &["example.com:80"])).0,
-            "example.com:80"
+            ok(req("GET", "http://example.com/", v11, &["example.com:80"])),
+            (
+                "example.com:80".into(),
+                Absolute,
+                Scheme::Http,
+                "example.com".into()
+            )
+        );
+        assert_eq!(ok(req("GET", "/", v11, &["A.com:8080"])).3, "a.com:8080");
+        assert_eq!(ok(req("GET", "/", v11, &["a.com.:8080"])).3, "a.com:8080");
+        assert_eq!(ok(req("GET", "/", v11, &["a.com:8080"])).3, "a.com:8080");
+        assert_eq!(ok(req("GET", "/", v11, &["a.com"])).3, "a.com");
+        assert_eq!(ok(req("GET", "/", v11, &["10.0.0.1:80"])).3, "10.0.0.1");
+        assert_eq!(
+            ok(req("CONNECT", "a.com:443", v11, &["a.com"])).3,
+            "a.com:443"
         );
     }
 

@@ -96,6 +96,10 @@ pub struct RunArgs {
     /// Maximum size of a request head (request line and headers), in bytes.
     #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
     pub max_header_bytes: usize,
+    /// Worker threads; default: the CPUs this process may run on. With 1, the gateway runs a
+    /// single-threaded event loop (cheapest per request when pinned to one core).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// The pseudonym written in `Via`; a request that already carries it has looped.
     #[arg(long, default_value = "egress-gateway", value_name = "NAME")]
     pub via_name: String,

@@ -64,17 +64,20 @@ impl UpstreamConfig {
 /// request goes out as HTTP/1.1 in origin form, with exactly the `Host` of the destination,
 /// to an IP literal: the connector never sees a name to resolve again.
 pub struct Upstream<C, B> {
+    // One reference count per request instead of cloning the client's several.
+    inner: Arc<Inner<C, B>>,
+}
+
+struct Inner<C, B> {
     client: Client<C, B>,
     dialer: Arc<Dialer>,
     request_timeout: Option<Duration>,
 }
 
-impl<C: Clone, B> Clone for Upstream<C, B> {
+impl<C, B> Clone for Upstream<C, B> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
-            dialer: self.dialer.clone(),
-            request_timeout: self.request_timeout,
+            inner: self.inner.clone(),
         }
     }
 }
@@ -82,7 +85,7 @@ impl<C: Clone, B> Clone for Upstream<C, B> {
 impl<C, B> std::fmt::Debug for Upstream<C, B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream")
-            .field("dialer", &self.dialer)
+            .field("dialer", &self.inner.dialer)
             .finish_non_exhaustive()
     }
 }
@@ -121,9 +124,11 @@ where
             .set_host(false)
             .build(connector);
         Self {
-            client,
-            dialer,
-            request_timeout: config.request_timeout,
+            inner: Arc::new(Inner {
+                client,
+                dialer,
+                request_timeout: config.request_timeout,
+            }),
         }
     }
 }
@@ -146,10 +151,14 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let client = self.client.clone();
-        let dialer = self.dialer.clone();
-        let timeout = self.request_timeout;
+        let inner = self.inner.clone();
         Box::pin(async move {
+            let Inner {
+                client,
+                dialer,
+                request_timeout: timeout,
+            } = &*inner;
+            let timeout = *timeout;
             let Some(dst) = req.extensions().get::<Destination>().cloned() else {
                 return Err("upstream: no Destination in the request extensions".into());
             };
@@ -190,7 +199,7 @@ fn prepare<B>(
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = Authority::try_from(addr.to_string())?;
+    let authority = authority_of(addr)?;
     *req.uri_mut() = Uri::from_parts({
         let mut parts = http::uri::Parts::default();
         parts.scheme = Some(Scheme::HTTP);
@@ -202,6 +211,42 @@ fn prepare<B>(
     req.headers_mut()
         .insert(header::HOST, dst.host_header().clone());
     Ok(req)
+}
+
+/// `IP:PORT` as a URI authority, without the formatting machinery for the common IPv4 case.
+fn authority_of(addr: SocketAddr) -> Result<Authority, http::uri::InvalidUri> {
+    let SocketAddr::V4(v4) = addr else {
+        return Authority::try_from(addr.to_string());
+    };
+    let mut buf = [0u8; 21];
+    let mut len = 0;
+    let push_num = |n: u16, buf: &mut [u8; 21], len: &mut usize| {
+        let mut digits = [0u8; 5];
+        let mut i = digits.len();
+        let mut n = n;
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let d = &digits[i..];
+        buf[*len..*len + d.len()].copy_from_slice(d);
+        *len += d.len();
+    };
+    for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[len] = b'.';
+            len += 1;
+        }
+        push_num(u16::from(octet), &mut buf, &mut len);
+    }
+    buf[len] = b':';
+    len += 1;
+    push_num(v4.port(), &mut buf, &mut len);
+    Authority::from_maybe_shared(bytes::Bytes::copy_from_slice(&buf[..len]))
 }
 
 fn classify(
@@ -230,4 +275,23 @@ fn classify(
         format!("{dst}: upstream {addr} failed"),
     )
     .with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_of_addresses() {
+        for a in [
+            "127.0.0.1:80",
+            "255.255.255.255:65535",
+            "0.0.0.0:1",
+            "10.20.30.40:8080",
+            "[::1]:443",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            assert_eq!(authority_of(addr).unwrap().as_str(), a);
+        }
+    }
 }

@@ -13,11 +13,14 @@ pub use layer::{RegistryOnly, RegistryOnlyLayer};
 use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
 use ipnet::IpNet;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
+
+// The tables are built from configuration only; clients can probe them but never insert, so
+// a fast hash with a random seed (foldhash) is safe here where SipHash's cost is not needed.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use crate::istio::{ConfigSet, OutboundPolicy, Port, Resolution, ServiceEntry};
 
 /// One registered port of one service: what a lookup returns.
@@ -71,9 +74,9 @@ impl Registry {
     pub fn empty(policy: OutboundPolicy) -> Self {
         Self {
             policy,
-            exact: HashMap::new(),
-            wildcard: HashMap::new(),
-            ips: HashMap::new(),
+            exact: HashMap::default(),
+            wildcard: HashMap::default(),
+            ips: HashMap::default(),
             cidrs: Vec::new(),
             services: Vec::new(),
         }
@@ -90,7 +93,7 @@ impl Registry {
         let mut diags = config.diagnostics.clone();
         let policy = override_.or_else(|| sidecar_policy(config, &mut diags));
         let mut reg = Registry::empty(policy.unwrap_or(OutboundPolicy::RegistryOnly));
-        let mut seen = HashMap::new();
+        let mut seen = std::collections::HashMap::new();
         for se in &config.service_entries {
             let id = se.meta.id();
             if let Some(first) = seen.insert(id.clone(), se.meta.line) {
@@ -168,7 +171,7 @@ impl Registry {
                     let group = match self.cidrs.iter().position(|(m, _)| *m == mask) {
                         Some(i) => &mut self.cidrs[i].1,
                         None => {
-                            self.cidrs.push((mask, HashMap::new()));
+                            self.cidrs.push((mask, HashMap::default()));
                             self.cidrs
                                 .sort_by_key(|(m, _)| std::cmp::Reverse(m.prefix_len()));
                             let i = self.cidrs.iter().position(|(m, _)| *m == mask).unwrap_or(0);
