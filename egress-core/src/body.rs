@@ -3,8 +3,11 @@
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 use crate::BoxError;
 
@@ -80,5 +83,114 @@ impl Body for BoxBody {
     #[inline]
     fn size_hint(&self) -> SizeHint {
         self.0.size_hint()
+    }
+}
+
+/// A body that fails when it goes `timeout` without producing a frame.
+///
+/// Unlike tower-http's `TimeoutBody` it is `Unpin` (the hyper client needs that) and arms a
+/// timer only when a poll actually has to wait, so bodies that are empty or already buffered
+/// cost no timer and no allocation.
+#[derive(Debug)]
+pub struct IdleTimeout<B> {
+    inner: B,
+    timeout: Option<Duration>,
+    sleep: Option<Pin<Box<Sleep>>>,
+    armed: bool,
+}
+
+/// The error of an [`IdleTimeout`] body that waited too long.
+#[derive(Debug, thiserror::Error)]
+#[error("body idle for longer than {0:?}")]
+pub struct BodyIdleTimeout(pub Duration);
+
+impl<B> IdleTimeout<B> {
+    /// Wraps `inner`; `None` never times out.
+    pub fn new(inner: B, timeout: Option<Duration>) -> Self {
+        Self {
+            inner,
+            timeout,
+            sleep: None,
+            armed: false,
+        }
+    }
+}
+
+impl<B> Body for IdleTimeout<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = B::Data;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            this.armed = false;
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let Some(timeout) = this.timeout else {
+            return Poll::Pending;
+        };
+        if !this.armed {
+            let deadline = Instant::now() + timeout;
+            match &mut this.sleep {
+                Some(sleep) => sleep.as_mut().reset(deadline),
+                None => this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+            this.armed = true;
+        }
+        let expired = match &mut this.sleep {
+            Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if expired {
+            return Poll::Ready(Some(Err(BodyIdleTimeout(timeout).into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_bodies_fail_and_busy_ones_do_not() {
+        let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        let mut body = IdleTimeout::new(rx, Some(Duration::from_secs(5)));
+        tokio::spawn(async move {
+            for _ in 0..3 {
+                tokio::time::sleep(Duration::from_secs(4)).await;
+                let _ = tx.send_data(Bytes::from_static(b"x")).await;
+            }
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            drop(tx);
+        });
+        for _ in 0..3 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "x");
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.to_string().contains("idle"), "{err}");
+
+        let full = IdleTimeout::new(
+            Full::new(Bytes::from_static(b"ok")),
+            Some(Duration::from_secs(1)),
+        );
+        assert_eq!(full.collect().await.unwrap().to_bytes(), "ok");
     }
 }

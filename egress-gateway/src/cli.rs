@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Time allowed for upstream response headers; 0 disables.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub request_timeout: Duration,
+    /// How long a request or response body may stall (no bytes) before the exchange is
+    /// aborted; 0 disables.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub body_idle_timeout: Duration,
     /// Time allowed for DNS resolution.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_timeout: Duration,

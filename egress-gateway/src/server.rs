@@ -111,7 +111,11 @@ impl Gateway {
         let svc = stack::build(StackConfig {
             registry: registry.clone(),
             dialer,
-            upstream: UpstreamConfig::default().with_request_timeout(request_timeout),
+            upstream: UpstreamConfig::default()
+                .with_request_timeout(request_timeout)
+                .with_body_idle_timeout(
+                    (!args.body_idle_timeout.is_zero()).then_some(args.body_idle_timeout),
+                ),
             proxy_headers,
             tunnel_idle_timeout: args.tunnel_idle_timeout,
         });

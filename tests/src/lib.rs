@@ -198,8 +198,21 @@ impl Origin {
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
-                            let mut rsp =
-                                Response::new(Full::new(Bytes::from_static(b"hello from origin")));
+                            if parts.uri.path() == "/stall" {
+                                // Headers and a first chunk, then silence for 30 s.
+                                let (mut tx, rx) = http_body_util::channel::Channel::<
+                                    Bytes,
+                                    std::convert::Infallible,
+                                >::new(1);
+                                tokio::spawn(async move {
+                                    let _ = tx.send_data(Bytes::from_static(b"partial")).await;
+                                    tokio::time::sleep(Duration::from_secs(30)).await;
+                                });
+                                return Ok(Response::new(http_body_util::Either::Right(rx)));
+                            }
+                            let mut rsp = Response::new(http_body_util::Either::Left(Full::new(
+                                Bytes::from_static(b"hello from origin"),
+                            )));
                             rsp.headers_mut()
                                 .insert("x-origin", http::HeaderValue::from_static("1"));
                             rsp.headers_mut()

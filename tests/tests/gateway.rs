@@ -598,3 +598,40 @@ async fn admin_endpoints() {
     let missing = curl_async(&[&format!("http://{}/nope", gw.admin)]).await;
     assert_eq!(missing.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_bodies_are_cut_off() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let gw = Gateway::start(
+        &service_entry(
+            "api",
+            "api.example.com",
+            port,
+            "HTTP",
+            "  resolution: DNS\n",
+        ),
+        &[
+            &mapped("api.example.com", &origin),
+            "--body-idle-timeout=500ms",
+        ],
+    );
+    let started = Instant::now();
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.example.com:{port}/stall"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body, "partial");
+    assert_ne!(
+        r.exit, 0,
+        "a stalled body must end in an error, not look complete: {r:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+}

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tower::Service;
 
 use crate::BoxBody;
+use crate::body::IdleTimeout;
 use crate::ctx::{Destination, UpstreamPlan};
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
 use crate::transport::Dialer;
@@ -23,6 +24,7 @@ use crate::transport::Dialer;
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     request_timeout: Option<Duration>,
+    body_idle_timeout: Option<Duration>,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
 }
@@ -31,6 +33,7 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {
             request_timeout: Some(Duration::from_secs(60)),
+            body_idle_timeout: Some(Duration::from_secs(300)),
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
         }
@@ -42,6 +45,14 @@ impl UpstreamConfig {
     /// limit). Expiry gives 504 `upstream-timeout`.
     pub fn with_request_timeout(mut self, t: Option<Duration>) -> Self {
         self.request_timeout = t;
+        self
+    }
+
+    /// How long a request or response body may go without a byte before the exchange is
+    /// aborted (default 5 min, as Envoy's stream idle timeout; `None`: no limit). A stalled
+    /// upload or download then releases its connections instead of holding them forever.
+    pub fn with_body_idle_timeout(mut self, t: Option<Duration>) -> Self {
+        self.body_idle_timeout = t;
         self
     }
 
@@ -69,9 +80,10 @@ pub struct Upstream<C, B> {
 }
 
 struct Inner<C, B> {
-    client: Client<C, B>,
+    client: Client<C, IdleTimeout<B>>,
     dialer: Arc<Dialer>,
     request_timeout: Option<Duration>,
+    body_idle_timeout: Option<Duration>,
 }
 
 impl<C, B> Clone for Upstream<C, B> {
@@ -128,6 +140,7 @@ where
                 client,
                 dialer,
                 request_timeout: config.request_timeout,
+                body_idle_timeout: config.body_idle_timeout,
             }),
         }
     }
@@ -157,15 +170,16 @@ where
                 client,
                 dialer,
                 request_timeout: timeout,
+                body_idle_timeout: idle,
             } = &*inner;
-            let timeout = *timeout;
+            let (timeout, idle) = (*timeout, *idle);
             let Some(dst) = req.extensions().get::<Destination>().cloned() else {
                 return Err("upstream: no Destination in the request extensions".into());
             };
             let plan = req.extensions().get::<UpstreamPlan>();
             let addrs = dialer.addresses(&dst, plan).await?;
             let addr = addrs[0];
-            let req = prepare(req, &dst, addr)?;
+            let req = prepare(req, &dst, addr)?.map(|b| IdleTimeout::new(b, idle));
             let send = client.request(req);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, send).await {
@@ -181,7 +195,7 @@ where
                 None => send.await,
             };
             match result {
-                Ok(rsp) => Ok(rsp.map(BoxBody::new)),
+                Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
                 Err(e) => Err(classify(&dst, addr, e).into()),
             }
         })
