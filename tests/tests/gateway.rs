@@ -165,6 +165,8 @@ async fn keep_alive_connections_are_reused_upstream() {
         // Separate curl processes: separate client connections, one pooled upstream one.
         let r = curl_async(&["-x", &gw.proxy_url(), &url]).await;
         assert_eq!(r.status, 200);
+        // The upstream connection returns to the pool from its own task after the body.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(origin.count(), 3);
     assert_eq!(

@@ -118,6 +118,8 @@ async fn resolver_and_connector_are_pluggable() {
         let _ = http_body_util::BodyExt::collect(rsp.into_body())
             .await
             .unwrap();
+        // The connection goes back to the pool from its own task once the body has ended.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(origin.count(), 3);
     assert_eq!(
