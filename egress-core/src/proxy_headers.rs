@@ -5,7 +5,9 @@
 //! `Proxy-Authorization`, which was meant for this hop only; it appends this gateway to `Via`.
 //! A request whose `Via` already names this gateway has looped and gets **508**. A request
 //! with both `Transfer-Encoding` and `Content-Length` is framed ambiguously and gets **400**.
-//! On the way down it removes hop-by-hop headers and `Proxy-Authenticate` and adds `Via`.
+//! On the way down it removes hop-by-hop headers, `Proxy-Authenticate` and any
+//! `x-egress-denied` / `x-egress-error` an upstream sent (only this gateway may say those),
+//! and adds `Via`.
 //!
 //! - Reads: request headers. Refuses: [`RejectionKind::LoopDetected`] (508),
 //!   [`RejectionKind::Malformed`] (400).
@@ -20,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use crate::ctx::{Rejection, RejectionKind};
+use crate::ctx::{DENIED_HEADER, ERROR_HEADER, Rejection, RejectionKind};
 use crate::respond::RefuseOr;
 
 /// The configuration: the pseudonym this gateway writes in `Via`.
@@ -210,6 +212,9 @@ where
             let headers = rsp.headers_mut();
             remove_hop_by_hop(headers);
             headers.remove(header::PROXY_AUTHENTICATE);
+            // Only this gateway speaks these tokens: an upstream must not forge a refusal.
+            headers.remove(DENIED_HEADER);
+            headers.remove(ERROR_HEADER);
             append_via(headers, this.via);
         }
         Poll::Ready(Ok(rsp))
@@ -238,6 +243,8 @@ mod tests {
                 .insert(header::CONNECTION, HeaderValue::from_static("x-secret"));
             rsp.headers_mut()
                 .insert("x-secret", HeaderValue::from_static("s"));
+            rsp.headers_mut()
+                .insert(DENIED_HEADER, HeaderValue::from_static("forged"));
             Ok::<_, Infallible>(rsp)
         }));
         let req = Request::builder()
@@ -251,6 +258,10 @@ mod tests {
             .unwrap();
         let rsp = svc.oneshot(req).await.unwrap();
         assert!(rsp.headers().get("x-secret").is_none());
+        assert!(
+            rsp.headers().get(DENIED_HEADER).is_none(),
+            "upstream forged a refusal"
+        );
         assert_eq!(rsp.headers()[header::VIA], "1.1 egress-gateway");
     }
 
