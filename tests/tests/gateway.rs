@@ -4,6 +4,21 @@
 use egress_tests::{Gateway, Origin, curl_async, raw_exchange_async, service_entry};
 use std::time::{Duration, Instant};
 
+/// A gateway that registers `api.example.com` on the origin's port and maps it there.
+fn api_gateway(origin: &Origin, extra: &[&str]) -> Gateway {
+    let yaml = service_entry(
+        "api",
+        "api.example.com",
+        origin.port(),
+        "HTTP",
+        "  resolution: DNS\n",
+    );
+    let mut args = vec![mapped("api.example.com", origin)];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Gateway::start(&yaml, &refs)
+}
+
 fn mapped(name: &str, origin: &Origin) -> String {
     format!("--resolve={name}:{}:127.0.0.1", origin.port())
 }
@@ -107,16 +122,7 @@ async fn forward_proxy_allows_registered_and_refuses_the_rest() {
 async fn request_bodies_stream_and_h2c_works() {
     let origin = Origin::start().await;
     let port = origin.port();
-    let gw = Gateway::start(
-        &service_entry(
-            "api",
-            "api.example.com",
-            port,
-            "HTTP",
-            "  resolution: DNS\n",
-        ),
-        &[&mapped("api.example.com", &origin)],
-    );
+    let gw = api_gateway(&origin, &[]);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("body");
     std::fs::write(&file, "x".repeat(300_000)).unwrap();
@@ -150,16 +156,7 @@ async fn request_bodies_stream_and_h2c_works() {
 async fn keep_alive_connections_are_reused_upstream() {
     let origin = Origin::start().await;
     let port = origin.port();
-    let gw = Gateway::start(
-        &service_entry(
-            "api",
-            "api.example.com",
-            port,
-            "HTTP",
-            "  resolution: DNS\n",
-        ),
-        &[&mapped("api.example.com", &origin)],
-    );
+    let gw = api_gateway(&origin, &[]);
     let url = format!("http://api.example.com:{port}/");
     for _ in 0..3 {
         // Separate curl processes: separate client connections, one pooled upstream one.
@@ -380,20 +377,7 @@ async fn ssrf_guard_refuses_internal_addresses_unless_declared() {
 async fn ambiguous_requests_get_400_and_a_closed_connection() {
     let origin = Origin::start().await;
     let port = origin.port();
-    let gw = Gateway::start(
-        &service_entry(
-            "api",
-            "api.example.com",
-            port,
-            "HTTP",
-            "  resolution: DNS\n",
-        ),
-        &[
-            "--outbound-policy",
-            "allow-any",
-            &mapped("api.example.com", &origin),
-        ],
-    );
+    let gw = api_gateway(&origin, &["--outbound-policy", "allow-any"]);
     let h = format!("api.example.com:{port}");
     let cases = [
         format!("GET / HTTP/1.1\r\nHost: {h}\r\nHost: evil.example.net\r\n\r\n"),
@@ -571,16 +555,7 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_endpoints() {
     let origin = Origin::start().await;
-    let gw = Gateway::start(
-        &service_entry(
-            "api",
-            "api.example.com",
-            origin.port(),
-            "HTTP",
-            "  resolution: DNS\n",
-        ),
-        &[&mapped("api.example.com", &origin)],
-    );
+    let gw = api_gateway(&origin, &[]);
     let ready = curl_async(&[&format!("http://{}/healthz/ready", gw.admin)]).await;
     assert_eq!(ready.status, 200);
     let dump = curl_async(&[&format!("http://{}/config_dump", gw.admin)]).await;
@@ -605,19 +580,7 @@ async fn admin_endpoints() {
 async fn stalled_bodies_are_cut_off() {
     let origin = Origin::start().await;
     let port = origin.port();
-    let gw = Gateway::start(
-        &service_entry(
-            "api",
-            "api.example.com",
-            port,
-            "HTTP",
-            "  resolution: DNS\n",
-        ),
-        &[
-            &mapped("api.example.com", &origin),
-            "--body-idle-timeout=500ms",
-        ],
-    );
+    let gw = api_gateway(&origin, &["--body-idle-timeout=500ms"]);
     let started = Instant::now();
     let r = curl_async(&[
         "-x",
