@@ -139,6 +139,13 @@ impl Destination {
         }
     }
 
+    /// The same destination with another `Host` written upstream (a route's authority
+    /// rewrite); what is dialled does not change.
+    pub fn with_host_header(mut self, host_header: HeaderValue) -> Self {
+        self.host_header = host_header;
+        self
+    }
+
     /// The normalised host.
     pub fn host(&self) -> &Host {
         &self.host
@@ -215,6 +222,19 @@ pub enum Target {
     Name(Arc<str>, Option<u16>),
 }
 
+/// Which route served a request.
+///
+/// - Inserted by: the route layer. - Read by: telemetry, tests.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteDecision {
+    /// `namespace/name` of the `VirtualService` and the route's name or index.
+    pub route: Arc<str>,
+    /// The destination host chosen.
+    pub destination: Arc<str>,
+    /// The subset, if any.
+    pub subset: Option<Arc<str>>,
+}
+
 /// Marks a request let through under `ALLOW_ANY` without a matching registry entry.
 ///
 /// - Inserted by: the registry check. - Read by: telemetry (Istio's `PassthroughCluster`).
@@ -248,6 +268,8 @@ pub enum RejectionKind {
     LoopDetected,
     /// The scheme or request form is not supported.
     Unsupported,
+    /// A `VirtualService` covers the host but none of its routes matches (Envoy's `NR`).
+    NoRoute,
 }
 
 impl RejectionKind {
@@ -261,6 +283,7 @@ impl RejectionKind {
             RejectionKind::IpDenied => "ip-denied",
             RejectionKind::LoopDetected => "loop-detected",
             RejectionKind::Unsupported => "unsupported",
+            RejectionKind::NoRoute => "no-route",
         }
     }
 }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
+    pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
     pub(crate) dump: StaticDump,
 }
 
@@ -44,6 +45,7 @@ pub(crate) struct ResolveDump {
 struct Dump<'a> {
     #[serde(flatten)]
     registry: egress_policy::registry::RegistrySummary<'a>,
+    routes: egress_policy::routes::RouteSummary,
     #[serde(flatten)]
     fixed: &'a StaticDump,
 }
@@ -64,6 +66,7 @@ pub(crate) async fn handle(
             let registry = state.registry.load();
             let dump = Dump {
                 registry: registry.summary(),
+                routes: state.routes.load().summary(),
                 fixed: &state.dump,
             };
             match serde_json::to_vec_pretty(&dump) {

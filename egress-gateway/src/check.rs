@@ -47,6 +47,20 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     }
                 );
             }
+            for vs in &loaded.config.virtual_services {
+                let _ = writeln!(
+                    out,
+                    "  VirtualService {}: hosts [{}] {} http route(s){}",
+                    vs.meta.id(),
+                    vs.hosts.join(", "),
+                    vs.http.len(),
+                    if vs.gateways.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" gateways [{}]", vs.gateways.join(", "))
+                    }
+                );
+            }
             for w in loaded.diagnostics.warnings() {
                 let _ = writeln!(err, "{w}");
             }

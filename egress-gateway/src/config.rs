@@ -3,6 +3,7 @@
 use egress_policy::Registry;
 use egress_policy::diag::Diagnostics;
 use egress_policy::istio::ConfigSet;
+use egress_policy::routes::RouteTable;
 use std::fmt;
 
 use crate::cli::ConfigArgs;
@@ -17,6 +18,8 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded default config>";
 pub struct Loaded {
     /// The compiled registry (with the outbound policy).
     pub registry: Registry,
+    /// The compiled routes.
+    pub routes: RouteTable,
     /// Everything that was read.
     pub config: ConfigSet,
     /// Warnings (errors would have failed the load).
@@ -56,11 +59,17 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
     };
     let policy = args.outbound_policy.map(Into::into);
     match Registry::compile(&config, policy) {
-        Ok((registry, diagnostics)) => Ok(Loaded {
-            registry,
-            config,
-            diagnostics,
-        }),
+        Ok((registry, mut diagnostics)) => {
+            let (routes, route_diags) =
+                RouteTable::compile(&config, &registry).map_err(LoadError::Invalid)?;
+            diagnostics.extend(route_diags);
+            Ok(Loaded {
+                registry,
+                routes,
+                config,
+                diagnostics,
+            })
+        }
         Err(d) => Err(LoadError::Invalid(d)),
     }
 }

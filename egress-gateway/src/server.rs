@@ -95,6 +95,7 @@ impl Gateway {
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
         let Loaded {
             registry,
+            routes,
             config,
             diagnostics,
         } = self.loaded;
@@ -104,12 +105,15 @@ impl Gateway {
         tracing::info!(
             sources = %config.sources.join(", "),
             service_entries = registry.services().len(),
+            virtual_services = config.virtual_services.len(),
             policy = registry.policy().as_str(),
             "configuration loaded"
         );
         let registry = Arc::new(ArcSwap::from_pointee(registry));
+        let routes = Arc::new(ArcSwap::from_pointee(routes));
         let svc = stack::build(StackConfig {
             registry: registry.clone(),
+            routes: routes.clone(),
             dialer,
             upstream: UpstreamConfig::default()
                 .with_request_timeout(request_timeout)
@@ -122,6 +126,7 @@ impl Gateway {
         let state = Arc::new(AdminState {
             ready: AtomicBool::new(false),
             registry,
+            routes,
             dump: StaticDump {
                 sources: config.sources.clone(),
                 listeners: Listeners {

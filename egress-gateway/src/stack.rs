@@ -7,6 +7,7 @@ use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
+use egress_policy::routes::{RouteLayer, RouteTable};
 use egress_policy::{Registry, RegistryOnlyLayer};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -25,6 +26,8 @@ use crate::tunnel;
 pub struct StackConfig {
     /// The registry, swappable as a whole.
     pub registry: Arc<ArcSwap<Registry>>,
+    /// The routes, swappable as a whole.
+    pub routes: Arc<ArcSwap<RouteTable>>,
     /// Resolution, SSRF guard and dialling.
     pub dialer: Arc<Dialer>,
     /// Upstream pool settings.
@@ -56,7 +59,10 @@ pub fn build(
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
         .layer(DestinationLayer::new())
-        // Cheapest refusal first: unregistered destinations never reach the network.
+        // VirtualService routes: choose the destination (checked against the registry when
+        // compiled), or answer directly, redirect, or 404 when no route matches.
+        .layer(RouteLayer::from_swap(config.routes))
+        // Unrouted requests: unregistered destinations never reach the network.
         .layer(RegistryOnlyLayer::from_swap(config.registry))
         .service(Dispatch {
             http,

@@ -26,8 +26,10 @@
 //! ```
 
 pub mod diag;
+pub mod duration;
 pub mod istio;
 pub mod registry;
+pub mod routes;
 pub mod yaml;
 
 pub use registry::{Registry, RegistryOnlyLayer};

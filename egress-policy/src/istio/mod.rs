@@ -7,9 +7,14 @@
 mod model;
 mod reader;
 mod service_entry;
+mod virtual_service;
 
 pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
+};
+pub use virtual_service::{
+    DestinationRule, DirectResponse, HeaderOps, Headers, HttpMatch, HttpRoute, Redirect, Rewrite,
+    RouteTarget, StringMatch, Subset, VirtualService, WeightedDestination,
 };
 
 use serde::Serialize;
@@ -29,8 +34,6 @@ const NETWORKING_VERSIONS: &[&str] = &[
 
 /// Istio kinds that later versions of this gateway will read; reported as ignored for now.
 const KNOWN_LATER: &[&str] = &[
-    "VirtualService",
-    "DestinationRule",
     "Gateway",
     "WorkloadEntry",
     "WorkloadGroup",
@@ -50,6 +53,10 @@ pub struct ConfigSet {
     pub service_entries: Vec<ServiceEntry>,
     /// The `Sidecar` resources.
     pub sidecars: Vec<Sidecar>,
+    /// The `VirtualService` resources.
+    pub virtual_services: Vec<VirtualService>,
+    /// The `DestinationRule` resources.
+    pub destination_rules: Vec<DestinationRule>,
     /// Resources read but not applied: `Kind namespace/name (file:line)`.
     pub ignored: Vec<String>,
     /// The files read.
@@ -191,7 +198,7 @@ impl ConfigSet {
         };
         let spec = spec.unwrap_or(&empty);
         match kind.as_str() {
-            "ServiceEntry" | "Sidecar" if !networking => {
+            "ServiceEntry" | "Sidecar" | "VirtualService" | "DestinationRule" if !networking => {
                 r.error(
                     doc,
                     "apiVersion",
@@ -209,6 +216,16 @@ impl ConfigSet {
             "Sidecar" => {
                 if let Some(sc) = read_sidecar(&mut r, meta, spec) {
                     self.sidecars.push(sc);
+                }
+            }
+            "VirtualService" => {
+                if let Some(vs) = virtual_service::read(&mut r, meta, spec) {
+                    self.virtual_services.push(vs);
+                }
+            }
+            "DestinationRule" => {
+                if let Some(dr) = virtual_service::read_destination_rule(&mut r, meta, spec) {
+                    self.destination_rules.push(dr);
                 }
             }
             _ => {

@@ -191,6 +191,18 @@ impl Reader<'_> {
         }
     }
 
+    /// A boolean.
+    pub(crate) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
+        match &node.value {
+            Value::Scalar { text, plain: true } if text == "true" => Some(true),
+            Value::Scalar { text, plain: true } if text == "false" => Some(false),
+            _ => {
+                self.wrong_type(node, path, "true or false");
+                None
+            }
+        }
+    }
+
     /// One of a fixed set of names (protobuf enum values), matched exactly.
     pub(crate) fn one_of(
         &mut self,

@@ -10,7 +10,9 @@
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use egress_core::ctx::{Destination, Passthrough, Rejection, RejectionKind, RequestForm};
+use egress_core::ctx::{
+    Destination, Passthrough, Rejection, RejectionKind, RequestForm, UpstreamPlan,
+};
 use egress_core::respond::RefuseOr;
 use http::{Request, Response, StatusCode};
 use std::sync::Arc;
@@ -79,6 +81,11 @@ where
                 why,
             ));
         };
+        // A route already chose a destination, checked against this registry when the
+        // routes were compiled.
+        if req.extensions().get::<UpstreamPlan>().is_some() {
+            return RefuseOr::inner(self.inner.call(req));
+        }
         let registry = self.registry.load();
         let connect = dst.form() == RequestForm::Connect;
         match registry.lookup(dst) {

@@ -241,6 +241,22 @@ impl Registry {
         None
     }
 
+    /// Every registered port of a host name (exact entry first, else the most specific
+    /// wildcard), for routing to a destination whose port is not given.
+    pub fn ports_of(&self, name: &str) -> Vec<Arc<RegisteredPort>> {
+        if let Some(hp) = self.exact.get(name) {
+            return hp.ports.iter().map(|(_, r)| r.clone()).collect();
+        }
+        let mut rest = name;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(hp) = self.wildcard.get(rest) {
+                return hp.ports.iter().map(|(_, r)| r.clone()).collect();
+            }
+        }
+        Vec::new()
+    }
+
     /// Looks up an IP address and port among declared addresses.
     pub fn lookup_ip(&self, ip: IpAddr, port: u16) -> Option<&Arc<RegisteredPort>> {
         if let Some(found) = self.ips.get(&ip).and_then(|hp| hp.get(port)) {
@@ -296,6 +312,18 @@ fn plan_for(
     trusted: &Arc<[IpNet]>,
     label: &Arc<str>,
 ) -> UpstreamPlan {
+    plan_with(se, port, trusted, label, &[])
+}
+
+/// The plan for one port of a service, over the endpoints whose labels include `labels`
+/// (a `DestinationRule` subset; empty selects all).
+pub(crate) fn plan_with(
+    se: &ServiceEntry,
+    port: &Port,
+    trusted: &Arc<[IpNet]>,
+    label: &Arc<str>,
+    labels: &[(String, String)],
+) -> UpstreamPlan {
     let dial = port.target_port.unwrap_or(port.number);
     let targets: Vec<Target> = match se.resolution {
         Resolution::None | Resolution::DynamicDns => Vec::new(),
@@ -303,6 +331,7 @@ fn plan_for(
             .endpoints
             .iter()
             .filter(|e| e.weight != Some(0))
+            .filter(|e| labels.iter().all(|l| e.labels.contains(l)))
             .map(|e| {
                 let p = e
                     .ports

@@ -1,0 +1,780 @@
+//! Reading and validating `VirtualService` (HTTP routes) and `DestinationRule` (subsets).
+
+use regex::Regex;
+use serde::Serialize;
+use std::time::Duration;
+
+use super::model::Meta;
+use super::reader::{Fields, Reader};
+use crate::duration::parse_duration;
+use crate::yaml::{Node, Value};
+
+/// A string match (`StringMatch`), or presence (`{}`) where Istio allows it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum StringMatch {
+    /// Equal to.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the whole value (RE2 syntax, as Envoy's safe regex).
+    Regex(#[serde(serialize_with = "regex_str")] Regex),
+    /// Present, whatever its value (`{}`).
+    Present,
+}
+
+fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
+    let text = r.as_str();
+    // Undo the anchoring added at compile time.
+    let text = text
+        .strip_prefix("^(?:")
+        .and_then(|t| t.strip_suffix(")$"))
+        .unwrap_or(text);
+    s.serialize_str(text)
+}
+
+impl StringMatch {
+    /// Whether `value` matches; `ignore_case` applies to exact and prefix.
+    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
+        match self {
+            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
+            StringMatch::Exact(e) => value == e,
+            StringMatch::Prefix(p) if ignore_case => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::Regex(r) => r.is_match(value),
+            StringMatch::Present => true,
+        }
+    }
+}
+
+/// `HTTPMatchRequest`.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatch {
+    /// `name`.
+    pub name: Option<String>,
+    /// `uri` (the path with its query, as Envoy matches it, without the query for prefix
+    /// and exact on `:path`... see [`crate::routes`]).
+    pub uri: Option<StringMatch>,
+    /// `scheme`.
+    pub scheme: Option<StringMatch>,
+    /// `method`.
+    pub method: Option<StringMatch>,
+    /// `authority`.
+    pub authority: Option<StringMatch>,
+    /// `headers`: lower-case name and match.
+    pub headers: Vec<(String, StringMatch)>,
+    /// `withoutHeaders`.
+    pub without_headers: Vec<(String, StringMatch)>,
+    /// `queryParams`.
+    pub query_params: Vec<(String, StringMatch)>,
+    /// `port`.
+    pub port: Option<u16>,
+    /// `ignoreUriCase`.
+    pub ignore_uri_case: bool,
+    /// `gateways`.
+    pub gateways: Vec<String>,
+}
+
+/// `Destination` of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RouteTarget {
+    /// `host` (lower-case).
+    pub host: String,
+    /// `subset`.
+    pub subset: Option<String>,
+    /// `port.number`.
+    pub port: Option<u16>,
+}
+
+/// `HTTPRouteDestination`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WeightedDestination {
+    /// `destination`.
+    pub destination: RouteTarget,
+    /// `weight` (relative; 0 gets nothing).
+    pub weight: u32,
+    /// `headers` for this destination.
+    pub headers: Headers,
+}
+
+/// Header operations of one direction.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HeaderOps {
+    /// Replace.
+    pub set: Vec<(String, String)>,
+    /// Append.
+    pub add: Vec<(String, String)>,
+    /// Remove.
+    pub remove: Vec<String>,
+}
+
+/// `Headers`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Headers {
+    /// On the request.
+    pub request: HeaderOps,
+    /// On the response.
+    pub response: HeaderOps,
+}
+
+/// `HTTPRedirect`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Redirect {
+    /// New path.
+    pub uri: Option<String>,
+    /// New authority.
+    pub authority: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// Keep the request's port (`FROM_PROTOCOL_DEFAULT` / `FROM_REQUEST_PORT`).
+    pub derive_port: Option<String>,
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// Status (default 301).
+    pub redirect_code: u16,
+}
+
+/// `HTTPDirectResponse`.
+#[derive(Clone, Debug, Serialize)]
+pub struct DirectResponse {
+    /// Status.
+    pub status: u16,
+    /// Body.
+    pub body: Option<String>,
+}
+
+/// `HTTPRewrite`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rewrite {
+    /// Replaces the matched prefix (or the whole path for exact/regex matches).
+    pub uri: Option<String>,
+    /// Replaces the authority (`Host`).
+    pub authority: Option<String>,
+    /// `uriRegexRewrite`: pattern and replacement (`\1` style groups).
+    pub uri_regex: Option<(String, String)>,
+}
+
+/// `HTTPRoute`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    /// `name`.
+    pub name: Option<String>,
+    /// `match` (empty: everything).
+    pub matches: Vec<HttpMatch>,
+    /// `route`.
+    pub route: Vec<WeightedDestination>,
+    /// `redirect`.
+    pub redirect: Option<Redirect>,
+    /// `directResponse`.
+    pub direct_response: Option<DirectResponse>,
+    /// `rewrite`.
+    pub rewrite: Option<Rewrite>,
+    /// `timeout`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// `headers`.
+    pub headers: Headers,
+}
+
+/// A `VirtualService`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualService {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// `hosts` (lower-case; `*.suffix` wildcards).
+    pub hosts: Vec<String>,
+    /// `gateways` (empty means `mesh`).
+    pub gateways: Vec<String>,
+    /// `http`, in order.
+    pub http: Vec<HttpRoute>,
+}
+
+/// `DestinationRule.subsets[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Subset {
+    /// `name`.
+    pub name: String,
+    /// `labels` selecting `ServiceEntry` endpoints.
+    pub labels: Vec<(String, String)>,
+}
+
+/// A `DestinationRule` (subsets; traffic policies come later).
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationRule {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// `host`.
+    pub host: String,
+    /// `subsets`.
+    pub subsets: Vec<Subset>,
+}
+
+const ROUTE_LATER: &[&str] = &[
+    "retries",
+    "fault",
+    "mirror",
+    "mirrors",
+    "mirrorPercentage",
+    "mirrorPercent",
+    "corsPolicy",
+    "delegate",
+];
+
+/// Reads `spec` of a `VirtualService`.
+pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<VirtualService> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let hosts: Vec<String> = match f.take("hosts") {
+        Some(n) => r
+            .strings(n, "spec.hosts")
+            .into_iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        None => Vec::new(),
+    };
+    if hosts.is_empty() {
+        r.error(
+            spec,
+            "spec.hosts",
+            "a VirtualService needs at least one host",
+        );
+    }
+    let gateways = f
+        .take("gateways")
+        .map(|n| r.strings(n, "spec.gateways"))
+        .unwrap_or_default();
+    let mut http = Vec::new();
+    if let Some(n) = f.take("http") {
+        for (i, route) in r.list(n, "spec.http").unwrap_or(&[]).iter().enumerate() {
+            if let Some(route) = read_route(r, route, &format!("spec.http[{i}]")) {
+                http.push(route);
+            }
+        }
+    }
+    let _export_to = f.take("exportTo");
+    f.finish(r, &["tls", "tcp"]);
+    if r.diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(VirtualService {
+        meta,
+        hosts,
+        gateways,
+        http,
+    })
+}
+
+fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> {
+    let mut f = r.map(node, path)?;
+    let name = f
+        .take("name")
+        .and_then(|n| r.string(n, &format!("{path}.name")));
+    let mut matches = Vec::new();
+    if let Some(n) = f.take("match") {
+        for (i, m) in r
+            .list(n, &format!("{path}.match"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(m) = read_match(r, m, &format!("{path}.match[{i}]")) {
+                matches.push(m);
+            }
+        }
+    }
+    let mut route = Vec::new();
+    let route_node = f.take("route");
+    if let Some(n) = route_node {
+        for (i, d) in r
+            .list(n, &format!("{path}.route"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(d) = read_weighted(r, d, &format!("{path}.route[{i}]")) {
+                route.push(d);
+            }
+        }
+    }
+    let redirect_node = f.take("redirect");
+    let redirect = redirect_node.and_then(|n| read_redirect(r, n, &format!("{path}.redirect")));
+    let direct_node = f.take("directResponse");
+    let direct_response =
+        direct_node.and_then(|n| read_direct(r, n, &format!("{path}.directResponse")));
+    let rewrite = f
+        .take("rewrite")
+        .and_then(|n| read_rewrite(r, n, &format!("{path}.rewrite")));
+    let timeout = f.take("timeout").and_then(|n| {
+        let p = format!("{path}.timeout");
+        let s = r.string(n, &p)?;
+        match parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                r.error(n, &p, e);
+                None
+            }
+        }
+    });
+    let headers = f
+        .take("headers")
+        .map(|n| read_headers(r, n, &format!("{path}.headers")))
+        .unwrap_or_default();
+    f.finish(r, ROUTE_LATER);
+
+    let actions = [
+        route_node.is_some(),
+        redirect_node.is_some(),
+        direct_node.is_some(),
+    ];
+    if actions.iter().filter(|a| **a).count() != 1 {
+        r.error(
+            node,
+            path,
+            "an HTTP route needs exactly one of route, redirect and directResponse",
+        );
+    }
+    if route_node.is_some() {
+        if route.is_empty() {
+            r.error(
+                node,
+                format!("{path}.route"),
+                "a route needs at least one destination",
+            );
+        } else if route.len() > 1 && route.iter().all(|d| d.weight == 0) {
+            r.error(
+                node,
+                format!("{path}.route"),
+                "weights are all zero: nothing would be routed",
+            );
+        }
+    }
+    if rewrite.is_some() && redirect.is_some() {
+        r.error(
+            node,
+            format!("{path}.rewrite"),
+            "rewrite cannot be combined with redirect",
+        );
+    }
+    Some(HttpRoute {
+        name,
+        matches,
+        route,
+        redirect,
+        direct_response,
+        rewrite,
+        timeout,
+        headers,
+    })
+}
+
+fn read_string_match(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    presence: bool,
+) -> Option<StringMatch> {
+    if presence && matches!(&node.value, Value::Map(e) if e.is_empty()) {
+        return Some(StringMatch::Present);
+    }
+    let mut f = r.map(node, path)?;
+    let exact = f.take("exact");
+    let prefix = f.take("prefix");
+    let regex = f.take("regex");
+    f.finish(r, &[]);
+    match (exact, prefix, regex) {
+        (Some(n), None, None) => r
+            .string(n, &format!("{path}.exact"))
+            .map(StringMatch::Exact),
+        (None, Some(n), None) => r
+            .string(n, &format!("{path}.prefix"))
+            .map(StringMatch::Prefix),
+        (None, None, Some(n)) => {
+            let p = format!("{path}.regex");
+            let s = r.string(n, &p)?;
+            // Envoy's safe regex must match the whole value; anchor it once here.
+            match regex::RegexBuilder::new(&format!("^(?:{s})$"))
+                .size_limit(1 << 20)
+                .build()
+            {
+                Ok(re) => Some(StringMatch::Regex(re)),
+                Err(e) => {
+                    r.error(n, &p, format!("invalid regex {s:?}: {e}"));
+                    None
+                }
+            }
+        }
+        (None, None, None) if presence => Some(StringMatch::Present),
+        _ => {
+            r.error(
+                node,
+                path,
+                "a string match needs exactly one of exact, prefix and regex",
+            );
+            None
+        }
+    }
+}
+
+fn read_match_map(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    lower_keys: bool,
+) -> Vec<(String, StringMatch)> {
+    let Value::Map(entries) = &node.value else {
+        if !matches!(node.value, Value::Null) {
+            r.error(
+                node,
+                path,
+                format!("expected a map, got {}", node.type_name()),
+            );
+        }
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let p = format!("{path}.{}", e.key);
+        if lower_keys && e.key.bytes().any(|b| b.is_ascii_uppercase()) {
+            r.push(
+                crate::diag::Severity::Error,
+                e.line,
+                e.col,
+                &p,
+                "header names must be lower-case",
+            );
+            continue;
+        }
+        if let Some(m) = read_string_match(r, &e.value, &p, true) {
+            out.push((e.key.clone(), m));
+        }
+    }
+    out
+}
+
+fn read_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpMatch> {
+    let mut f: Fields<'_> = r.map(node, path)?;
+    let mut m = HttpMatch {
+        name: f
+            .take("name")
+            .and_then(|n| r.string(n, &format!("{path}.name"))),
+        ..Default::default()
+    };
+    for (key, slot) in [
+        ("uri", &mut m.uri),
+        ("scheme", &mut m.scheme),
+        ("method", &mut m.method),
+        ("authority", &mut m.authority),
+    ] {
+        if let Some(n) = f.take(key) {
+            *slot = read_string_match(r, n, &format!("{path}.{key}"), false);
+        }
+    }
+    if let Some(n) = f.take("headers") {
+        m.headers = read_match_map(r, n, &format!("{path}.headers"), true);
+    }
+    if let Some(n) = f.take("withoutHeaders") {
+        m.without_headers = read_match_map(r, n, &format!("{path}.withoutHeaders"), true);
+    }
+    if let Some(n) = f.take("queryParams") {
+        m.query_params = read_match_map(r, n, &format!("{path}.queryParams"), false);
+    }
+    m.port = f
+        .take("port")
+        .and_then(|n| r.uint(n, &format!("{path}.port"), 1, 65535))
+        .map(|p| p as u16);
+    if let Some(n) = f.take("ignoreUriCase") {
+        m.ignore_uri_case = r
+            .boolean(n, &format!("{path}.ignoreUriCase"))
+            .unwrap_or(false);
+    }
+    m.gateways = f
+        .take("gateways")
+        .map(|n| r.strings(n, &format!("{path}.gateways")))
+        .unwrap_or_default();
+    f.finish(r, &["sourceLabels", "sourceNamespace", "statPrefix"]);
+    Some(m)
+}
+
+fn read_weighted(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<WeightedDestination> {
+    let mut f = r.map(node, path)?;
+    let destination = match f.take("destination") {
+        Some(n) => read_target(r, n, &format!("{path}.destination")),
+        None => {
+            r.error(
+                node,
+                format!("{path}.destination"),
+                "a route destination needs a destination",
+            );
+            None
+        }
+    };
+    let weight = f
+        .take("weight")
+        .and_then(|n| r.uint(n, &format!("{path}.weight"), 0, u32::MAX as u64))
+        .map_or(1, |w| w as u32);
+    let headers = f
+        .take("headers")
+        .map(|n| read_headers(r, n, &format!("{path}.headers")))
+        .unwrap_or_default();
+    f.finish(r, &[]);
+    Some(WeightedDestination {
+        destination: destination?,
+        weight,
+        headers,
+    })
+}
+
+fn read_target(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<RouteTarget> {
+    let mut f = r.map(node, path)?;
+    let host = match f.take("host") {
+        Some(n) => r.string(n, &format!("{path}.host")),
+        None => {
+            r.error(node, format!("{path}.host"), "a destination needs a host");
+            None
+        }
+    };
+    let subset = f
+        .take("subset")
+        .and_then(|n| r.string(n, &format!("{path}.subset")));
+    let port = match f.take("port") {
+        Some(n) => {
+            let mut pf = r.map(n, &format!("{path}.port"))?;
+            let number = pf
+                .take("number")
+                .and_then(|n| r.uint(n, &format!("{path}.port.number"), 1, 65535))
+                .map(|p| p as u16);
+            pf.finish(r, &[]);
+            number
+        }
+        None => None,
+    };
+    f.finish(r, &[]);
+    let host = host?.trim_end_matches('.').to_ascii_lowercase();
+    if host.contains('*') {
+        r.error(
+            node,
+            format!("{path}.host"),
+            "a route destination cannot be a wildcard host",
+        );
+        return None;
+    }
+    Some(RouteTarget { host, subset, port })
+}
+
+fn read_ops(r: &mut Reader<'_>, node: &Node, path: &str) -> HeaderOps {
+    let Some(mut f) = r.map(node, path) else {
+        return HeaderOps::default();
+    };
+    let mut ops = HeaderOps::default();
+    for (key, slot) in [("set", &mut ops.set), ("add", &mut ops.add)] {
+        if let Some(n) = f.take(key) {
+            let p = format!("{path}.{key}");
+            for (k, v) in r.string_map(n, &p) {
+                if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+                    || http::HeaderValue::from_str(&v).is_err()
+                {
+                    r.error(n, format!("{p}.{k}"), "invalid header name or value");
+                    continue;
+                }
+                slot.push((k.to_ascii_lowercase(), v));
+            }
+        }
+    }
+    if let Some(n) = f.take("remove") {
+        ops.remove = r
+            .strings(n, &format!("{path}.remove"))
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+    }
+    f.finish(r, &[]);
+    ops
+}
+
+fn read_headers(r: &mut Reader<'_>, node: &Node, path: &str) -> Headers {
+    let Some(mut f) = r.map(node, path) else {
+        return Headers::default();
+    };
+    let request = f
+        .take("request")
+        .map(|n| read_ops(r, n, &format!("{path}.request")))
+        .unwrap_or_default();
+    let response = f
+        .take("response")
+        .map(|n| read_ops(r, n, &format!("{path}.response")))
+        .unwrap_or_default();
+    f.finish(r, &[]);
+    Headers { request, response }
+}
+
+fn read_redirect(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Redirect> {
+    let mut f = r.map(node, path)?;
+    let s = |f: &mut Fields<'_>, r: &mut Reader<'_>, k: &str| {
+        f.take(k).and_then(|n| r.string(n, &format!("{path}.{k}")))
+    };
+    let uri = s(&mut f, r, "uri");
+    let authority = s(&mut f, r, "authority");
+    let scheme = s(&mut f, r, "scheme");
+    let port = f
+        .take("port")
+        .and_then(|n| r.uint(n, &format!("{path}.port"), 1, 65535))
+        .map(|p| p as u16);
+    let derive_port = f.take("derivePort").and_then(|n| {
+        r.one_of(
+            n,
+            &format!("{path}.derivePort"),
+            &["FROM_PROTOCOL_DEFAULT", "FROM_REQUEST_PORT"],
+        )
+        .map(str::to_owned)
+    });
+    let redirect_code = f
+        .take("redirectCode")
+        .and_then(|n| r.uint(n, &format!("{path}.redirectCode"), 300, 399))
+        .map_or(301, |c| c as u16);
+    f.finish(r, &[]);
+    Some(Redirect {
+        uri,
+        authority,
+        port,
+        derive_port,
+        scheme,
+        redirect_code,
+    })
+}
+
+fn read_direct(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<DirectResponse> {
+    let mut f = r.map(node, path)?;
+    let status = match f.take("status") {
+        Some(n) => r
+            .uint(n, &format!("{path}.status"), 200, 599)
+            .map(|s| s as u16),
+        None => {
+            r.error(
+                node,
+                format!("{path}.status"),
+                "a direct response needs a status",
+            );
+            None
+        }
+    };
+    let body = f.take("body").and_then(|n| {
+        let mut bf = r.map(n, &format!("{path}.body"))?;
+        let s = bf
+            .take("string")
+            .and_then(|n| r.string(n, &format!("{path}.body.string")));
+        bf.finish(r, &["bytes"]);
+        s
+    });
+    f.finish(r, &[]);
+    Some(DirectResponse {
+        status: status?,
+        body,
+    })
+}
+
+fn read_rewrite(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Rewrite> {
+    let mut f = r.map(node, path)?;
+    let uri = f
+        .take("uri")
+        .and_then(|n| r.string(n, &format!("{path}.uri")));
+    let authority = f
+        .take("authority")
+        .and_then(|n| r.string(n, &format!("{path}.authority")));
+    let uri_regex = f.take("uriRegexRewrite").and_then(|n| {
+        let p = format!("{path}.uriRegexRewrite");
+        let mut rf = r.map(n, &p)?;
+        let m = rf
+            .take("match")
+            .and_then(|n| r.string(n, &format!("{p}.match")));
+        let w = rf
+            .take("rewrite")
+            .and_then(|n| r.string(n, &format!("{p}.rewrite")));
+        rf.finish(r, &[]);
+        let (m, w) = (m?, w?);
+        if let Err(e) = Regex::new(&m) {
+            r.error(n, format!("{p}.match"), format!("invalid regex {m:?}: {e}"));
+            return None;
+        }
+        Some((m, w))
+    });
+    f.finish(r, &[]);
+    if uri.is_some() && uri_regex.is_some() {
+        r.error(node, path, "uri and uriRegexRewrite cannot both be set");
+    }
+    if let Some(a) = &authority
+        && http::uri::Authority::try_from(a.as_str()).is_err()
+    {
+        r.error(
+            node,
+            format!("{path}.authority"),
+            format!("invalid authority {a:?}"),
+        );
+    }
+    Some(Rewrite {
+        uri,
+        authority,
+        uri_regex,
+    })
+}
+
+/// Reads `spec` of a `DestinationRule` (host and subsets).
+pub(crate) fn read_destination_rule(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+) -> Option<DestinationRule> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let host = match f.take("host").and_then(|n| r.string(n, "spec.host")) {
+        Some(h) => h.trim_end_matches('.').to_ascii_lowercase(),
+        None => {
+            r.error(spec, "spec.host", "a DestinationRule needs a host");
+            String::new()
+        }
+    };
+    let mut subsets = Vec::new();
+    if let Some(n) = f.take("subsets") {
+        for (i, s) in r.list(n, "spec.subsets").unwrap_or(&[]).iter().enumerate() {
+            let p = format!("spec.subsets[{i}]");
+            let Some(mut sf) = r.map(s, &p) else { continue };
+            let name = sf
+                .take("name")
+                .and_then(|n| r.string(n, &format!("{p}.name")));
+            let labels = sf
+                .take("labels")
+                .map(|n| r.string_map(n, &format!("{p}.labels")))
+                .unwrap_or_default();
+            sf.finish(r, &["trafficPolicy"]);
+            match name {
+                Some(name) if !name.is_empty() => {
+                    if subsets.iter().any(|x: &Subset| x.name == name) {
+                        r.error(
+                            s,
+                            format!("{p}.name"),
+                            format!("subset {name:?} is defined twice"),
+                        );
+                    }
+                    subsets.push(Subset { name, labels });
+                }
+                _ => r.error(s, format!("{p}.name"), "a subset needs a name"),
+            }
+        }
+    }
+    let _export_to = f.take("exportTo");
+    f.finish(r, &["trafficPolicy", "workloadSelector"]);
+    if r.diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(DestinationRule {
+        meta,
+        host,
+        subsets,
+    })
+}

@@ -1,0 +1,385 @@
+//! `RouteLayer`: applies `VirtualService` HTTP routes.
+//!
+//! - Reads: [`Destination`]. Inserts: [`RouteDecision`] and the chosen destination's
+//!   [`UpstreamPlan`] (which the registry check then accepts as decided), and replaces the
+//!   upstream `Host` when the route rewrites the authority.
+//! - Answers on its own: `directResponse`, `redirect`, and **404** `x-egress-denied:
+//!   no-route` when a `VirtualService` covers the host but no route matches.
+//! - Applies `rewrite`, `headers` (request and response, route and destination level) and
+//!   `timeout` (**504** `x-egress-error: upstream-timeout`).
+//! - `CONNECT` requests pass untouched: HTTP routes do not apply to tunnels.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm, RouteDecision};
+use egress_core::error::{BoxError, UpstreamError, UpstreamErrorKind};
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+use super::{Action, CompiledRoute, RouteTable};
+use crate::istio::{HeaderOps, Redirect};
+
+/// Routes requests with a [`RouteTable`] that can be swapped at run time.
+#[derive(Clone, Debug)]
+pub struct RouteLayer {
+    table: Arc<ArcSwap<RouteTable>>,
+}
+
+impl RouteLayer {
+    /// A layer over a swappable table.
+    pub fn from_swap(table: Arc<ArcSwap<RouteTable>>) -> Self {
+        Self { table }
+    }
+}
+
+impl<S> Layer<S> for RouteLayer {
+    type Service = Routing<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Routing {
+            inner,
+            table: self.table.clone(),
+        }
+    }
+}
+
+/// The service of [`RouteLayer`].
+#[derive(Clone, Debug)]
+pub struct Routing<S> {
+    inner: S,
+    table: Arc<ArcSwap<RouteTable>>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for Routing<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RspB: From<Bytes> + Send + 'static,
+{
+    type Response = Response<RspB>;
+    type Error = BoxError;
+    // Boxed only for requests a VirtualService handles: their response needs header
+    // operations and a timeout around the inner future.
+    type Future = RouteFuture<S::Future, RspB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let table = self.table.load();
+        let Some(dst) = req.extensions().get::<Destination>() else {
+            return RouteFuture::Passthrough {
+                future: self.inner.call(req),
+            };
+        };
+        if dst.form() == RequestForm::Connect || table.is_empty() {
+            return RouteFuture::Passthrough {
+                future: self.inner.call(req),
+            };
+        }
+        let host = dst.host().to_string();
+        let authority = dst.host_header().to_str().unwrap_or("").to_owned();
+        let Some(found) = table.route(&host, dst.port(), dst.scheme().as_str(), &authority, &req)
+        else {
+            return RouteFuture::Passthrough {
+                future: self.inner.call(req),
+            };
+        };
+        let Some((route, matched)) = found else {
+            let why = format!(
+                "egress: no route of the VirtualService for {host} matches {} {}\n",
+                req.method(),
+                req.uri().path()
+            );
+            return RouteFuture::Ready {
+                response: Some(Rejection::new(RejectionKind::NoRoute).respond(
+                    StatusCode::NOT_FOUND,
+                    false,
+                    why,
+                )),
+            };
+        };
+        match &route.action {
+            Action::Direct(d) => {
+                let mut rsp =
+                    Response::new(RspB::from(Bytes::from(d.body.clone().unwrap_or_default())));
+                *rsp.status_mut() = StatusCode::from_u16(d.status).unwrap_or(StatusCode::OK);
+                rsp.headers_mut()
+                    .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                apply(rsp.headers_mut(), &route.headers.response);
+                RouteFuture::Ready {
+                    response: Some(rsp),
+                }
+            }
+            Action::Redirect(rd) => {
+                let mut rsp = redirect(rd, dst, &req);
+                apply(rsp.headers_mut(), &route.headers.response);
+                RouteFuture::Ready {
+                    response: Some(rsp),
+                }
+            }
+            Action::Route {
+                destinations,
+                total,
+            } => {
+                let Some(chosen) = table.pick(destinations, *total) else {
+                    let why = format!(
+                        "egress: route {} has no destination with weight\n",
+                        route.id
+                    );
+                    return RouteFuture::Ready {
+                        response: Some(Rejection::new(RejectionKind::NoRoute).respond(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            false,
+                            why,
+                        )),
+                    };
+                };
+                let Some((_, plan)) = chosen.plan(dst.port()) else {
+                    let why = format!(
+                        "egress: route {} sends port {} to {}, which has no such port registered\n",
+                        route.id,
+                        dst.port(),
+                        chosen.host
+                    );
+                    return RouteFuture::Ready {
+                        response: Some(Rejection::new(RejectionKind::NotInRegistry).respond(
+                            StatusCode::BAD_GATEWAY,
+                            false,
+                            why,
+                        )),
+                    };
+                };
+                let mut new_dst = dst.clone();
+                if let Some(rw) = &route.rewrite {
+                    rewrite_uri(&mut req, route, matched, rw);
+                    if let Some(a) = &rw.authority
+                        && let Ok(v) = HeaderValue::from_str(a)
+                    {
+                        new_dst = new_dst.with_host_header(v);
+                    }
+                }
+                apply(req.headers_mut(), &route.headers.request);
+                apply(req.headers_mut(), &chosen.headers.request);
+                let decision = RouteDecision {
+                    route: route.id.clone(),
+                    destination: chosen.host.clone(),
+                    subset: chosen.subset.clone(),
+                };
+                let ext = req.extensions_mut();
+                ext.insert(new_dst);
+                ext.insert(plan);
+                ext.insert(decision);
+                let mut response_ops = route.headers.response.clone();
+                response_ops
+                    .set
+                    .extend(chosen.headers.response.set.iter().cloned());
+                response_ops
+                    .add
+                    .extend(chosen.headers.response.add.iter().cloned());
+                response_ops
+                    .remove
+                    .extend(chosen.headers.response.remove.iter().cloned());
+                let timeout = route.timeout;
+                let id = route.id.clone();
+                let future = self.inner.call(req);
+                RouteFuture::Routed {
+                    future: Box::pin(async move {
+                        let result = match timeout {
+                            Some(t) => match tokio::time::timeout(t, future).await {
+                                Ok(r) => r.map_err(Into::into),
+                                Err(_) => Err(UpstreamError::new(
+                                    UpstreamErrorKind::ResponseTimeout,
+                                    format!(
+                                        "route {id}: no response within the route timeout {t:?}"
+                                    ),
+                                )
+                                .into()),
+                            },
+                            None => future.await.map_err(Into::into),
+                        };
+                        result.map(|mut rsp| {
+                            apply(rsp.headers_mut(), &response_ops);
+                            rsp
+                        })
+                    }),
+                }
+            }
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Routing`].
+    #[project = RouteProj]
+    #[allow(missing_docs)]
+    pub enum RouteFuture<F, B> {
+        Passthrough { #[pin] future: F },
+        Ready { response: Option<Response<B>> },
+        Routed { future: BoxFuture<Result<Response<B>, BoxError>> },
+    }
+}
+
+impl<F, B, E> Future for RouteFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RouteProj::Passthrough { future } => future.poll(cx).map_err(Into::into),
+            RouteProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            RouteProj::Routed { future } => future.as_mut().poll(cx),
+        }
+    }
+}
+
+fn apply(headers: &mut HeaderMap, ops: &HeaderOps) {
+    for name in &ops.remove {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            headers.remove(n);
+        }
+    }
+    for (k, v) in &ops.set {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+    for (k, v) in &ops.add {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.append(n, v);
+        }
+    }
+}
+
+fn rewrite_uri<B>(
+    req: &mut Request<B>,
+    route: &CompiledRoute,
+    matched: Option<usize>,
+    rw: &crate::istio::Rewrite,
+) {
+    let path = req.uri().path();
+    let new_path = if let Some(new) = &rw.uri {
+        let prefix = matched
+            .and_then(|i| route.matches.get(i))
+            .and_then(|m| m.uri.as_ref())
+            .and_then(|u| u.prefix());
+        match prefix {
+            Some(p) if path.len() >= p.len() => format!("{new}{}", &path[p.len()..]),
+            _ => new.clone(),
+        }
+    } else if let Some((pattern, replacement)) = &rw.uri_regex {
+        match regex::Regex::new(pattern) {
+            Ok(re) => re
+                .replace_all(path, envoy_substitution(replacement).as_str())
+                .into_owned(),
+            Err(_) => return,
+        }
+    } else {
+        return;
+    };
+    let new_path = if new_path.starts_with('/') {
+        new_path
+    } else {
+        format!("/{new_path}")
+    };
+    let pq = match req.uri().query() {
+        Some(q) => format!("{new_path}?{q}"),
+        None => new_path,
+    };
+    let mut parts = req.uri().clone().into_parts();
+    if let Ok(pq) = pq.parse() {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
+    }
+}
+
+/// Envoy writes capture groups as `\1`; the regex crate as `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str("${");
+                out.push(*d);
+                out.push('}');
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn redirect<B, RspB: From<Bytes>>(
+    rd: &Redirect,
+    dst: &Destination,
+    req: &Request<B>,
+) -> Response<RspB> {
+    let scheme = rd
+        .scheme
+        .clone()
+        .unwrap_or_else(|| dst.scheme().as_str().to_owned());
+    let host = rd
+        .authority
+        .clone()
+        .unwrap_or_else(|| dst.host().to_string());
+    let port = match (rd.port, rd.derive_port.as_deref()) {
+        (Some(p), _) => Some(p),
+        (None, Some("FROM_REQUEST_PORT")) => Some(dst.port()),
+        (None, Some(_)) => None,
+        // Without an authority change the request's own port stays.
+        (None, None) if rd.authority.is_none() && dst.port() != dst.scheme().default_port() => {
+            Some(dst.port())
+        }
+        (None, None) => None,
+    };
+    let default = if scheme == "https" { 443 } else { 80 };
+    let authority = match port {
+        Some(p) if p != default => format!("{host}:{p}"),
+        _ => host,
+    };
+    let path = match &rd.uri {
+        Some(u) => match req.uri().query() {
+            Some(q) if !u.contains('?') => format!("{u}?{q}"),
+            _ => u.clone(),
+        },
+        None => req
+            .uri()
+            .path_and_query()
+            .map_or("/".to_owned(), |p| p.as_str().to_owned()),
+    };
+    let location = format!("{scheme}://{authority}{path}");
+    let mut rsp = Response::new(RspB::from(Bytes::new()));
+    *rsp.status_mut() =
+        StatusCode::from_u16(rd.redirect_code).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        rsp.headers_mut().insert(header::LOCATION, v);
+    }
+    rsp
+}

@@ -1,0 +1,524 @@
+//! Compiled `VirtualService` routing: which destination (and subset) serves a request.
+//!
+//! [`RouteTable::compile`] indexes `VirtualService` hosts like the registry (exact hash plus
+//! wildcard suffixes, so unrelated routes cost nothing), checks every route destination
+//! against the registry (under `REGISTRY_ONLY` an unregistered destination is a config
+//! error naming the `VirtualService`), resolves `DestinationRule` subsets to endpoint sets,
+//! and precomputes an [`UpstreamPlan`] for each destination and port. [`RouteLayer`] applies
+//! it per request.
+
+mod layer;
+
+pub use layer::{RouteLayer, Routing};
+
+use egress_core::ctx::{Target, UpstreamPlan};
+use http::Request;
+use serde::Serialize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::istio::{
+    ConfigSet, DirectResponse, Headers, HttpMatch, OutboundPolicy, Redirect, Rewrite, StringMatch,
+    VirtualService,
+};
+use crate::registry::{Registry, plan_with};
+
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One destination of a route, ready to use.
+#[derive(Debug)]
+pub struct CompiledDestination {
+    /// `host`.
+    pub host: Arc<str>,
+    /// `subset`.
+    pub subset: Option<Arc<str>>,
+    /// `port.number`, if given.
+    pub port: Option<u16>,
+    /// Relative weight.
+    pub weight: u32,
+    /// Per-destination header operations.
+    pub headers: Headers,
+    /// Plans per port of the destination (one entry when the port is fixed).
+    plans: Vec<(u16, UpstreamPlan)>,
+    /// The plan for any port when the destination is unregistered under `ALLOW_ANY`.
+    passthrough: bool,
+}
+
+impl CompiledDestination {
+    /// The plan for this destination when the request came on `request_port`: the
+    /// destination's port, else its only port, else the request's port.
+    pub fn plan(&self, request_port: u16) -> Option<(u16, UpstreamPlan)> {
+        let fallback = match self.plans.as_slice() {
+            [(only, _)] => *only,
+            _ => request_port,
+        };
+        let port = self.port.unwrap_or(fallback);
+        if self.passthrough {
+            return Some((
+                port,
+                UpstreamPlan {
+                    targets: vec![Target::Name(self.host.clone(), Some(port))].into(),
+                    port: Some(port),
+                    ..Default::default()
+                },
+            ));
+        }
+        self.plans
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(p, plan)| (*p, plan.clone()))
+    }
+}
+
+/// What a matched route does.
+#[derive(Debug)]
+pub enum Action {
+    /// Forward to one of these, by weight.
+    Route {
+        /// The destinations.
+        destinations: Vec<CompiledDestination>,
+        /// Sum of their weights.
+        total: u64,
+    },
+    /// Answer with a redirect.
+    Redirect(Redirect),
+    /// Answer directly.
+    Direct(DirectResponse),
+}
+
+/// One compiled `HTTPRoute`.
+#[derive(Debug)]
+pub struct CompiledRoute {
+    /// `namespace/name` of the `VirtualService` and the route's index or name.
+    pub id: Arc<str>,
+    /// The match blocks (empty: everything).
+    pub matches: Vec<HttpMatch>,
+    /// What to do.
+    pub action: Action,
+    /// `rewrite`.
+    pub rewrite: Option<Rewrite>,
+    /// `timeout`.
+    pub timeout: Option<std::time::Duration>,
+    /// Route-level header operations.
+    pub headers: Headers,
+}
+
+#[derive(Debug)]
+struct CompiledVs {
+    routes: Vec<CompiledRoute>,
+}
+
+/// The routing table, swapped as a whole with the registry.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<Box<str>, Arc<CompiledVs>>,
+    wildcard: HashMap<Box<str>, Arc<CompiledVs>>,
+    any: Option<Arc<CompiledVs>>,
+    next: AtomicU64,
+    skipped: Vec<String>,
+}
+
+/// A summary for `/config_dump` and `check`.
+#[derive(Debug, Serialize)]
+pub struct RouteSummary {
+    /// Hosts with routes.
+    pub hosts: Vec<String>,
+    /// VirtualServices not applied, and why.
+    pub skipped: Vec<String>,
+}
+
+impl RouteTable {
+    /// Compiles the `VirtualService`s of a configuration against a compiled registry.
+    pub fn compile(
+        config: &ConfigSet,
+        registry: &Registry,
+    ) -> Result<(RouteTable, Diagnostics), Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let mut table = RouteTable::default();
+        for vs in &config.virtual_services {
+            let id = vs.meta.id();
+            let foreign: Vec<&String> = vs
+                .gateways
+                .iter()
+                .filter(|g| g.as_str() != "mesh")
+                .collect();
+            if !foreign.is_empty() {
+                let why = format!(
+                    "VirtualService {id} is bound to gateway(s) {foreign:?}; Gateway binding is not implemented yet, ignored"
+                );
+                diags.push(diag(vs, Severity::Warning, "spec.gateways", why.clone()));
+                table.skipped.push(why);
+                continue;
+            }
+            let Some(compiled) = compile_vs(vs, config, registry, &mut diags) else {
+                continue;
+            };
+            let compiled = Arc::new(compiled);
+            for host in &vs.hosts {
+                let slot = if host == "*" {
+                    if table.any.is_none() {
+                        table.any = Some(compiled.clone());
+                    }
+                    continue;
+                } else if let Some(suffix) = host.strip_prefix("*.") {
+                    table.wildcard.entry(suffix.into())
+                } else {
+                    table.exact.entry(host.as_str().into())
+                };
+                match slot {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(compiled.clone());
+                    }
+                    std::collections::hash_map::Entry::Occupied(_) => diags.push(diag(
+                        vs,
+                        Severity::Warning,
+                        "spec.hosts",
+                        format!("host {host} already has a VirtualService; this one is ignored for it (Istio merges only on gateways)"),
+                    )),
+                }
+            }
+        }
+        if diags.has_errors() {
+            return Err(diags);
+        }
+        Ok((table, diags))
+    }
+
+    /// Whether any host has routes.
+    pub fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()
+    }
+
+    /// A summary.
+    pub fn summary(&self) -> RouteSummary {
+        let mut hosts: Vec<String> = self.exact.keys().map(|h| h.to_string()).collect();
+        hosts.extend(self.wildcard.keys().map(|h| format!("*.{h}")));
+        if self.any.is_some() {
+            hosts.push("*".into());
+        }
+        hosts.sort();
+        RouteSummary {
+            hosts,
+            skipped: self.skipped.clone(),
+        }
+    }
+
+    fn lookup(&self, host: &str) -> Option<&Arc<CompiledVs>> {
+        if let Some(vs) = self.exact.get(host) {
+            return Some(vs);
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(vs) = self.wildcard.get(rest) {
+                return Some(vs);
+            }
+        }
+        self.any.as_ref()
+    }
+
+    /// The first route of the host's `VirtualService` whose match applies, with the index
+    /// of the match block that applied. `None` when no `VirtualService` covers the host;
+    /// `Some(None)` when one does but no route matches (Envoy's 404 `NR`).
+    pub fn route<B>(
+        &self,
+        host: &str,
+        port: u16,
+        scheme: &str,
+        authority: &str,
+        req: &Request<B>,
+    ) -> Option<Option<(&CompiledRoute, Option<usize>)>> {
+        let vs = self.lookup(host)?;
+        for route in &vs.routes {
+            if route.matches.is_empty() {
+                return Some(Some((route, None)));
+            }
+            if let Some(i) = route
+                .matches
+                .iter()
+                .position(|m| matches(m, port, scheme, authority, req))
+            {
+                return Some(Some((route, Some(i))));
+            }
+        }
+        Some(None)
+    }
+
+    /// Picks a destination by weight: a deterministic, well-mixed sequence (splitmix64 over
+    /// a counter), so shares converge quickly and runs are reproducible.
+    pub fn pick<'a>(
+        &self,
+        destinations: &'a [CompiledDestination],
+        total: u64,
+    ) -> Option<&'a CompiledDestination> {
+        if destinations.len() == 1 {
+            return destinations.first();
+        }
+        if total == 0 {
+            return None;
+        }
+        let mut z = self
+            .next
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        let mut n = z % total;
+        for d in destinations {
+            if n < u64::from(d.weight) {
+                return Some(d);
+            }
+            n -= u64::from(d.weight);
+        }
+        destinations.last()
+    }
+}
+
+fn diag(vs: &VirtualService, severity: Severity, field: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        severity,
+        file: vs.meta.file.clone(),
+        line: vs.meta.line,
+        col: 1,
+        resource: Some(format!("VirtualService {}", vs.meta.id()).into()),
+        field: field.into(),
+        message,
+    }
+}
+
+fn compile_vs(
+    vs: &VirtualService,
+    config: &ConfigSet,
+    registry: &Registry,
+    diags: &mut Diagnostics,
+) -> Option<CompiledVs> {
+    let mut routes = Vec::new();
+    let errors_before = diags.errors().count();
+    for (i, r) in vs.http.iter().enumerate() {
+        let path = format!("spec.http[{i}]");
+        // Match blocks bound to gateways other than `mesh` never apply to this gateway yet.
+        let matches: Vec<HttpMatch> = r
+            .matches
+            .iter()
+            .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+            .cloned()
+            .collect();
+        if !r.matches.is_empty() && matches.is_empty() {
+            continue;
+        }
+        let action = if let Some(d) = &r.direct_response {
+            Action::Direct(d.clone())
+        } else if let Some(rd) = &r.redirect {
+            Action::Redirect(rd.clone())
+        } else {
+            let mut destinations = Vec::new();
+            for (j, d) in r.route.iter().enumerate() {
+                let field = format!("{path}.route[{j}].destination");
+                if let Some(cd) = compile_destination(vs, d, &field, config, registry, diags) {
+                    destinations.push(cd);
+                }
+            }
+            let total = destinations.iter().map(|d| u64::from(d.weight)).sum();
+            Action::Route {
+                destinations,
+                total,
+            }
+        };
+        let id = match &r.name {
+            Some(n) => format!("{}/{n}", vs.meta.id()),
+            None => format!("{}#{i}", vs.meta.id()),
+        };
+        routes.push(CompiledRoute {
+            id: id.into(),
+            matches,
+            action,
+            rewrite: r.rewrite.clone(),
+            timeout: r.timeout,
+            headers: r.headers.clone(),
+        });
+    }
+    (diags.errors().count() == errors_before).then_some(CompiledVs { routes })
+}
+
+fn compile_destination(
+    vs: &VirtualService,
+    d: &crate::istio::WeightedDestination,
+    field: &str,
+    config: &ConfigSet,
+    registry: &Registry,
+    diags: &mut Diagnostics,
+) -> Option<CompiledDestination> {
+    let t = &d.destination;
+    let registered = registry.ports_of(&t.host);
+    let registered: Vec<_> = match t.port {
+        Some(p) => registered
+            .into_iter()
+            .filter(|r| r.port.number == p)
+            .collect(),
+        None => registered,
+    };
+    let mut out = CompiledDestination {
+        host: t.host.as_str().into(),
+        subset: t.subset.as_deref().map(Into::into),
+        port: t.port,
+        weight: d.weight,
+        headers: d.headers.clone(),
+        plans: Vec::new(),
+        passthrough: false,
+    };
+    if registered.is_empty() {
+        if registry.policy() == OutboundPolicy::AllowAny && t.subset.is_none() {
+            out.passthrough = true;
+            return Some(out);
+        }
+        let port = t.port.map(|p| format!(" port {p}")).unwrap_or_default();
+        diags.push(diag(
+            vs,
+            Severity::Error,
+            field,
+            format!(
+                "route destination {}{port} is not in the service registry (outbound traffic policy {}); add a ServiceEntry for it",
+                t.host,
+                registry.policy().as_str()
+            ),
+        ));
+        return None;
+    }
+    let labels: Vec<(String, String)> = match &t.subset {
+        None => Vec::new(),
+        Some(name) => {
+            let subset = config
+                .destination_rules
+                .iter()
+                .filter(|dr| dr.host == t.host)
+                .flat_map(|dr| dr.subsets.iter())
+                .find(|s| &s.name == name);
+            match subset {
+                Some(s) => s.labels.clone(),
+                None => {
+                    diags.push(diag(
+                        vs,
+                        Severity::Error,
+                        field,
+                        format!(
+                            "subset {name:?} of {} is not defined by any DestinationRule",
+                            t.host
+                        ),
+                    ));
+                    return None;
+                }
+            }
+        }
+    };
+    for rp in registered {
+        let label: Arc<str> = rp.service.meta.id().into();
+        let trusted: Arc<[ipnet::IpNet]> = rp.service.addresses.clone().into();
+        let mut plan = plan_with(&rp.service, &rp.port, &trusted, &label, &labels);
+        if t.subset.is_some() && plan.targets.is_empty() {
+            diags.push(diag(
+                vs,
+                Severity::Error,
+                field,
+                format!(
+                    "subset {:?} of {} selects no endpoints of ServiceEntry {}",
+                    t.subset.as_deref().unwrap_or(""),
+                    t.host,
+                    rp.service.meta.id()
+                ),
+            ));
+            return None;
+        }
+        if plan.targets.is_empty() {
+            // Resolve the route's destination, not the name the client asked for.
+            plan.targets = vec![Target::Name(out.host.clone(), plan.port)].into();
+        }
+        out.plans.push((rp.port.number, plan));
+    }
+    Some(out)
+}
+
+/// Whether one match block applies (AND of its conditions).
+fn matches<B>(m: &HttpMatch, port: u16, scheme: &str, authority: &str, req: &Request<B>) -> bool {
+    if m.port.is_some_and(|p| p != port) {
+        return false;
+    }
+    if let Some(u) = &m.uri
+        && !u.matches(req.uri().path(), m.ignore_uri_case)
+    {
+        return false;
+    }
+    if let Some(s) = &m.scheme
+        && !s.matches(scheme, false)
+    {
+        return false;
+    }
+    if let Some(meth) = &m.method
+        && !meth.matches(req.method().as_str(), false)
+    {
+        return false;
+    }
+    if let Some(a) = &m.authority
+        && !a.matches(authority, false)
+    {
+        return false;
+    }
+    for (name, sm) in &m.headers {
+        match header_value(req, name) {
+            Some(v) if sm.matches(&v, false) => {}
+            _ => return false,
+        }
+    }
+    for (name, sm) in &m.without_headers {
+        if header_value(req, name).is_some_and(|v| sm.matches(&v, false)) {
+            return false;
+        }
+    }
+    for (name, sm) in &m.query_params {
+        let found = req.uri().query().is_some_and(|q| {
+            q.split('&').any(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                k == name && sm.matches(v, false)
+            })
+        });
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
+/// A header's value as Envoy matches it: several values joined by `,`.
+fn header_value<'a, B>(req: &'a Request<B>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let mut all = req
+        .headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let first = all.next()?;
+    match all.next() {
+        None => Some(std::borrow::Cow::Borrowed(first)),
+        Some(second) => {
+            let mut joined = format!("{first},{second}");
+            for v in all {
+                joined.push(',');
+                joined.push_str(v);
+            }
+            Some(std::borrow::Cow::Owned(joined))
+        }
+    }
+}
+
+impl StringMatch {
+    /// The literal prefix of a prefix match, for `rewrite.uri`.
+    pub fn prefix(&self) -> Option<&str> {
+        match self {
+            StringMatch::Prefix(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

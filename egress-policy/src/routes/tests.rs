@@ -1,0 +1,320 @@
+use super::*;
+use crate::istio::ConfigSet;
+
+const REGISTRY: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints:
+  - {address: 10.0.0.1, labels: {version: v1}}
+  - {address: 10.0.0.2, labels: {version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: other}
+spec:
+  hosts: [other.example.com]
+  ports: [{number: 80, name: http, protocol: HTTP}, {number: 8080, name: alt, protocol: HTTP}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: api}
+spec:
+  host: api.example.com
+  subsets:
+  - {name: v1, labels: {version: v1}}
+  - {name: v2, labels: {version: v2}}
+  - {name: none, labels: {version: v9}}
+"#;
+
+fn compile(vs: &str) -> Result<(RouteTable, Diagnostics), Diagnostics> {
+    let set = ConfigSet::load_str("r.yaml", &format!("{REGISTRY}---\n{vs}"));
+    assert!(!set.diagnostics.has_errors(), "{}", set.diagnostics);
+    let (registry, _) = Registry::compile(&set, None).unwrap();
+    RouteTable::compile(&set, &registry)
+}
+
+fn table(vs: &str) -> RouteTable {
+    compile(vs).unwrap_or_else(|d| panic!("{d}")).0
+}
+
+fn vs(http: &str) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: routes}}\nspec:\n  hosts: [api.example.com]\n  http:\n{http}"
+    )
+}
+
+fn req(method: &str, uri: &str, headers: &[(&str, &str)]) -> Request<()> {
+    let mut b = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    b.body(()).unwrap()
+}
+
+/// The id of the route chosen for a request (or "404" / "none").
+fn chosen(t: &RouteTable, r: &Request<()>, port: u16) -> String {
+    match t.route("api.example.com", port, "http", "api.example.com", r) {
+        None => "none".into(),
+        Some(None) => "404".into(),
+        Some(Some((route, _))) => route.id.rsplit('/').next().unwrap().to_owned(),
+    }
+}
+
+#[test]
+fn match_semantics() {
+    let t = table(&vs(r#"
+  - name: exact
+    match: [{uri: {exact: /exact}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: prefix-ci
+    match: [{uri: {prefix: /CI/}, ignoreUriCase: true}]
+    route: [{destination: {host: api.example.com}}]
+  - name: regex
+    match: [{uri: {regex: "/r/[0-9]+"}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: header
+    match: [{headers: {x-user: {exact: alice}}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: present
+    match: [{headers: {x-debug: {}}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: method-and-query
+    match: [{method: {exact: POST}, queryParams: {v: {exact: "2"}}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: without
+    match: [{uri: {prefix: /w}, withoutHeaders: {x-block: {exact: "1"}}}]
+    route: [{destination: {host: api.example.com}}]
+  - name: port-or-authority
+    match: [{port: 8080}, {authority: {prefix: api.}, uri: {prefix: /auth}}]
+    route: [{destination: {host: other.example.com}}]
+  - name: scheme
+    match: [{scheme: {exact: https}}]
+    route: [{destination: {host: api.example.com}}]
+"#));
+    let cases: &[(&str, &str, &[(&str, &str)], u16, &str)] = &[
+        ("GET", "/exact", &[], 80, "exact"),
+        ("GET", "/exact/more", &[], 80, "404"),
+        ("GET", "/ci/x", &[], 80, "prefix-ci"),
+        ("GET", "/Ci/x", &[], 80, "prefix-ci"),
+        ("GET", "/r/123", &[], 80, "regex"),
+        // The regex must match the whole path.
+        ("GET", "/r/123/x", &[], 80, "404"),
+        ("GET", "/x/r/123", &[], 80, "404"),
+        ("GET", "/any", &[("x-user", "alice")], 80, "header"),
+        ("GET", "/any", &[("x-user", "Alice")], 80, "404"),
+        ("GET", "/any", &[("x-debug", "")], 80, "present"),
+        ("POST", "/any?a=1&v=2", &[], 80, "method-and-query"),
+        ("POST", "/any?v=3", &[], 80, "404"),
+        ("GET", "/any?v=2", &[], 80, "404"),
+        ("GET", "/w1", &[], 80, "without"),
+        ("GET", "/w1", &[("x-block", "1")], 80, "404"),
+        ("GET", "/w1", &[("x-block", "2")], 80, "without"),
+        ("GET", "/anything", &[], 8080, "port-or-authority"),
+        ("GET", "/auth/x", &[], 80, "port-or-authority"),
+        // First match wins: /exact on port 8080 is the exact route.
+        ("GET", "/exact", &[], 8080, "exact"),
+    ];
+    for (method, uri, headers, port, want) in cases {
+        let r = req(method, uri, headers);
+        assert_eq!(
+            chosen(&t, &r, *port),
+            *want,
+            "{method} {uri} {headers:?} :{port}"
+        );
+    }
+    assert_eq!(
+        t.route(
+            "unrelated.example.com",
+            80,
+            "http",
+            "x",
+            &req("GET", "/", &[])
+        )
+        .map(|_| ()),
+        None
+    );
+}
+
+#[test]
+fn weights_subsets_and_plans() {
+    let t = table(&vs(r#"
+  - route:
+    - {destination: {host: api.example.com, subset: v1}, weight: 80}
+    - {destination: {host: api.example.com, subset: v2}, weight: 20}
+    - {destination: {host: other.example.com}, weight: 0}
+"#));
+    let r = req("GET", "/", &[]);
+    let (route, _) = t
+        .route("api.example.com", 80, "http", "api.example.com", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route {
+        destinations,
+        total,
+    } = &route.action
+    else {
+        panic!()
+    };
+    assert_eq!(*total, 100);
+    let mut counts = [0u32; 3];
+    for _ in 0..10_000 {
+        let d = t.pick(destinations, *total).unwrap();
+        let i = destinations
+            .iter()
+            .position(|x| std::ptr::eq(x, d))
+            .unwrap();
+        counts[i] += 1;
+    }
+    assert_eq!(counts[2], 0, "a zero weight got traffic");
+    // Chi-square with one degree of freedom, p = 0.001: 10.83.
+    let chi = (f64::from(counts[0]) - 8000.0).powi(2) / 8000.0
+        + (f64::from(counts[1]) - 2000.0).powi(2) / 2000.0;
+    assert!(chi < 10.83, "{counts:?} chi2 {chi}");
+    // Subsets pick endpoints by label.
+    let (_, v1) = destinations[0].plan(80).unwrap();
+    assert_eq!(&*v1.targets, [Target::Addr("10.0.0.1:80".parse().unwrap())]);
+    let (_, v2) = destinations[1].plan(80).unwrap();
+    assert_eq!(&*v2.targets, [Target::Addr("10.0.0.2:80".parse().unwrap())]);
+    // A DNS service without endpoints resolves the route's destination, on the request's port.
+    let (port, other) = destinations[2].plan(8080).unwrap();
+    assert_eq!(port, 8080);
+    assert_eq!(
+        &*other.targets,
+        [Target::Name("other.example.com".into(), Some(8080))]
+    );
+    // One destination gets everything, whatever its weight.
+    let t = table(&vs(
+        "  - route: [{destination: {host: other.example.com, port: {number: 8080}}, weight: 5}]\n",
+    ));
+    let (route, _) = t
+        .route("api.example.com", 80, "http", "a", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route {
+        destinations,
+        total,
+    } = &route.action
+    else {
+        panic!()
+    };
+    assert!(std::ptr::eq(
+        t.pick(destinations, *total).unwrap(),
+        &destinations[0]
+    ));
+    assert_eq!(destinations[0].plan(80).unwrap().0, 8080);
+}
+
+#[test]
+fn validation() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "  - route: [{destination: {host: nowhere.example.net}}]\n",
+            "spec.http[0].route[0].destination: route destination nowhere.example.net is not in the service registry",
+        ),
+        (
+            "  - route: [{destination: {host: other.example.com, port: {number: 9999}}}]\n",
+            "other.example.com port 9999 is not in the service registry",
+        ),
+        (
+            "  - route: [{destination: {host: api.example.com, subset: v3}}]\n",
+            "subset \"v3\" of api.example.com is not defined",
+        ),
+        (
+            "  - route: [{destination: {host: api.example.com, subset: none}}]\n",
+            "selects no endpoints",
+        ),
+    ];
+    for (http, want) in cases {
+        let err = compile(&vs(http))
+            .err()
+            .map(|d| d.to_string())
+            .unwrap_or_default();
+        assert!(err.contains(want), "{http}\nwant {want}\ngot {err}");
+    }
+    let reading: &[(&str, &str)] = &[
+        (
+            "  - route: [{destination: {host: api.example.com}}]\n    redirect: {uri: /x}\n",
+            "exactly one of route, redirect and directResponse",
+        ),
+        (
+            "  - match: [{uri: {prefix: /}}]\n",
+            "exactly one of route, redirect and directResponse",
+        ),
+        (
+            "  - route: [{destination: {host: api.example.com}, weight: 0}, {destination: {host: api.example.com}, weight: 0}]\n",
+            "weights are all zero",
+        ),
+        (
+            "  - match: [{uri: {prefix: /a, exact: /b}}]\n    directResponse: {status: 200}\n",
+            "exactly one of exact, prefix and regex",
+        ),
+        (
+            "  - match: [{uri: {regex: \"(\"}}]\n    directResponse: {status: 200}\n",
+            "invalid regex",
+        ),
+        (
+            "  - match: [{headers: {X-Up: {exact: a}}}]\n    directResponse: {status: 200}\n",
+            "header names must be lower-case",
+        ),
+        ("  - directResponse: {status: 99}\n", "99 is out of range"),
+        (
+            "  - route: [{destination: {host: '*.example.com'}}]\n",
+            "cannot be a wildcard host",
+        ),
+        (
+            "  - route: [{destination: {host: api.example.com}}]\n    timeout: soon\n",
+            "invalid duration",
+        ),
+    ];
+    for (http, want) in reading {
+        let set = ConfigSet::load_str("r.yaml", &format!("{REGISTRY}---\n{}", vs(http)));
+        let err = set.diagnostics.to_string();
+        assert!(err.contains(want), "{http}\nwant {want}\ngot {err}");
+        assert!(
+            err.contains("r.yaml:") && err.contains("VirtualService default/routes"),
+            "{err}"
+        );
+    }
+    // Under ALLOW_ANY an unregistered destination is a passthrough, not an error.
+    let set = ConfigSet::load_str(
+        "r.yaml",
+        &format!(
+            "{REGISTRY}---\n{}",
+            vs("  - route: [{destination: {host: free.example.net}}]\n")
+        ),
+    );
+    let (registry, _) = Registry::compile(&set, Some(OutboundPolicy::AllowAny)).unwrap();
+    let (t, _) = RouteTable::compile(&set, &registry).unwrap();
+    let r = req("GET", "/", &[]);
+    let (route, _) = t
+        .route("api.example.com", 80, "http", "a", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route { destinations, .. } = &route.action else {
+        panic!()
+    };
+    assert_eq!(
+        &*destinations[0].plan(80).unwrap().1.targets,
+        [Target::Name("free.example.net".into(), Some(80))]
+    );
+}
+
+#[test]
+fn gateway_bound_services_are_skipped_for_now() {
+    let bound = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bound}\nspec:\n  hosts: [api.example.com]\n  gateways: [istio-egressgateway, mesh]\n  http:\n  - route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local}}]\n";
+    let (t, warnings) = compile(bound).unwrap();
+    assert!(t.is_empty());
+    assert!(
+        warnings
+            .to_string()
+            .contains("Gateway binding is not implemented yet"),
+        "{warnings}"
+    );
+    assert_eq!(t.summary().skipped.len(), 1);
+}

@@ -1,0 +1,186 @@
+//! VirtualService routing through the real gateway binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use bytes::Bytes;
+use egress_tests::{Gateway, Origin, curl_async};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::time::{Duration, Instant};
+
+fn split_config(a: &Origin, b: &Origin, http: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: split}}
+spec:
+  hosts: [split.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {pa}}}, labels: {{version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {pb}}}, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: split}}
+spec:
+  host: split.test
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: split}}
+spec:
+  hosts: [split.test]
+  http:
+{http}"#,
+        pa = a.port(),
+        pb = b.port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_follows_the_weights() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let gw = Gateway::start(
+        &split_config(
+            &a,
+            &b,
+            "  - route:\n    - {destination: {host: split.test, subset: v1}, weight: 80}\n    - {destination: {host: split.test, subset: v2}, weight: 20}\n",
+        ),
+        &[],
+    );
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let url: http::Uri = format!("http://{}/split", gw.proxy).parse().unwrap();
+    let n = 10_000;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let client = client.clone();
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..n / 8 {
+                let req = http::Request::get(url.clone())
+                    .header("host", "split.test")
+                    .body(Empty::new())
+                    .unwrap();
+                let rsp = client.request(req).await.unwrap();
+                assert_eq!(rsp.status(), 200);
+                rsp.into_body().collect().await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let (ca, cb) = (a.count() as f64, b.count() as f64);
+    assert_eq!(ca + cb, n as f64);
+    // Chi-square, one degree of freedom, p = 0.001: 10.83.
+    let chi = (ca - 8000.0).powi(2) / 8000.0 + (cb - 2000.0).powi(2) / 2000.0;
+    assert!(chi < 10.83, "v1 {ca} v2 {cb}: chi2 {chi}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_actions_end_to_end() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let http = r#"  - name: direct
+    match: [{uri: {exact: /health}}]
+    directResponse: {status: 418, body: {string: "short and stout"}}
+  - name: moved
+    match: [{uri: {prefix: /old}}]
+    redirect: {uri: /new, authority: docs.example.com, redirectCode: 308}
+  - name: rewrite
+    match: [{uri: {prefix: /api/v1/}}]
+    rewrite: {uri: /v2/, authority: backend.internal}
+    headers:
+      request: {set: {x-route: rewrite}, remove: [x-secret]}
+      response: {add: {x-served-by: egress}, remove: [x-origin]}
+    route: [{destination: {host: split.test, subset: v1}}]
+  - name: slow
+    match: [{uri: {prefix: /slow}}]
+    timeout: 300ms
+    route: [{destination: {host: split.test, subset: v2}}]
+  - name: only-get
+    match: [{method: {exact: GET}, uri: {prefix: /get}}]
+    route: [{destination: {host: split.test, subset: v2}}]
+"#;
+    let slow = Origin::start_with(Duration::from_secs(3)).await;
+    let gw = Gateway::start(&split_config(&a, &slow, http), &[]);
+    let base = format!("http://{}", gw.proxy);
+    let host = ["-H", "Host: split.test"];
+
+    let r = curl_async(&[host[0], host[1], &format!("{base}/health")]).await;
+    assert_eq!((r.status, r.body.as_str()), (418, "short and stout"));
+
+    let r = curl_async(&[host[0], host[1], &format!("{base}/old/page?x=1")]).await;
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location").as_deref(),
+        Some("http://docs.example.com/new?x=1")
+    );
+
+    let r = curl_async(&[
+        host[0],
+        host[1],
+        "-H",
+        "x-secret: s",
+        &format!("{base}/api/v1/items?q=1"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(r.header("x-served-by").as_deref(), Some("egress"));
+    assert_eq!(r.header("x-origin"), None);
+    let seen = a.requests();
+    assert_eq!(seen[0].uri, "/v2/items?q=1");
+    assert_eq!(seen[0].headers["host"], "backend.internal");
+    assert_eq!(seen[0].headers["x-route"], "rewrite");
+    assert!(seen[0].headers.get("x-secret").is_none());
+
+    let started = Instant::now();
+    let r = curl_async(&[host[0], host[1], &format!("{base}/slow")]).await;
+    assert_eq!(r.status, 504, "{r:?}");
+    assert_eq!(
+        r.header("x-egress-error").as_deref(),
+        Some("upstream-timeout")
+    );
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    let r = curl_async(&[host[0], host[1], "-X", "DELETE", &format!("{base}/get")]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.header("x-egress-denied").as_deref(), Some("no-route"));
+    assert_eq!(b.count(), 0);
+
+    // Hosts without a VirtualService still go through the registry check.
+    let r = curl_async(&["-H", "Host: elsewhere.test", &format!("{base}/")]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(
+        r.header("x-egress-denied").as_deref(),
+        Some("registry-only")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_route_destination_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vs.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bad, namespace: team}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route: [{destination: {host: nowhere.example.net}}]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(egress_tests::gateway_bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("VirtualService team/bad: spec.http[0].route[0].destination: route destination nowhere.example.net is not in the service registry"),
+        "{err}"
+    );
+}
