@@ -210,6 +210,9 @@ pub struct UpstreamPlan {
     pub trusted_nets: Arc<[ipnet::IpNet]>,
     /// A label for logs: `namespace/name` of the `ServiceEntry`.
     pub service: Option<Arc<str>>,
+    /// The host name this plan reaches, when it is not the request's own (a route's
+    /// destination): `--resolve` overrides are looked up for it.
+    pub name: Option<Arc<str>>,
 }
 
 /// One upstream target of a plan.

@@ -25,6 +25,7 @@ pub(crate) struct StaticDump {
     pub(crate) listeners: Listeners,
     pub(crate) resolve: Vec<ResolveDump>,
     pub(crate) ignored: Vec<String>,
+    pub(crate) gateway: GatewayDump,
     pub(crate) warnings: Vec<String>,
 }
 
@@ -32,6 +33,16 @@ pub(crate) struct StaticDump {
 pub(crate) struct Listeners {
     pub(crate) proxy: SocketAddr,
     pub(crate) admin: SocketAddr,
+    #[serde(rename = "gatewayServers")]
+    pub(crate) gateway_servers: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct GatewayDump {
+    pub(crate) name: String,
+    pub(crate) labels: Vec<String>,
+    #[serde(rename = "selectedBy")]
+    pub(crate) selected_by: Vec<String>,
 }
 
 #[derive(Serialize)]

@@ -41,6 +41,25 @@ pub struct ConfigArgs {
     /// Override the outbound traffic policy of the configuration (default REGISTRY_ONLY).
     #[arg(long, value_enum, value_name = "MODE")]
     pub outbound_policy: Option<PolicyArg>,
+    /// This gateway's identity, `namespace/name` (shown in logs and /config_dump).
+    #[arg(
+        long,
+        default_value = "istio-system/istio-egressgateway",
+        value_name = "NS/NAME"
+    )]
+    pub gateway_name: String,
+    /// A label of this gateway, `key=value`; repeatable. `Gateway` resources whose
+    /// `selector` these labels satisfy configure this gateway, and VirtualServices bound to
+    /// them apply; with none, the gateway acts for the mesh.
+    #[arg(long = "gateway-label", default_value = "istio=egressgateway", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub gateway_labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("invalid label {s:?} (expected KEY=VALUE)")),
+    }
 }
 
 /// `--outbound-policy` values.
@@ -70,6 +89,13 @@ pub struct RunArgs {
     /// The proxy listener (HTTP/1.1 and h2c).
     #[arg(long, default_value = "127.0.0.1:15001", value_name = "ADDR")]
     pub listen: SocketAddr,
+    /// The address that listeners of `Gateway` servers bind to.
+    #[arg(long, default_value = "127.0.0.1", value_name = "IP")]
+    pub gateway_bind: std::net::IpAddr,
+    /// Added to every `Gateway` server port, so that a manifest's port 80 can listen on
+    /// 8080 (`--gateway-port-offset 8000`) without privileges.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub gateway_port_offset: u16,
     /// The admin listener (/healthz/ready, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,

@@ -2,7 +2,7 @@
 
 use egress_policy::Registry;
 use egress_policy::diag::Diagnostics;
-use egress_policy::istio::ConfigSet;
+use egress_policy::istio::{Binding, ConfigSet};
 use egress_policy::routes::RouteTable;
 use std::fmt;
 
@@ -20,6 +20,8 @@ pub struct Loaded {
     pub registry: Registry,
     /// The compiled routes.
     pub routes: RouteTable,
+    /// Which `Gateway` resources select this gateway.
+    pub binding: Binding,
     /// Everything that was read.
     pub config: ConfigSet,
     /// Warnings (errors would have failed the load).
@@ -60,12 +62,14 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
     let policy = args.outbound_policy.map(Into::into);
     match Registry::compile(&config, policy) {
         Ok((registry, mut diagnostics)) => {
+            let binding = Binding::new(&config.gateways, &args.gateway_labels);
             let (routes, route_diags) =
-                RouteTable::compile(&config, &registry).map_err(LoadError::Invalid)?;
+                RouteTable::compile(&config, &registry, &binding).map_err(LoadError::Invalid)?;
             diagnostics.extend(route_diags);
             Ok(Loaded {
                 registry,
                 routes,
+                binding,
                 config,
                 diagnostics,
             })
@@ -83,6 +87,8 @@ mod tests {
         let loaded = load(&ConfigArgs {
             config: Vec::new(),
             outbound_policy: None,
+            gateway_name: "istio-system/istio-egressgateway".into(),
+            gateway_labels: vec![("istio".into(), "egressgateway".into())],
         })
         .unwrap();
         assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);

@@ -13,17 +13,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::admin::{AdminState, Listeners, ResolveDump, StaticDump};
+use crate::admin::{AdminState, GatewayDump, Listeners, ResolveDump, StaticDump};
 use crate::cli::RunArgs;
 use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
+use egress_policy::routes::ServerHosts;
 
 /// A gateway whose listeners are bound and which is ready to serve.
 pub struct Gateway {
     proxy: TcpListener,
     admin: TcpListener,
+    servers: Vec<ServerListener>,
     args: RunArgs,
     loaded: Loaded,
+}
+
+/// The listener of one port of the `Gateway` resources that select this gateway.
+struct ServerListener {
+    listener: TcpListener,
+    addr: SocketAddr,
+    hosts: ServerHosts,
+    gateway: String,
+    port: u16,
 }
 
 /// Why the gateway could not start.
@@ -47,9 +58,11 @@ impl Gateway {
         let admin = TcpListener::bind(args.admin)
             .await
             .map_err(|e| StartError(format!("cannot listen on {} (admin): {e}", args.admin)))?;
+        let servers = bind_servers(&args, &loaded).await;
         Ok(Self {
             proxy,
             admin,
+            servers,
             args,
             loaded,
         })
@@ -80,7 +93,13 @@ impl Gateway {
             .map(|(h, p, a)| ResolveDump {
                 host: h.to_owned(),
                 port: p,
-                addresses: a.iter().map(|ip| ip.to_string()).collect(),
+                addresses: a
+                    .iter()
+                    .map(|a| match a.port {
+                        Some(p) => std::net::SocketAddr::new(a.ip, p).to_string(),
+                        None => a.ip.to_string(),
+                    })
+                    .collect(),
             })
             .collect();
         let dialer = Arc::new(Dialer::new(
@@ -88,7 +107,12 @@ impl Gateway {
                 .with_connect_timeout(args.connect_timeout)
                 .with_dns_timeout(args.dns_timeout)
                 .with_overrides(overrides)
-                .with_listeners(vec![proxy_addr, admin_addr]),
+                .with_listeners(
+                    [proxy_addr, admin_addr]
+                        .into_iter()
+                        .chain(self.servers.iter().map(|s| s.addr))
+                        .collect(),
+                ),
         ));
         let request_timeout = (!args.request_timeout.is_zero()).then_some(args.request_timeout);
         let proxy_headers = ProxyHeadersConfig::new(&args.via_name)
@@ -96,6 +120,7 @@ impl Gateway {
         let Loaded {
             registry,
             routes,
+            binding,
             config,
             diagnostics,
         } = self.loaded;
@@ -107,11 +132,13 @@ impl Gateway {
             service_entries = registry.services().len(),
             virtual_services = config.virtual_services.len(),
             policy = registry.policy().as_str(),
+            gateway = %args.config.gateway_name,
+            selected_by = %binding.selected.join(", "),
             "configuration loaded"
         );
         let registry = Arc::new(ArcSwap::from_pointee(registry));
         let routes = Arc::new(ArcSwap::from_pointee(routes));
-        let svc = stack::build(StackConfig {
+        let stack_config = StackConfig {
             registry: registry.clone(),
             routes: routes.clone(),
             dialer,
@@ -122,7 +149,8 @@ impl Gateway {
                 ),
             proxy_headers,
             tunnel_idle_timeout: args.tunnel_idle_timeout,
-        });
+        };
+        let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
             ready: AtomicBool::new(false),
             registry,
@@ -132,6 +160,21 @@ impl Gateway {
                 listeners: Listeners {
                     proxy: proxy_addr,
                     admin: admin_addr,
+                    gateway_servers: self
+                        .servers
+                        .iter()
+                        .map(|s| format!("{} ({} port {})", s.addr, s.gateway, s.port))
+                        .collect(),
+                },
+                gateway: GatewayDump {
+                    name: args.config.gateway_name.clone(),
+                    labels: args
+                        .config
+                        .gateway_labels
+                        .iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect(),
+                    selected_by: binding.selected.clone(),
                 },
                 resolve: resolve_dump,
                 ignored: config.ignored.clone(),
@@ -155,37 +198,18 @@ impl Gateway {
         let builder = Arc::new(builder);
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
-        let proxy_task = {
-            let listener = self.proxy;
-            async move {
-                loop {
-                    let (io, peer) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(error) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(%error, "accept failed");
-                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
-                    let Ok(permit) = limit.clone().try_acquire_owned() else {
-                        tracing::warn!(%peer, "connection refused: --max-connections reached");
-                        drop(io);
-                        continue;
-                    };
-                    let _ = io.set_nodelay(true);
-                    let svc = TowerToHyperService::new(svc.clone());
-                    let builder = builder.clone();
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-                        if let Err(error) = conn.await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
-                    });
-                }
-            }
-        };
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(accept_loop(self.proxy, svc, builder.clone(), limit.clone()));
+        for server in self.servers {
+            let svc = stack::build(stack_config.clone(), Some(server.hosts));
+            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, "Gateway server listener open");
+            tasks.spawn(accept_loop(
+                server.listener,
+                svc,
+                builder.clone(),
+                limit.clone(),
+            ));
+        }
         let admin_task = {
             let listener = self.admin;
             let state = state.clone();
@@ -213,7 +237,7 @@ impl Gateway {
         state.ready.store(true, Ordering::Release);
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "listening");
         tokio::select! {
-            _ = proxy_task => {}
+            _ = tasks.join_next() => {}
             _ = admin_task => {}
             _ = shutdown_signal() => tracing::info!("shutting down"),
         }
@@ -237,5 +261,110 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Opens one listener per port of the selected `Gateway` servers that speak HTTP. A port
+/// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
+/// serves every route.
+async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
+    let mut by_port: Vec<(u16, Vec<String>, String)> = Vec::new();
+    for gw in &loaded.config.gateways {
+        if !loaded.binding.selected.contains(&gw.meta.id()) {
+            continue;
+        }
+        for server in &gw.servers {
+            if !server.port.protocol.is_http() || server.tls_mode.is_some() {
+                tracing::warn!(
+                    gateway = %gw.meta.id(),
+                    port = server.port.number,
+                    protocol = ?server.port.protocol,
+                    "Gateway server not opened: only plain HTTP servers are served so far"
+                );
+                continue;
+            }
+            match by_port
+                .iter_mut()
+                .find(|(p, _, _)| *p == server.port.number)
+            {
+                Some((_, hosts, _)) => hosts.extend(server.hosts.iter().cloned()),
+                None => by_port.push((server.port.number, server.hosts.clone(), gw.meta.id())),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (port, hosts, gateway) in by_port {
+        let Some(listen_port) = port.checked_add(args.gateway_port_offset) else {
+            tracing::error!(
+                port,
+                offset = args.gateway_port_offset,
+                "Gateway server port + offset overflows"
+            );
+            continue;
+        };
+        let addr = SocketAddr::new(args.gateway_bind, listen_port);
+        match TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let addr = listener.local_addr().unwrap_or(addr);
+                out.push(ServerListener {
+                    listener,
+                    addr,
+                    hosts: ServerHosts::new(hosts.iter().map(String::as_str), port),
+                    gateway,
+                    port,
+                });
+            }
+            Err(error) => tracing::error!(
+                %addr,
+                %gateway,
+                port,
+                %error,
+                "cannot listen for a Gateway server (use --gateway-port-offset for unprivileged ports)"
+            ),
+        }
+    }
+    out
+}
+
+async fn accept_loop<S>(
+    listener: TcpListener,
+    svc: S,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+) where
+    S: tower::Service<
+            http::Request<Incoming>,
+            Response = http::Response<egress_core::BoxBody>,
+            Error = egress_core::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    loop {
+        let (io, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "connection refused: --max-connections reached");
+            drop(io);
+            continue;
+        };
+        let _ = io.set_nodelay(true);
+        let svc = TowerToHyperService::new(svc.clone());
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+            if let Err(error) = conn.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+        });
     }
 }

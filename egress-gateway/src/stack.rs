@@ -7,7 +7,7 @@ use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
-use egress_policy::routes::{RouteLayer, RouteTable};
+use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
 use egress_policy::{Registry, RegistryOnlyLayer};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -41,6 +41,7 @@ pub struct StackConfig {
 /// Builds the request stack. The first layer listed sees the request first.
 pub fn build(
     config: StackConfig,
+    server_hosts: Option<ServerHosts>,
 ) -> impl Service<
     Request<Incoming>,
     Response = Response<BoxBody>,
@@ -59,6 +60,8 @@ pub fn build(
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
         .layer(DestinationLayer::new())
+        // On a Gateway server's listener: only the hosts that server declares (404 else).
+        .option_layer(server_hosts.map(ServerHostsLayer::new))
         // VirtualService routes: choose the destination (checked against the registry when
         // compiled), or answer directly, redirect, or 404 when no route matches.
         .layer(RouteLayer::from_swap(config.routes))

@@ -81,7 +81,7 @@ impl Gateway {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("listening") {
+                    if line.contains("listening") && line.contains("proxy=") {
                         let _ = tx.send(line.clone());
                     }
                     let mut l = log.lock().unwrap();

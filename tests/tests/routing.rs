@@ -184,3 +184,137 @@ async fn unregistered_route_destination_is_a_config_error() {
         "{err}"
     );
 }
+
+/// Istio's "Egress Gateways" task, unchanged but for the origin: the Gateway selects this
+/// proxy (default label istio=egressgateway), so the rules bound to it apply and the sidecar
+/// hop (bound to `mesh`) is skipped.
+const EGRESS_GATEWAY_TASK: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: cnn
+spec:
+  hosts:
+  - edition.cnn.com
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+  - number: 443
+    name: https
+    protocol: HTTPS
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 80
+      name: http
+      protocol: HTTP
+    hosts:
+    - edition.cnn.com
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: egressgateway-for-cnn
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets:
+  - name: cnn
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-cnn-through-egress-gateway
+spec:
+  hosts:
+  - edition.cnn.com
+  gateways:
+  - istio-egressgateway
+  - mesh
+  http:
+  - match:
+    - gateways:
+      - mesh
+      port: 80
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: cnn
+        port:
+          number: 80
+      weight: 100
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 80
+    route:
+    - destination:
+        host: edition.cnn.com
+        port:
+          number: 80
+      weight: 100
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_egress_gateway_task() {
+    let origin = Origin::start().await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let offset = (free - 80).to_string();
+    let gw = Gateway::start(
+        EGRESS_GATEWAY_TASK,
+        &[
+            &format!("--resolve=edition.cnn.com:80:127.0.0.1:{}", origin.port()),
+            "--gateway-port-offset",
+            &offset,
+        ],
+    );
+    // Through the main listener, as a forward proxy and Host-routed.
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://edition.cnn.com/politics"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = curl_async(&[
+        "-H",
+        "Host: edition.cnn.com",
+        &format!("http://{}/sport", gw.proxy),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Through the Gateway server's own listener (port 80 + offset).
+    let server = format!("http://127.0.0.1:{free}");
+    let r = curl_async(&["-H", "Host: edition.cnn.com", &format!("{server}/world")]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let seen: Vec<String> = origin.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/politics", "/sport", "/world"]);
+    assert!(
+        origin
+            .requests()
+            .iter()
+            .all(|s| s.headers["host"] == "edition.cnn.com")
+    );
+    // That listener serves only the hosts of its server.
+    let r = curl_async(&["-H", "Host: api.example.com", &format!("{server}/")]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert_eq!(r.header("x-egress-denied").as_deref(), Some("no-route"));
+    let dump = curl_async(&[&format!("http://{}/config_dump", gw.admin)]).await;
+    assert!(
+        dump.body.contains("\"default/istio-egressgateway\""),
+        "{}",
+        dump.body
+    );
+    assert!(
+        dump.body.contains(&format!("127.0.0.1:{free}")),
+        "{}",
+        dump.body
+    );
+}

@@ -123,16 +123,15 @@ impl Dialer {
     ) -> Result<Vec<SocketAddr>, UpstreamError> {
         let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
         let mut found: Vec<(SocketAddr, Origin)> = Vec::new();
-        let overridden = dst.name().and_then(|name| {
+        // The name the overrides apply to: the one the plan resolves (a route's destination),
+        // else the one the client asked for.
+        let named = plan.and_then(|p| p.name.as_deref()).or(dst.name());
+        let overridden = named.and_then(|name| {
             let o = &self.config.overrides;
             o.get(name, port).or_else(|| o.get(name, dst.port()))
         });
         if let Some(addrs) = overridden {
-            found.extend(
-                addrs
-                    .iter()
-                    .map(|ip| (SocketAddr::new(*ip, port), Origin::Declared)),
-            );
+            found.extend(addrs.iter().map(|a| (a.socket(port), Origin::Declared)));
         } else if let Some(plan) = plan.filter(|p| !p.targets.is_empty()) {
             for target in plan.targets.iter() {
                 match target {
@@ -140,11 +139,7 @@ impl Dialer {
                     Target::Name(name, p) => {
                         let p = p.unwrap_or(port);
                         if let Some(addrs) = self.config.overrides.get(name, p) {
-                            found.extend(
-                                addrs
-                                    .iter()
-                                    .map(|ip| (SocketAddr::new(*ip, p), Origin::Declared)),
-                            );
+                            found.extend(addrs.iter().map(|a| (a.socket(p), Origin::Declared)));
                             continue;
                         }
                         for ip in self.resolve(dst, name).await?.iter() {
@@ -362,5 +357,24 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), UpstreamErrorKind::DnsFailed);
+    }
+
+    #[tokio::test]
+    async fn overrides_follow_the_plan_name() {
+        // A route from a.test to b.test: b.test's override applies, not a.test's.
+        let mut o = Overrides::new();
+        o.add("a.test:80:127.0.0.1:1111").unwrap();
+        o.add("b.test:80:127.0.0.1:2222").unwrap();
+        let d = Dialer::new(DialerConfig::default().with_overrides(o));
+        let plan = UpstreamPlan {
+            targets: vec![Target::Name("b.test".into(), Some(80))].into(),
+            port: Some(80),
+            name: Some("b.test".into()),
+            ..Default::default()
+        };
+        let got = d.addresses(&dst("a.test", 80), Some(&plan)).await.unwrap();
+        assert_eq!(got, vec!["127.0.0.1:2222".parse().unwrap()]);
+        let got = d.addresses(&dst("a.test", 80), None).await.unwrap();
+        assert_eq!(got, vec!["127.0.0.1:1111".parse().unwrap()]);
     }
 }

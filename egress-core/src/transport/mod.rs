@@ -14,5 +14,5 @@ mod resolve;
 mod upstream;
 
 pub use dialer::{Dialer, DialerConfig};
-pub use resolve::{OverrideParseError, Overrides, Resolve, SystemResolver};
+pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};

@@ -97,7 +97,23 @@ impl Resolve for SystemResolver {
 /// wrote them vouches for them: internal addresses given here are dialled.
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
-    map: HashMap<Box<str>, Vec<(u16, Arc<[IpAddr]>)>>,
+    map: HashMap<Box<str>, Vec<(u16, Arc<[OverrideAddr]>)>>,
+}
+
+/// One address of an override: an IP, and the port to dial instead of the requested one.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct OverrideAddr {
+    /// The address.
+    pub ip: IpAddr,
+    /// The port to dial, when the override names one (`ADDR:PORT`).
+    pub port: Option<u16>,
+}
+
+impl OverrideAddr {
+    /// The socket address to dial when `port` was asked for.
+    pub fn socket(&self, port: u16) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.ip, self.port.unwrap_or(port))
+    }
 }
 
 /// A `--resolve` value that does not parse.
@@ -114,7 +130,9 @@ impl Overrides {
         Self::default()
     }
 
-    /// Adds `HOST:PORT:ADDR[,ADDR...]`; IPv6 addresses may be bracketed.
+    /// Adds `HOST:PORT:ADDR[,ADDR...]`; IPv6 addresses may be bracketed. An `ADDR` may carry
+    /// a port of its own (`127.0.0.1:8080`, `[::1]:8080`), like curl's `--connect-to`, so that
+    /// a manifest's port 80 can be served by a test origin on an ephemeral port.
     pub fn add(&mut self, spec: &str) -> Result<(), OverrideParseError> {
         let err = |why| OverrideParseError {
             value: spec.to_owned(),
@@ -129,15 +147,23 @@ impl Overrides {
             return Err(err("HOST must be a DNS name"));
         };
         let port = parse_port(port).map_err(|_| err("invalid PORT"))?;
-        let addrs: Vec<IpAddr> = addrs
+        let addrs: Vec<OverrideAddr> = addrs
             .split(',')
             .map(|a| {
                 let a = a.trim();
+                if let Ok(sa) = a.parse::<std::net::SocketAddr>() {
+                    return Ok(OverrideAddr {
+                        ip: sa.ip(),
+                        port: (sa.port() != 0).then_some(sa.port()),
+                    });
+                }
                 let a = a
                     .strip_prefix('[')
                     .and_then(|a| a.strip_suffix(']'))
                     .unwrap_or(a);
-                a.parse::<IpAddr>().map_err(|_| err("invalid ADDR"))
+                a.parse::<IpAddr>()
+                    .map(|ip| OverrideAddr { ip, port: None })
+                    .map_err(|_| err("invalid ADDR"))
             })
             .collect::<Result<_, _>>()?;
         if addrs.is_empty() {
@@ -150,7 +176,7 @@ impl Overrides {
     }
 
     /// The addresses for `name` on `port`, if overridden.
-    pub fn get(&self, name: &str, port: u16) -> Option<&Arc<[IpAddr]>> {
+    pub fn get(&self, name: &str, port: u16) -> Option<&Arc<[OverrideAddr]>> {
         let ports = self.map.get(name)?;
         ports.iter().find(|(p, _)| *p == port).map(|(_, a)| a)
     }
@@ -161,7 +187,7 @@ impl Overrides {
     }
 
     /// Every override as `(name, port, addresses)`, for config dumps.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, u16, &[IpAddr])> {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, u16, &[OverrideAddr])> {
         self.map
             .iter()
             .flat_map(|(n, ports)| ports.iter().map(move |(p, a)| (&**n, *p, &**a)))
@@ -179,7 +205,24 @@ mod tests {
         o.add("v6.test:80:[::1],10.0.0.1").unwrap();
         assert_eq!(
             o.get("example.com", 443).map(|a| a.to_vec()),
-            Some(vec!["127.0.0.1".parse().unwrap()])
+            Some(vec![OverrideAddr {
+                ip: "127.0.0.1".parse().unwrap(),
+                port: None
+            }])
+        );
+        o.add("moved.test:80:127.0.0.1:8080,[::1]:9090").unwrap();
+        let moved: Vec<_> = o
+            .get("moved.test", 80)
+            .unwrap()
+            .iter()
+            .map(|a| a.socket(80))
+            .collect();
+        assert_eq!(
+            moved,
+            [
+                "127.0.0.1:8080".parse().unwrap(),
+                "[::1]:9090".parse().unwrap()
+            ]
         );
         assert_eq!(o.get("v6.test", 80).map(|a| a.len()), Some(2));
         assert!(o.get("example.com", 80).is_none());

@@ -4,11 +4,13 @@
 //! `Sidecar` (its `outboundTrafficPolicy`). Other Istio kinds are reported once per kind as
 //! "not yet supported, ignored", never silently. `kind: List` documents are unpacked.
 
+mod gateway;
 mod model;
 mod reader;
 mod service_entry;
 mod virtual_service;
 
+pub use gateway::{Binding, Gateway, Server, ServerPort};
 pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
 };
@@ -34,7 +36,6 @@ const NETWORKING_VERSIONS: &[&str] = &[
 
 /// Istio kinds that later versions of this gateway will read; reported as ignored for now.
 const KNOWN_LATER: &[&str] = &[
-    "Gateway",
     "WorkloadEntry",
     "WorkloadGroup",
     "EnvoyFilter",
@@ -57,6 +58,8 @@ pub struct ConfigSet {
     pub virtual_services: Vec<VirtualService>,
     /// The `DestinationRule` resources.
     pub destination_rules: Vec<DestinationRule>,
+    /// The `Gateway` resources.
+    pub gateways: Vec<Gateway>,
     /// Resources read but not applied: `Kind namespace/name (file:line)`.
     pub ignored: Vec<String>,
     /// The files read.
@@ -198,7 +201,9 @@ impl ConfigSet {
         };
         let spec = spec.unwrap_or(&empty);
         match kind.as_str() {
-            "ServiceEntry" | "Sidecar" | "VirtualService" | "DestinationRule" if !networking => {
+            "ServiceEntry" | "Sidecar" | "VirtualService" | "DestinationRule" | "Gateway"
+                if !networking =>
+            {
                 r.error(
                     doc,
                     "apiVersion",
@@ -221,6 +226,11 @@ impl ConfigSet {
             "VirtualService" => {
                 if let Some(vs) = virtual_service::read(&mut r, meta, spec) {
                     self.virtual_services.push(vs);
+                }
+            }
+            "Gateway" => {
+                if let Some(g) = gateway::read(&mut r, meta, spec) {
+                    self.gateways.push(g);
                 }
             }
             "DestinationRule" => {

@@ -197,7 +197,7 @@ fn validation_errors_name_file_line_resource_field() {
 #[test]
 fn unknown_fields_warn_and_other_kinds_are_reported_once() {
     let text = format!(
-        "{}  ports: [{{number: 80, name: http, protocl: HTTP}}]\n  hostz: [x]\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: a}}\nspec: {{}}\n---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: b}}\nspec: {{}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n",
+        "{}  ports: [{{number: 80, name: http, protocl: HTTP}}]\n  hostz: [x]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a}}\nspec: {{}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: b}}\nspec: {{}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n",
         se("  hosts: [a.com]\n").trim_end_matches('\n').to_owned() + "\n"
     );
     let set = load(&text);
@@ -212,7 +212,10 @@ fn unknown_fields_warn_and_other_kinds_are_reported_once() {
         w.iter().any(|w| w.contains("spec.hostz: unknown field")),
         "{w:#?}"
     );
-    let vs: Vec<_> = w.iter().filter(|w| w.contains("Gateway (")).collect();
+    let vs: Vec<_> = w
+        .iter()
+        .filter(|w| w.contains("AuthorizationPolicy ("))
+        .collect();
     assert_eq!(vs.len(), 1, "{w:#?}");
     assert!(
         vs[0].contains("not yet supported, ignored (2 resources"),

@@ -351,6 +351,7 @@ pub(crate) fn plan_with(
         port: Some(dial),
         trusted_nets: trusted.clone(),
         service: Some(label.clone()),
+        name: None,
     }
 }
 

@@ -8,8 +8,10 @@
 //! it per request.
 
 mod layer;
+mod server_hosts;
 
 pub use layer::{RouteLayer, Routing};
+pub use server_hosts::{ServerHosts, ServerHostsCheck, ServerHostsLayer};
 
 use egress_core::ctx::{Target, UpstreamPlan};
 use http::Request;
@@ -19,8 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
 use crate::istio::{
-    ConfigSet, DirectResponse, Headers, HttpMatch, OutboundPolicy, Redirect, Rewrite, StringMatch,
-    VirtualService,
+    Binding, ConfigSet, DirectResponse, Headers, HttpMatch, OutboundPolicy, Redirect, Rewrite,
+    StringMatch, VirtualService,
 };
 use crate::registry::{Registry, plan_with};
 
@@ -59,6 +61,7 @@ impl CompiledDestination {
                 port,
                 UpstreamPlan {
                     targets: vec![Target::Name(self.host.clone(), Some(port))].into(),
+                    name: Some(self.host.clone()),
                     port: Some(port),
                     ..Default::default()
                 },
@@ -133,25 +136,34 @@ impl RouteTable {
     pub fn compile(
         config: &ConfigSet,
         registry: &Registry,
+        binding: &Binding,
     ) -> Result<(RouteTable, Diagnostics), Diagnostics> {
         let mut diags = Diagnostics::default();
         let mut table = RouteTable::default();
         for vs in &config.virtual_services {
             let id = vs.meta.id();
-            let foreign: Vec<&String> = vs
-                .gateways
-                .iter()
-                .filter(|g| g.as_str() != "mesh")
-                .collect();
-            if !foreign.is_empty() {
-                let why = format!(
-                    "VirtualService {id} is bound to gateway(s) {foreign:?}; Gateway binding is not implemented yet, ignored"
-                );
-                diags.push(diag(vs, Severity::Warning, "spec.gateways", why.clone()));
-                table.skipped.push(why);
+            if !binding.applies(&vs.gateways, &vs.meta.namespace) {
+                let gateways = if vs.gateways.is_empty() {
+                    vec!["mesh".to_owned()]
+                } else {
+                    vs.gateways.clone()
+                };
+                if binding.is_mesh() {
+                    let why = format!(
+                        "VirtualService {id} is bound to {gateways:?}, and no Gateway resource selects this proxy (labels set with --gateway-label); ignored"
+                    );
+                    diags.push(diag(vs, Severity::Warning, "spec.gateways", why.clone()));
+                    table.skipped.push(why);
+                } else {
+                    // The sidecar hop of a two-hop egress configuration: expected, not a warning.
+                    table.skipped.push(format!(
+                        "VirtualService {id} is bound to {gateways:?}, not to this gateway ({})",
+                        binding.selected.join(", ")
+                    ));
+                }
                 continue;
             }
-            let Some(compiled) = compile_vs(vs, config, registry, &mut diags) else {
+            let Some(compiled) = compile_vs(vs, config, registry, binding, &mut diags) else {
                 continue;
             };
             let compiled = Arc::new(compiled);
@@ -292,17 +304,19 @@ fn compile_vs(
     vs: &VirtualService,
     config: &ConfigSet,
     registry: &Registry,
+    binding: &Binding,
     diags: &mut Diagnostics,
 ) -> Option<CompiledVs> {
     let mut routes = Vec::new();
     let errors_before = diags.errors().count();
     for (i, r) in vs.http.iter().enumerate() {
         let path = format!("spec.http[{i}]");
-        // Match blocks bound to gateways other than `mesh` never apply to this gateway yet.
+        // Match blocks naming other gateways (or only `mesh`, when this proxy is a gateway)
+        // never apply here; a route left without any applicable block is dropped.
         let matches: Vec<HttpMatch> = r
             .matches
             .iter()
-            .filter(|m| m.gateways.is_empty() || m.gateways.iter().any(|g| g == "mesh"))
+            .filter(|m| m.gateways.is_empty() || binding.applies(&m.gateways, &vs.meta.namespace))
             .cloned()
             .collect();
         if !r.matches.is_empty() && matches.is_empty() {
@@ -434,6 +448,8 @@ fn compile_destination(
             // Resolve the route's destination, not the name the client asked for.
             plan.targets = vec![Target::Name(out.host.clone(), plan.port)].into();
         }
+        // `--resolve` applies to the route's destination, not to the requested name.
+        plan.name = Some(out.host.clone());
         out.plans.push((rp.port.number, plan));
     }
     Some(out)

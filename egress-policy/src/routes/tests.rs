@@ -36,7 +36,7 @@ fn compile(vs: &str) -> Result<(RouteTable, Diagnostics), Diagnostics> {
     let set = ConfigSet::load_str("r.yaml", &format!("{REGISTRY}---\n{vs}"));
     assert!(!set.diagnostics.has_errors(), "{}", set.diagnostics);
     let (registry, _) = Registry::compile(&set, None).unwrap();
-    RouteTable::compile(&set, &registry)
+    RouteTable::compile(&set, &registry, &Binding::default())
 }
 
 fn table(vs: &str) -> RouteTable {
@@ -290,7 +290,7 @@ fn validation() {
         ),
     );
     let (registry, _) = Registry::compile(&set, Some(OutboundPolicy::AllowAny)).unwrap();
-    let (t, _) = RouteTable::compile(&set, &registry).unwrap();
+    let (t, _) = RouteTable::compile(&set, &registry, &Binding::default()).unwrap();
     let r = req("GET", "/", &[]);
     let (route, _) = t
         .route("api.example.com", 80, "http", "a", &r)
@@ -305,16 +305,90 @@ fn validation() {
     );
 }
 
+/// Istio's egress-gateway task: one VirtualService for both hops, told apart by the
+/// `gateways` of each match block.
+const TWO_HOP: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports: [{number: 80, name: http-port, protocol: HTTP}, {number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {name: istio-egressgateway}
+spec:
+  selector: {istio: egressgateway}
+  servers:
+  - port: {number: 80, name: http, protocol: HTTP}
+    hosts: [edition.cnn.com]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: egressgateway-for-cnn}
+spec:
+  host: istio-egressgateway.istio-system.svc.cluster.local
+  subsets: [{name: cnn}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: direct-cnn-through-egress-gateway}
+spec:
+  hosts: [edition.cnn.com]
+  gateways: [istio-egressgateway, mesh]
+  http:
+  - match: [{gateways: [mesh], port: 80}]
+    route:
+    - destination: {host: istio-egressgateway.istio-system.svc.cluster.local, subset: cnn, port: {number: 80}}
+      weight: 100
+  - match: [{gateways: [istio-egressgateway], port: 80}]
+    route:
+    - destination: {host: edition.cnn.com, port: {number: 80}}
+      weight: 100
+"#;
+
 #[test]
-fn gateway_bound_services_are_skipped_for_now() {
-    let bound = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: bound}\nspec:\n  hosts: [api.example.com]\n  gateways: [istio-egressgateway, mesh]\n  http:\n  - route: [{destination: {host: istio-egressgateway.istio-system.svc.cluster.local}}]\n";
-    let (t, warnings) = compile(bound).unwrap();
-    assert!(t.is_empty());
-    assert!(
-        warnings
-            .to_string()
-            .contains("Gateway binding is not implemented yet"),
-        "{warnings}"
+fn gateway_binding_picks_the_hop() {
+    let set = ConfigSet::load_str("task.yaml", TWO_HOP);
+    assert!(!set.diagnostics.has_errors(), "{}", set.diagnostics);
+    let (registry, _) = Registry::compile(&set, None).unwrap();
+    let labels = vec![("istio".to_owned(), "egressgateway".to_owned())];
+    let binding = Binding::new(&set.gateways, &labels);
+    assert_eq!(binding.selected, ["default/istio-egressgateway"]);
+    let (t, _) = RouteTable::compile(&set, &registry, &binding).unwrap_or_else(|d| panic!("{d}"));
+    let r = req("GET", "/politics", &[]);
+    let (route, _) = t
+        .route("edition.cnn.com", 80, "http", "edition.cnn.com", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route { destinations, .. } = &route.action else {
+        panic!()
+    };
+    assert_eq!(&*destinations[0].host, "edition.cnn.com");
+    assert_eq!(destinations[0].plan(80).unwrap().0, 80);
+
+    // Not selected by any Gateway: this proxy is the mesh hop, whose destination (the
+    // egress gateway's Kubernetes service) is not registered here.
+    let other = vec![("app".to_owned(), "other".to_owned())];
+    let err =
+        RouteTable::compile(&set, &registry, &Binding::new(&set.gateways, &other)).unwrap_err();
+    assert!(err.to_string().contains("istio-egressgateway.istio-system.svc.cluster.local port 80 is not in the service registry"), "{err}");
+
+    // A mesh-only VirtualService is the sidecar hop for a gateway: skipped, reported.
+    let mesh_only = format!(
+        "{TWO_HOP}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: sidecar-only}}\nspec:\n  hosts: [edition.cnn.com]\n  http:\n  - route: [{{destination: {{host: edition.cnn.com}}}}]\n"
     );
-    assert_eq!(t.summary().skipped.len(), 1);
+    let set = ConfigSet::load_str("task.yaml", &mesh_only);
+    let (t, warnings) = RouteTable::compile(&set, &registry, &binding).unwrap();
+    assert!(
+        t.summary()
+            .skipped
+            .iter()
+            .any(|s| s.contains("sidecar-only") && s.contains("not to this gateway")),
+        "{:?}",
+        t.summary().skipped
+    );
+    assert!(!warnings.to_string().contains("sidecar-only"), "{warnings}");
 }

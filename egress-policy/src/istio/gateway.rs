@@ -1,0 +1,215 @@
+//! Reading and validating `Gateway`, and deciding which ones this gateway is.
+
+use serde::Serialize;
+
+use super::model::{Meta, Protocol};
+use super::reader::Reader;
+use crate::yaml::Node;
+
+/// `Server.port`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerPort {
+    /// `number`.
+    pub number: u16,
+    /// `name`.
+    pub name: String,
+    /// `protocol`.
+    pub protocol: Protocol,
+}
+
+/// `Gateway.servers[]`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Server {
+    /// `port`.
+    pub port: ServerPort,
+    /// `hosts`, as written (`ns/host`, `host`, `*`, `*.suffix`).
+    pub hosts: Vec<String>,
+    /// `tls.mode`, when set.
+    #[serde(rename = "tlsMode", skip_serializing_if = "Option::is_none")]
+    pub tls_mode: Option<String>,
+}
+
+/// A `Gateway`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Gateway {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// `selector`: the labels of the proxies this Gateway configures.
+    pub selector: Vec<(String, String)>,
+    /// `servers`.
+    pub servers: Vec<Server>,
+}
+
+impl Gateway {
+    /// Whether a proxy with these labels is selected (every selector label present).
+    pub fn selects(&self, labels: &[(String, String)]) -> bool {
+        self.selector.iter().all(|l| labels.contains(l))
+    }
+}
+
+/// Reads `spec` of a `Gateway`.
+pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let selector = f
+        .take("selector")
+        .map(|n| r.string_map(n, "spec.selector"))
+        .unwrap_or_default();
+    let mut servers = Vec::new();
+    match f.take("servers") {
+        None => r.error(spec, "spec.servers", "a Gateway needs at least one server"),
+        Some(n) => {
+            let list = r.list(n, "spec.servers").unwrap_or(&[]);
+            if list.is_empty() {
+                r.error(n, "spec.servers", "a Gateway needs at least one server");
+            }
+            for (i, s) in list.iter().enumerate() {
+                if let Some(s) = read_server(r, s, &format!("spec.servers[{i}]")) {
+                    servers.push(s);
+                }
+            }
+        }
+    }
+    f.finish(r, &[]);
+    if r.diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(Gateway {
+        meta,
+        selector,
+        servers,
+    })
+}
+
+fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
+    let mut f = r.map(node, path)?;
+    let port = match f.take("port") {
+        None => {
+            r.error(node, format!("{path}.port"), "a server needs a port");
+            None
+        }
+        Some(n) => {
+            let p = format!("{path}.port");
+            let mut pf = r.map(n, &p)?;
+            let number = pf
+                .take("number")
+                .and_then(|n| r.uint(n, &format!("{p}.number"), 1, 65535))
+                .map(|n| n as u16);
+            let name = pf
+                .take("name")
+                .and_then(|n| r.string(n, &format!("{p}.name")))
+                .unwrap_or_default();
+            let protocol = match pf.take("protocol") {
+                None => {
+                    r.error(n, format!("{p}.protocol"), "a server port needs a protocol");
+                    None
+                }
+                Some(pn) => {
+                    let s = r.string(pn, &format!("{p}.protocol"))?;
+                    let parsed = Protocol::parse(&s);
+                    if parsed.is_none() {
+                        r.error(
+                            pn,
+                            format!("{p}.protocol"),
+                            format!("unknown protocol {s:?}"),
+                        );
+                    }
+                    parsed
+                }
+            };
+            pf.finish(r, &["targetPort"]);
+            if number.is_none() {
+                r.error(n, format!("{p}.number"), "a server port needs a number");
+            }
+            Some(ServerPort {
+                number: number?,
+                name,
+                protocol: protocol?,
+            })
+        }
+    };
+    let hosts = f
+        .take("hosts")
+        .map(|n| r.strings(n, &format!("{path}.hosts")))
+        .unwrap_or_default();
+    if hosts.is_empty() {
+        r.error(
+            node,
+            format!("{path}.hosts"),
+            "a server needs at least one host",
+        );
+    }
+    let tls_mode = f.take("tls").and_then(|n| {
+        let mut tf = r.map(n, &format!("{path}.tls"))?;
+        let mode = tf.take("mode").and_then(|m| {
+            r.one_of(
+                m,
+                &format!("{path}.tls.mode"),
+                &[
+                    "PASSTHROUGH",
+                    "SIMPLE",
+                    "MUTUAL",
+                    "AUTO_PASSTHROUGH",
+                    "ISTIO_MUTUAL",
+                    "OPTIONAL_MUTUAL",
+                ],
+            )
+            .map(str::to_owned)
+        });
+        tf.ignore_rest();
+        mode
+    });
+    f.finish(r, &["bind", "defaultEndpoint", "name"]);
+    Some(Server {
+        port: port?,
+        hosts: hosts
+            .into_iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        tls_mode,
+    })
+}
+
+/// Which Gateways this proxy is: those whose selector its labels satisfy.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Binding {
+    /// `namespace/name` of every selected Gateway; empty means "acting for the mesh".
+    pub selected: Vec<String>,
+}
+
+impl Binding {
+    /// Selects the Gateways of `gateways` that these labels satisfy.
+    pub fn new(gateways: &[Gateway], labels: &[(String, String)]) -> Self {
+        Self {
+            selected: gateways
+                .iter()
+                .filter(|g| g.selects(labels))
+                .map(|g| g.meta.id())
+                .collect(),
+        }
+    }
+
+    /// Whether this proxy acts for the mesh (no Gateway selects it).
+    pub fn is_mesh(&self) -> bool {
+        self.selected.is_empty()
+    }
+
+    /// Whether a list of gateway references (from a `VirtualService` in `namespace`) names
+    /// this proxy. An empty list means `mesh`.
+    pub fn applies(&self, refs: &[String], namespace: &str) -> bool {
+        if refs.is_empty() {
+            return self.is_mesh();
+        }
+        refs.iter().any(|g| {
+            if g == "mesh" {
+                return self.is_mesh();
+            }
+            let full = if g.contains('/') {
+                g.clone()
+            } else {
+                format!("{namespace}/{g}")
+            };
+            self.selected.contains(&full)
+        })
+    }
+}
