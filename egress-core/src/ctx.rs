@@ -238,6 +238,28 @@ pub struct RouteDecision {
     pub subset: Option<Arc<str>>,
 }
 
+/// Where shadow copies of a request go.
+///
+/// - Inserted by: the route layer, for routes with `mirror`/`mirrors` whose percentage
+///   sampled in. - Read by: [`MirrorLayer`](crate::mirror::MirrorLayer).
+#[derive(Clone, Debug)]
+pub struct Mirrors(pub Arc<[MirrorTarget]>);
+
+/// One shadow destination.
+#[derive(Clone, Debug)]
+pub struct MirrorTarget {
+    /// `host` of the mirror destination, for logs.
+    pub host: Arc<str>,
+    /// How to reach it.
+    pub plan: UpstreamPlan,
+}
+
+/// Marks a shadow copy, so that no layer mirrors a mirror.
+///
+/// - Inserted by: [`MirrorLayer`](crate::mirror::MirrorLayer) on the copies it sends.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Mirrored;
+
 /// Marks a request let through under `ALLOW_ANY` without a matching registry entry.
 ///
 /// - Inserted by: the registry check. - Read by: telemetry (Istio's `PassthroughCluster`).

@@ -25,6 +25,7 @@ pub mod destination;
 pub mod error;
 pub mod host;
 pub mod ip;
+pub mod mirror;
 pub mod proxy_headers;
 pub mod respond;
 pub mod transport;

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// What the admin endpoints show.
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
+    pub(crate) mirror_stats: Arc<egress_core::mirror::MirrorStats>,
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
     pub(crate) dump: StaticDump,
@@ -92,13 +93,36 @@ pub(crate) async fn handle(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             }
         }
-        (_, "/healthz/ready" | "/config_dump") => text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n"),
+        (&Method::GET, "/stats") => text(StatusCode::OK, &stats(&state)),
+        (_, "/healthz/ready" | "/config_dump" | "/stats") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
+        }
         _ => text(
             StatusCode::NOT_FOUND,
             "not found; try /healthz/ready or /config_dump\n",
         ),
     };
     Ok(rsp)
+}
+
+/// Counters in Prometheus text format (the full telemetry set comes with metrics).
+fn stats(state: &AdminState) -> String {
+    let m = &state.mirror_stats;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    format!(
+        "# HELP egress_mirror_requests_total Shadow copies of requests, by outcome.\n\
+         # TYPE egress_mirror_requests_total counter\n\
+         egress_mirror_requests_total{{outcome=\"sent\"}} {}\n\
+         egress_mirror_requests_total{{outcome=\"completed\"}} {}\n\
+         egress_mirror_requests_total{{outcome=\"failed\"}} {}\n\
+         egress_mirror_requests_total{{outcome=\"dropped_overload\"}} {}\n\
+         egress_mirror_requests_total{{outcome=\"dropped_body\"}} {}\n",
+        get(&m.sent),
+        get(&m.completed),
+        get(&m.failed),
+        get(&m.dropped_overload),
+        get(&m.dropped_body)
+    )
 }
 
 fn text(status: StatusCode, body: &str) -> Response<BoxBody> {

@@ -122,6 +122,18 @@ pub struct RunArgs {
     /// How long a CONNECT tunnel may stay silent in both directions before it is closed.
     #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
     pub tunnel_idle_timeout: Duration,
+    /// Mirrored requests in flight at once; more are dropped (and counted), never queued.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub mirror_max_concurrency: usize,
+    /// The largest request body that is mirrored, in bytes; larger ones are not mirrored.
+    #[arg(long, default_value_t = 64 * 1024, value_name = "BYTES")]
+    pub mirror_max_body: usize,
+    /// How long a mirrored request may take before it is abandoned.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub mirror_timeout: Duration,
+    /// Append `-shadow` to the Host of mirrored requests, as Istio 1.27 and earlier did.
+    #[arg(long)]
+    pub mirror_host_suffix: bool,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: usize,

@@ -1,6 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
 use arc_swap::ArcSwap;
+use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig};
 use hyper::body::Incoming;
@@ -138,6 +139,13 @@ impl Gateway {
         );
         let registry = Arc::new(ArcSwap::from_pointee(registry));
         let routes = Arc::new(ArcSwap::from_pointee(routes));
+        let mirror = MirrorLayer::new(
+            MirrorConfig::default()
+                .with_max_concurrency(args.mirror_max_concurrency)
+                .with_max_body_bytes(args.mirror_max_body)
+                .with_timeout(args.mirror_timeout)
+                .with_shadow_suffix(args.mirror_host_suffix),
+        );
         let stack_config = StackConfig {
             registry: registry.clone(),
             routes: routes.clone(),
@@ -148,11 +156,13 @@ impl Gateway {
                     (!args.body_idle_timeout.is_zero()).then_some(args.body_idle_timeout),
                 ),
             proxy_headers,
+            mirror: mirror.clone(),
             tunnel_idle_timeout: args.tunnel_idle_timeout,
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
             ready: AtomicBool::new(false),
+            mirror_stats: mirror.stats(),
             registry,
             routes,
             dump: StaticDump {

@@ -3,6 +3,7 @@
 use arc_swap::ArcSwap;
 use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm, Scheme, UpstreamPlan};
 use egress_core::destination::DestinationLayer;
+use egress_core::mirror::MirrorLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
@@ -34,6 +35,8 @@ pub struct StackConfig {
     pub upstream: UpstreamConfig,
     /// `Via` pseudonym.
     pub proxy_headers: ProxyHeadersConfig,
+    /// Shadow copies (shared counters and concurrency bound across listeners).
+    pub mirror: MirrorLayer,
     /// How long a `CONNECT` tunnel may stay silent in both directions.
     pub tunnel_idle_timeout: Duration,
 }
@@ -53,6 +56,8 @@ pub fn build(
     let http = ServiceBuilder::new()
         // Hop-by-hop headers, Via, loop detection: only for requests that are forwarded.
         .layer(ProxyHeadersLayer::new(config.proxy_headers))
+        // Fire-and-forget shadow copies for routes with mirrors; bounded, never waited for.
+        .layer(config.mirror)
         // Resolve once, SSRF guard, pooled keep-alive connections.
         .service(Upstream::tcp(config.dialer.clone(), config.upstream));
     ServiceBuilder::new()

@@ -191,6 +191,25 @@ impl Reader<'_> {
         }
     }
 
+    /// A number (integer or decimal) within `min..=max`.
+    pub(crate) fn float(&mut self, node: &Node, path: &str, min: f64, max: f64) -> Option<f64> {
+        let Value::Scalar { text, plain: true } = &node.value else {
+            self.wrong_type(node, path, "a number");
+            return None;
+        };
+        match text.parse::<f64>() {
+            Ok(n) if n.is_finite() && (min..=max).contains(&n) => Some(n),
+            Ok(n) => {
+                self.error(node, path, format!("{n} is out of range {min}..={max}"));
+                None
+            }
+            Err(_) => {
+                self.error(node, path, format!("expected a number, got {text:?}"));
+                None
+            }
+        }
+    }
+
     /// A boolean.
     pub(crate) fn boolean(&mut self, node: &Node, path: &str) -> Option<bool> {
         match &node.value {

@@ -180,6 +180,8 @@ pub struct HttpRoute {
     pub timeout: Option<Duration>,
     /// `headers`.
     pub headers: Headers,
+    /// `mirror` + `mirrorPercentage`, or `mirrors[]`: destinations and percentages.
+    pub mirrors: Vec<(RouteTarget, f64)>,
 }
 
 /// A `VirtualService`.
@@ -216,16 +218,7 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
 }
 
-const ROUTE_LATER: &[&str] = &[
-    "retries",
-    "fault",
-    "mirror",
-    "mirrors",
-    "mirrorPercentage",
-    "mirrorPercent",
-    "corsPolicy",
-    "delegate",
-];
+const ROUTE_LATER: &[&str] = &["retries", "fault", "corsPolicy", "delegate"];
 
 /// Reads `spec` of a `VirtualService`.
 pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<VirtualService> {
@@ -326,6 +319,7 @@ fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> 
         .take("headers")
         .map(|n| read_headers(r, n, &format!("{path}.headers")))
         .unwrap_or_default();
+    let mirrors = read_mirrors(r, &mut f, node, path);
     f.finish(r, ROUTE_LATER);
 
     let actions = [
@@ -371,7 +365,81 @@ fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> 
         rewrite,
         timeout,
         headers,
+        mirrors,
     })
+}
+
+/// `mirror` with `mirrorPercentage` (or the deprecated `mirrorPercent`), or `mirrors[]`
+/// with per-mirror `percentage`. An absent percentage means 100; 0 means none.
+fn read_mirrors(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    node: &Node,
+    path: &str,
+) -> Vec<(RouteTarget, f64)> {
+    let single = f.take("mirror");
+    let pct = f.take("mirrorPercentage");
+    let legacy = f.take("mirrorPercent").or_else(|| f.take("mirror_percent"));
+    let many = f.take("mirrors");
+    if single.is_some() && many.is_some() {
+        r.error(
+            node,
+            format!("{path}.mirrors"),
+            "mirror and mirrors cannot both be set",
+        );
+        return Vec::new();
+    }
+    let percentage = |r: &mut Reader<'_>, n: Option<&Node>, p: &str| -> f64 {
+        let Some(n) = n else { return 100.0 };
+        let Some(mut pf) = r.map(n, p) else {
+            return 100.0;
+        };
+        let v = pf
+            .take("value")
+            .and_then(|v| r.float(v, &format!("{p}.value"), 0.0, 100.0))
+            .unwrap_or(0.0);
+        pf.finish(r, &[]);
+        v
+    };
+    let mut out = Vec::new();
+    if let Some(n) = single {
+        let mut pct_value = percentage(r, pct, &format!("{path}.mirrorPercentage"));
+        if pct.is_none()
+            && let Some(l) = legacy
+        {
+            pct_value = r
+                .uint(l, &format!("{path}.mirrorPercent"), 0, 100)
+                .unwrap_or(0) as f64;
+        }
+        if let Some(t) = read_target(r, n, &format!("{path}.mirror")) {
+            out.push((t, pct_value));
+        }
+    }
+    if let Some(n) = many {
+        for (i, m) in r
+            .list(n, &format!("{path}.mirrors"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.mirrors[{i}]");
+            let Some(mut mf) = r.map(m, &p) else { continue };
+            let dest = mf.take("destination");
+            let pc = mf.take("percentage");
+            mf.finish(r, &[]);
+            let value = percentage(r, pc, &format!("{p}.percentage"));
+            match dest.and_then(|d| read_target(r, d, &format!("{p}.destination"))) {
+                Some(t) => out.push((t, value)),
+                None if dest.is_none() => r.error(
+                    m,
+                    format!("{p}.destination"),
+                    "a mirror needs a destination",
+                ),
+                None => {}
+            }
+        }
+    }
+    out
 }
 
 fn read_string_match(

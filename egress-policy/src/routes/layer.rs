@@ -11,7 +11,9 @@
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm, RouteDecision};
+use egress_core::ctx::{
+    Destination, MirrorTarget, Mirrors, Rejection, RejectionKind, RequestForm, RouteDecision,
+};
 use egress_core::error::{BoxError, UpstreamError, UpstreamErrorKind};
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Request, Response, StatusCode, Uri, header};
@@ -176,7 +178,22 @@ where
                     destination: chosen.host.clone(),
                     subset: chosen.subset.clone(),
                 };
+                let request_port = new_dst.port();
+                let mirrors: Vec<MirrorTarget> = route
+                    .mirrors
+                    .iter()
+                    .filter(|(_, pct)| table.sample(*pct))
+                    .filter_map(|(d, _)| {
+                        d.plan(request_port).map(|(_, plan)| MirrorTarget {
+                            host: d.host.clone(),
+                            plan,
+                        })
+                    })
+                    .collect();
                 let ext = req.extensions_mut();
+                if !mirrors.is_empty() {
+                    ext.insert(Mirrors(mirrors.into()));
+                }
                 ext.insert(new_dst);
                 ext.insert(plan);
                 ext.insert(decision);

@@ -105,6 +105,8 @@ pub struct CompiledRoute {
     pub timeout: Option<std::time::Duration>,
     /// Route-level header operations.
     pub headers: Headers,
+    /// Mirror destinations and the percentage of requests each receives.
+    pub mirrors: Vec<(CompiledDestination, f64)>,
 }
 
 #[derive(Debug)]
@@ -257,6 +259,29 @@ impl RouteTable {
         Some(None)
     }
 
+    /// Whether a request falls within `percent` of all (from the same sequence as
+    /// [`RouteTable::pick`]).
+    pub fn sample(&self, percent: f64) -> bool {
+        if percent >= 100.0 {
+            return true;
+        }
+        if percent <= 0.0 {
+            return false;
+        }
+        let z = self.next_random();
+        (z >> 11) as f64 / (1u64 << 53) as f64 * 100.0 < percent
+    }
+
+    fn next_random(&self) -> u64 {
+        let mut z = self
+            .next
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
     /// Picks a destination by weight: a deterministic, well-mixed sequence (splitmix64 over
     /// a counter), so shares converge quickly and runs are reproducible.
     pub fn pick<'a>(
@@ -270,14 +295,7 @@ impl RouteTable {
         if total == 0 {
             return None;
         }
-        let mut z = self
-            .next
-            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
-            .wrapping_add(0x9e37_79b9_7f4a_7c15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        let mut n = z % total;
+        let mut n = self.next_random() % total;
         for d in destinations {
             if n < u64::from(d.weight) {
                 return Some(d);
@@ -340,6 +358,20 @@ fn compile_vs(
                 total,
             }
         };
+        let mut mirrors = Vec::new();
+        for (j, (target, pct)) in r.mirrors.iter().enumerate() {
+            let field = format!("{path}.mirrors[{j}]");
+            let as_route = crate::istio::WeightedDestination {
+                destination: target.clone(),
+                weight: 1,
+                headers: Headers::default(),
+            };
+            if let Some(cd) = compile_destination(vs, &as_route, &field, config, registry, diags)
+                && *pct > 0.0
+            {
+                mirrors.push((cd, *pct));
+            }
+        }
         let id = match &r.name {
             Some(n) => format!("{}/{n}", vs.meta.id()),
             None => format!("{}#{i}", vs.meta.id()),
@@ -351,6 +383,7 @@ fn compile_vs(
             rewrite: r.rewrite.clone(),
             timeout: r.timeout,
             headers: r.headers.clone(),
+            mirrors,
         });
     }
     (diags.errors().count() == errors_before).then_some(CompiledVs { routes })
