@@ -260,6 +260,37 @@ pub struct MirrorTarget {
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub struct Mirrored;
 
+/// How often and on what a request is retried.
+///
+/// - Inserted by: the route layer (`VirtualService` `retries`).
+/// - Read by: [`RetryLayer`](crate::retry::RetryLayer).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// The timeout of each attempt.
+    pub per_try_timeout: Option<std::time::Duration>,
+    /// Retry any 5xx, and attempts that time out or fail.
+    pub on_5xx: bool,
+    /// Retry 502, 503, 504.
+    pub on_gateway_error: bool,
+    /// Retry when the connection cannot be made.
+    pub on_connect_failure: bool,
+    /// Retry when the upstream resets or closes mid-exchange.
+    pub on_reset: bool,
+    /// Retry these statuses.
+    pub statuses: Vec<u16>,
+}
+
+impl RetryPolicy {
+    /// Whether a response status asks for another attempt.
+    pub fn retries_status(&self, status: u16) -> bool {
+        (self.on_5xx && status >= 500)
+            || (self.on_gateway_error && matches!(status, 502..=504))
+            || self.statuses.contains(&status)
+    }
+}
+
 /// Marks a request let through under `ALLOW_ANY` without a matching registry entry.
 ///
 /// - Inserted by: the registry check. - Read by: telemetry (Istio's `PassthroughCluster`).

@@ -28,6 +28,7 @@ pub mod ip;
 pub mod mirror;
 pub mod proxy_headers;
 pub mod respond;
+pub mod retry;
 pub mod transport;
 
 pub use body::BoxBody;

@@ -6,6 +6,7 @@ use egress_core::destination::DestinationLayer;
 use egress_core::mirror::MirrorLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
+use egress_core::retry::RetryLayer;
 use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
 use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
@@ -58,6 +59,8 @@ pub fn build(
         .layer(ProxyHeadersLayer::new(config.proxy_headers))
         // Fire-and-forget shadow copies for routes with mirrors; bounded, never waited for.
         .layer(config.mirror)
+        // Route retries, for bodies that can be sent again.
+        .layer(RetryLayer::new())
         // Resolve once, SSRF guard, pooled keep-alive connections.
         .service(Upstream::tcp(config.dialer.clone(), config.upstream));
     ServiceBuilder::new()

@@ -198,6 +198,22 @@ impl Origin {
                             if !delay.is_zero() {
                                 tokio::time::sleep(delay).await;
                             }
+                            let fail_first = parts.uri.path().starts_with("/fail-first")
+                                && seen
+                                    .lock()
+                                    .unwrap()
+                                    .iter()
+                                    .filter(|s| s.uri == parts.uri.to_string())
+                                    .count()
+                                    <= 1;
+                            if fail_first {
+                                // 503 to the first request for this URI, 200 after.
+                                let mut rsp = Response::new(http_body_util::Either::Left(
+                                    Full::new(Bytes::from_static(b"try again")),
+                                ));
+                                *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                                return Ok(rsp);
+                            }
                             if parts.uri.path() == "/stall" {
                                 // Headers and a first chunk, then silence for 30 s.
                                 let (mut tx, rx) = http_body_util::channel::Channel::<

@@ -318,3 +318,71 @@ async fn istio_egress_gateway_task() {
         dump.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_and_faults() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let http = r#"  - match: [{uri: {prefix: /fail-first/retried}}]
+    retries: {attempts: 2, retryOn: "5xx"}
+    route: [{destination: {host: split.test, subset: v1}}]
+  - match: [{uri: {prefix: /fail-first/codes}}]
+    retries: {attempts: 1, retryOn: "503"}
+    route: [{destination: {host: split.test, subset: v1}}]
+  - match: [{uri: {prefix: /fail-first/plain}}]
+    route: [{destination: {host: split.test, subset: v1}}]
+  - match: [{uri: {prefix: /abort}}]
+    fault: {abort: {httpStatus: 418, percentage: {value: 100}}}
+    route: [{destination: {host: split.test, subset: v2}}]
+  - match: [{uri: {prefix: /delay}}]
+    fault: {delay: {fixedDelay: 400ms, percentage: {value: 100}}}
+    route: [{destination: {host: split.test, subset: v2}}]
+  - match: [{uri: {prefix: /never}}]
+    fault: {abort: {httpStatus: 500, percentage: {value: 0}}}
+    route: [{destination: {host: split.test, subset: v2}}]
+"#;
+    let gw = Gateway::start(&split_config(&a, &b, http), &[]);
+    let get = |path: &'static str| {
+        let url = format!("http://{}{path}", gw.proxy);
+        async move { curl_async(&["-H", "Host: split.test", &url]).await }
+    };
+    // The origin fails the first request for each URI: a retry turns it into a 200.
+    let r = get("/fail-first/retried").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get("/fail-first/codes").await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get("/fail-first/plain").await;
+    assert_eq!(r.status, 503, "no retries configured: {r:?}");
+    let uris: Vec<String> = a.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(
+        uris.iter()
+            .filter(|u| u.as_str() == "/fail-first/retried")
+            .count(),
+        2
+    );
+    assert_eq!(
+        uris.iter()
+            .filter(|u| u.as_str() == "/fail-first/plain")
+            .count(),
+        1
+    );
+
+    let r = get("/abort").await;
+    assert_eq!(r.status, 418);
+    assert_eq!(r.header("x-egress-fault").as_deref(), Some("abort"));
+    let started = Instant::now();
+    let r = get("/delay").await;
+    assert_eq!(r.status, 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    let r = get("/never").await;
+    assert_eq!(r.status, 200);
+    let b_uris: Vec<String> = b.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(
+        b_uris,
+        ["/delay", "/never"],
+        "an aborted request reached the origin"
+    );
+}

@@ -182,6 +182,32 @@ pub struct HttpRoute {
     pub headers: Headers,
     /// `mirror` + `mirrorPercentage`, or `mirrors[]`: destinations and percentages.
     pub mirrors: Vec<(RouteTarget, f64)>,
+    /// `fault`.
+    pub fault: Fault,
+    /// `retries`.
+    pub retries: Option<Retries>,
+}
+
+/// `HTTPFaultInjection`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Fault {
+    /// `delay.fixedDelay` and its percentage.
+    pub delay: Option<(Duration, f64)>,
+    /// `abort.httpStatus` and its percentage.
+    pub abort: Option<(u16, f64)>,
+}
+
+/// `HTTPRetry`.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Retries {
+    /// Retries after the first attempt (Istio's `attempts`).
+    pub attempts: u32,
+    /// Timeout of each attempt.
+    pub per_try_timeout: Option<Duration>,
+    /// Conditions (`5xx`, `gateway-error`, `connect-failure`, `reset`, `refused-stream`,
+    /// `retriable-4xx`, `retriable-status-codes`, status numbers).
+    pub retry_on: Vec<String>,
 }
 
 /// A `VirtualService`.
@@ -218,7 +244,24 @@ pub struct DestinationRule {
     pub subsets: Vec<Subset>,
 }
 
-const ROUTE_LATER: &[&str] = &["retries", "fault", "corsPolicy", "delegate"];
+const ROUTE_LATER: &[&str] = &["corsPolicy", "delegate"];
+
+const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "refused-stream",
+    "retriable-4xx",
+    "retriable-status-codes",
+    "unavailable",
+    "cancelled",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "internal",
+    "envoy-ratelimited",
+    "retriable-headers",
+];
 
 /// Reads `spec` of a `VirtualService`.
 pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<VirtualService> {
@@ -320,6 +363,13 @@ fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> 
         .map(|n| read_headers(r, n, &format!("{path}.headers")))
         .unwrap_or_default();
     let mirrors = read_mirrors(r, &mut f, node, path);
+    let fault = f
+        .take("fault")
+        .map(|n| read_fault(r, n, &format!("{path}.fault")))
+        .unwrap_or_default();
+    let retries = f
+        .take("retries")
+        .and_then(|n| read_retries(r, n, &format!("{path}.retries")));
     f.finish(r, ROUTE_LATER);
 
     let actions = [
@@ -366,6 +416,124 @@ fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> 
         timeout,
         headers,
         mirrors,
+        fault,
+        retries,
+    })
+}
+
+fn read_duration(r: &mut Reader<'_>, n: &Node, p: &str) -> Option<Duration> {
+    let s = r.string(n, p)?;
+    match parse_duration(&s) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            r.error(n, p, e);
+            None
+        }
+    }
+}
+
+/// `percentage: {value}` (or the deprecated integer `percent`); absent means 100.
+fn read_percentage(r: &mut Reader<'_>, f: &mut Fields<'_>, path: &str) -> f64 {
+    if let Some(n) = f.take("percentage") {
+        let p = format!("{path}.percentage");
+        let Some(mut pf) = r.map(n, &p) else {
+            return 0.0;
+        };
+        let v = pf
+            .take("value")
+            .and_then(|v| r.float(v, &format!("{p}.value"), 0.0, 100.0))
+            .unwrap_or(0.0);
+        pf.finish(r, &[]);
+        return v;
+    }
+    if let Some(n) = f.take("percent") {
+        return r.uint(n, &format!("{path}.percent"), 0, 100).unwrap_or(0) as f64;
+    }
+    100.0
+}
+
+fn read_fault(r: &mut Reader<'_>, node: &Node, path: &str) -> Fault {
+    let Some(mut f) = r.map(node, path) else {
+        return Fault::default();
+    };
+    let mut fault = Fault::default();
+    if let Some(n) = f.take("delay") {
+        let p = format!("{path}.delay");
+        if let Some(mut df) = r.map(n, &p) {
+            let d = df
+                .take("fixedDelay")
+                .and_then(|d| read_duration(r, d, &format!("{p}.fixedDelay")));
+            let pct = read_percentage(r, &mut df, &p);
+            df.finish(r, &["exponentialDelay"]);
+            match d {
+                Some(d) => fault.delay = Some((d, pct)),
+                None => r.error(n, format!("{p}.fixedDelay"), "a delay needs fixedDelay"),
+            }
+        }
+    }
+    if let Some(n) = f.take("abort") {
+        let p = format!("{path}.abort");
+        if let Some(mut af) = r.map(n, &p) {
+            let status = af
+                .take("httpStatus")
+                .and_then(|s| r.uint(s, &format!("{p}.httpStatus"), 200, 599))
+                .map(|s| s as u16);
+            let pct = read_percentage(r, &mut af, &p);
+            af.finish(r, &["grpcStatus", "http2Error"]);
+            match status {
+                Some(s) => fault.abort = Some((s, pct)),
+                None => r.error(
+                    n,
+                    format!("{p}.httpStatus"),
+                    "an abort needs httpStatus (grpcStatus and http2Error are not supported)",
+                ),
+            }
+        }
+    }
+    f.finish(r, &[]);
+    fault
+}
+
+fn read_retries(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Retries> {
+    let mut f = r.map(node, path)?;
+    let attempts = f
+        .take("attempts")
+        .and_then(|n| r.uint(n, &format!("{path}.attempts"), 0, 100))
+        .unwrap_or(0) as u32;
+    let per_try_timeout = f
+        .take("perTryTimeout")
+        .and_then(|n| read_duration(r, n, &format!("{path}.perTryTimeout")));
+    let mut retry_on = Vec::new();
+    if let Some(n) = f.take("retryOn") {
+        let p = format!("{path}.retryOn");
+        if let Some(s) = r.string(n, &p) {
+            for cond in s.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                let numeric = cond.parse::<u16>().is_ok_and(|c| (100..=599).contains(&c));
+                if !numeric && !RETRY_ON.contains(&cond) {
+                    r.error(n, &p, format!("unknown retry condition {cond:?}"));
+                    continue;
+                }
+                retry_on.push(cond.to_owned());
+            }
+        }
+    }
+    f.finish(r, &["retryRemoteLocalities", "backoff"]);
+    if retry_on.is_empty() {
+        // Istio's default conditions.
+        retry_on = [
+            "connect-failure",
+            "refused-stream",
+            "unavailable",
+            "cancelled",
+            "503",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+    }
+    Some(Retries {
+        attempts,
+        per_try_timeout,
+        retry_on,
     })
 }
 

@@ -111,6 +111,23 @@ where
                 )),
             };
         };
+        if let Some((status, pct)) = route.fault.abort
+            && table.sample(pct)
+        {
+            let mut rsp = Response::new(RspB::from(Bytes::from_static(b"fault filter abort\n")));
+            *rsp.status_mut() =
+                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            rsp.headers_mut()
+                .insert("x-egress-fault", HeaderValue::from_static("abort"));
+            return RouteFuture::Ready {
+                response: Some(rsp),
+            };
+        }
+        let delay = route
+            .fault
+            .delay
+            .filter(|(_, pct)| table.sample(*pct))
+            .map(|(d, _)| d);
         match &route.action {
             Action::Direct(d) => {
                 let mut rsp =
@@ -194,6 +211,9 @@ where
                 if !mirrors.is_empty() {
                     ext.insert(Mirrors(mirrors.into()));
                 }
+                if let Some(retries) = &route.retries {
+                    ext.insert(retries.clone());
+                }
                 ext.insert(new_dst);
                 ext.insert(plan);
                 ext.insert(decision);
@@ -212,6 +232,9 @@ where
                 let future = self.inner.call(req);
                 RouteFuture::Routed {
                     future: Box::pin(async move {
+                        if let Some(d) = delay {
+                            tokio::time::sleep(d).await;
+                        }
                         let result = match timeout {
                             Some(t) => match tokio::time::timeout(t, future).await {
                                 Ok(r) => r.map_err(Into::into),

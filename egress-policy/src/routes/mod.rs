@@ -13,7 +13,7 @@ mod server_hosts;
 pub use layer::{RouteLayer, Routing};
 pub use server_hosts::{ServerHosts, ServerHostsCheck, ServerHostsLayer};
 
-use egress_core::ctx::{Target, UpstreamPlan};
+use egress_core::ctx::{RetryPolicy, Target, UpstreamPlan};
 use http::Request;
 use serde::Serialize;
 use std::sync::Arc;
@@ -107,6 +107,10 @@ pub struct CompiledRoute {
     pub headers: Headers,
     /// Mirror destinations and the percentage of requests each receives.
     pub mirrors: Vec<(CompiledDestination, f64)>,
+    /// `fault`.
+    pub fault: crate::istio::Fault,
+    /// `retries`, compiled.
+    pub retries: Option<RetryPolicy>,
 }
 
 #[derive(Debug)]
@@ -384,6 +388,8 @@ fn compile_vs(
             timeout: r.timeout,
             headers: r.headers.clone(),
             mirrors,
+            fault: r.fault.clone(),
+            retries: r.retries.as_ref().map(retry_policy),
         });
     }
     (diags.errors().count() == errors_before).then_some(CompiledVs { routes })
@@ -486,6 +492,25 @@ fn compile_destination(
         out.plans.push((rp.port.number, plan));
     }
     Some(out)
+}
+
+fn retry_policy(r: &crate::istio::Retries) -> RetryPolicy {
+    let has = |c: &str| r.retry_on.iter().any(|x| x == c);
+    RetryPolicy {
+        attempts: r.attempts,
+        per_try_timeout: r.per_try_timeout,
+        on_5xx: has("5xx"),
+        on_gateway_error: has("gateway-error"),
+        on_connect_failure: has("connect-failure"),
+        on_reset: has("reset") || has("refused-stream"),
+        statuses: r
+            .retry_on
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .chain(has("retriable-4xx").then_some(409))
+            .chain(has("unavailable").then_some(503))
+            .collect(),
+    }
 }
 
 /// Whether one match block applies (AND of its conditions).

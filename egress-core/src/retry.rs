@@ -1,0 +1,169 @@
+//! `RetryLayer`: another attempt when an upstream fails in a way the route allows.
+//!
+//! Only requests whose body can be sent again are retried: an empty body, or one the mirror
+//! layer already holds in memory. Streaming bodies get one attempt. Between attempts the
+//! layer waits 25 ms, doubling up to 250 ms (Envoy's defaults). A per-try timeout that
+//! expires counts as a failed attempt (retried under `5xx` / `gateway-error`); when
+//! attempts run out, the last response or error stands.
+//!
+//! - Reads: [`RetryPolicy`].
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Body;
+use http_body_util::{Either, Full};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tower::{Layer, Service, ServiceExt};
+
+use crate::ctx::RetryPolicy;
+use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, cause_ref};
+use crate::mirror::MirrorBody;
+
+/// Retries requests that carry a [`RetryPolicy`].
+#[derive(Clone, Debug, Default)]
+pub struct RetryLayer(());
+
+impl RetryLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self(())
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = Retry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Retry { inner }
+    }
+}
+
+/// The service of [`RetryLayer`].
+#[derive(Clone, Debug)]
+pub struct Retry<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B, RspB> Service<Request<MirrorBody<B>>> for Retry<S>
+where
+    S: Service<Request<MirrorBody<B>>, Response = Response<RspB>> + Clone + Send + 'static,
+    S::Error: Into<BoxError> + Send,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + 'static,
+    RspB: Send + 'static,
+{
+    type Response = Response<RspB>;
+    type Error = BoxError;
+    type Future = RetryFuture<S::Future, RspB>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<MirrorBody<B>>) -> Self::Future {
+        let policy = match req.extensions().get::<RetryPolicy>() {
+            Some(p) if p.attempts > 0 => p.clone(),
+            _ => {
+                return RetryFuture::Once {
+                    future: self.inner.call(req),
+                };
+            }
+        };
+        let replay = match req.body() {
+            Either::Right(full) => Some(full.clone()),
+            Either::Left(body) if body.is_end_stream() => Some(Full::new(Bytes::new())),
+            Either::Left(_) => None,
+        };
+        let Some(body) = replay else {
+            return RetryFuture::Once {
+                future: self.inner.call(req),
+            };
+        };
+        let svc = self.inner.clone();
+        let (parts, _) = req.into_parts();
+        RetryFuture::Retrying {
+            // Boxed: attempts loop over clones of the request.
+            future: Box::pin(async move {
+                let mut backoff = Duration::from_millis(25);
+                let mut attempt = 0;
+                loop {
+                    let mut req = Request::new(Either::Right(body.clone()));
+                    *req.method_mut() = parts.method.clone();
+                    *req.uri_mut() = parts.uri.clone();
+                    *req.version_mut() = parts.version;
+                    *req.headers_mut() = parts.headers.clone();
+                    *req.extensions_mut() = parts.extensions.clone();
+                    let call = svc.clone().oneshot(req);
+                    let result: Result<Response<RspB>, BoxError> = match policy.per_try_timeout {
+                        Some(t) => match tokio::time::timeout(t, call).await {
+                            Ok(r) => r.map_err(Into::into),
+                            Err(_) => Err(UpstreamError::new(
+                                UpstreamErrorKind::ResponseTimeout,
+                                format!("no response within the per-try timeout {t:?}"),
+                            )
+                            .into()),
+                        },
+                        None => call.await.map_err(Into::into),
+                    };
+                    let last = attempt >= policy.attempts;
+                    let again = match &result {
+                        Ok(rsp) => policy.retries_status(rsp.status().as_u16()),
+                        Err(e) => retries_error(&policy, &**e),
+                    };
+                    if last || !again {
+                        return result;
+                    }
+                    attempt += 1;
+                    tracing::debug!(attempt, "retrying upstream request");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+            }),
+        }
+    }
+}
+
+fn retries_error(policy: &RetryPolicy, e: &(dyn std::error::Error + 'static)) -> bool {
+    let Some(up) = cause_ref::<UpstreamError>(e) else {
+        return false;
+    };
+    match up.kind() {
+        UpstreamErrorKind::ConnectFailed | UpstreamErrorKind::ConnectTimeout => {
+            policy.on_connect_failure || policy.on_5xx || policy.on_gateway_error
+        }
+        UpstreamErrorKind::Protocol => policy.on_reset || policy.on_5xx,
+        UpstreamErrorKind::ResponseTimeout => policy.on_5xx || policy.on_gateway_error,
+        _ => false,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Retry`].
+    #[project = RetryProj]
+    #[allow(missing_docs)]
+    pub enum RetryFuture<F, B> {
+        Once { #[pin] future: F },
+        Retrying { future: BoxFuture<Result<Response<B>, BoxError>> },
+    }
+}
+
+impl<F, B, E> Future for RetryFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RetryProj::Once { future } => future.poll(cx).map_err(Into::into),
+            RetryProj::Retrying { future } => future.as_mut().poll(cx),
+        }
+    }
+}
