@@ -213,7 +213,33 @@ pub struct UpstreamPlan {
     /// The host name this plan reaches, when it is not the request's own (a route's
     /// destination): `--resolve` overrides are looked up for it.
     pub name: Option<Arc<str>>,
+    /// How one address is chosen among several (`DestinationRule` `loadBalancer`).
+    pub balance: Balance,
 }
+
+/// A load-balancing policy (`DestinationRule.trafficPolicy.loadBalancer`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Balance {
+    /// Rotate through the addresses (Istio's default).
+    #[default]
+    RoundRobin,
+    /// A random address.
+    Random,
+    /// The less busy of two random addresses (Envoy's `LEAST_REQUEST`).
+    LeastRequest,
+    /// Ignore the endpoints: dial the address the client asked for.
+    Passthrough,
+    /// The same address for the same value of this request header.
+    HashHeader(http::HeaderName),
+    /// The same address for the same client IP.
+    HashSourceIp,
+}
+
+/// The address the client connected from.
+///
+/// - Inserted by: the server, per connection. - Read by: consistent hashing, authz.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// One upstream target of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
 use arc_swap::ArcSwap;
+use egress_core::ctx::ClientAddr;
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig};
@@ -367,7 +368,15 @@ async fn accept_loop<S>(
             continue;
         };
         let _ = io.set_nodelay(true);
-        let svc = TowerToHyperService::new(svc.clone());
+        // The client's address travels with each of its requests (consistent hashing by
+        // source IP, authorization by ipBlocks).
+        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
+            svc.clone(),
+            move |mut req: http::Request<Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                req
+            },
+        ));
         let builder = builder.clone();
         tokio::spawn(async move {
             let _permit = permit;

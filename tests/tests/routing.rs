@@ -386,3 +386,78 @@ async fn retries_and_faults() {
         "an aborted request reached the origin"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_balancing_policies() {
+    let (a, b) = (Origin::start().await, Origin::start().await);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: pool}}
+spec:
+  hosts: [pool.test, sticky.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}, {{number: 81, name: http2, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {pa}, http2: {pa}}}}}
+  - {{address: 127.0.0.1, ports: {{http: {pb}, http2: {pb}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: sticky}}
+spec:
+  host: sticky.test
+  trafficPolicy:
+    loadBalancer:
+      consistentHash: {{httpHeaderName: x-user}}
+    portLevelSettings:
+    - port: {{number: 81}}
+      loadBalancer: {{simple: ROUND_ROBIN}}
+"#,
+        pa = a.port(),
+        pb = b.port()
+    );
+    let gw = Gateway::start(&yaml, &[]);
+    let get = |host: &'static str, user: String| {
+        let url = format!("http://{}/", gw.proxy);
+        async move {
+            let r = curl_async(&[
+                "-H",
+                &format!("Host: {host}"),
+                "-H",
+                &format!("x-user: {user}"),
+                &url,
+            ])
+            .await;
+            assert_eq!(r.status, 200, "{r:?}");
+        }
+    };
+    // Round robin (no DestinationRule for pool.test): both endpoints share the load.
+    for i in 0..10 {
+        get("pool.test", format!("u{i}")).await;
+    }
+    assert_eq!((a.count(), b.count()), (5, 5));
+    // Consistent hash on x-user: each user sticks to one endpoint; users spread.
+    let mut per_user = Vec::new();
+    for i in 0..8 {
+        let (ca, cb) = (a.count(), b.count());
+        for _ in 0..3 {
+            get("sticky.test", format!("user-{i}")).await;
+        }
+        let (da, db) = (a.count() - ca, b.count() - cb);
+        assert!(da == 3 || db == 3, "user-{i} was split: {da}/{db}");
+        per_user.push(da == 3);
+    }
+    assert!(
+        per_user.iter().any(|x| *x) && per_user.iter().any(|x| !*x),
+        "{per_user:?}"
+    );
+    // portLevelSettings: port 81 is round robin whatever the header.
+    let (ca, cb) = (a.count(), b.count());
+    for _ in 0..4 {
+        let url = format!("http://{}/", gw.proxy);
+        let r = curl_async(&["-H", "Host: sticky.test:81", "-H", "x-user: same", &url]).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!((a.count() - ca, b.count() - cb), (2, 2));
+}

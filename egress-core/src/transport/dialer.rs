@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-use crate::ctx::{Destination, Host, Target, UpstreamPlan};
+use crate::ctx::{Balance, Destination, Host, Target, UpstreamPlan};
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::ip::classify;
 use crate::transport::{Overrides, Resolve, SystemResolver};
@@ -73,6 +73,47 @@ pub struct Dialer {
     config: DialerConfig,
     resolver: Arc<dyn Resolve>,
     next: AtomicUsize,
+    // Held only to add or remove one count, never across an await.
+    inflight: std::sync::Mutex<std::collections::HashMap<SocketAddr, usize>>,
+}
+
+/// One request in flight to an address; see [`Dialer::begin`].
+#[derive(Debug)]
+pub struct InFlight {
+    dialer: Arc<Dialer>,
+    addr: SocketAddr,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.dialer.inflight.lock()
+            && let Some(n) = m.get_mut(&self.addr)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.addr);
+            }
+        }
+    }
+}
+
+/// splitmix64's finaliser: a well-mixed value from a counter.
+fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Lamping and Veach's jump consistent hash: a key keeps its bucket when buckets are added.
+fn jump_hash(mut key: u64, buckets: usize) -> usize {
+    let (mut b, mut j) = (-1i64, 0i64);
+    while j < buckets as i64 {
+        b = j;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        j = ((b + 1) as f64 * ((1u64 << 31) as f64 / ((key >> 33) + 1) as f64)) as i64;
+    }
+    b.max(0) as usize
 }
 
 impl std::fmt::Debug for Dialer {
@@ -104,6 +145,7 @@ impl Dialer {
             config,
             resolver,
             next: AtomicUsize::new(0),
+            inflight: std::sync::Mutex::default(),
         }
     }
 
@@ -121,6 +163,20 @@ impl Dialer {
         dst: &Destination,
         plan: Option<&UpstreamPlan>,
     ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        self.addresses_for(dst, plan, None).await
+    }
+
+    /// Like [`Dialer::addresses`], ordered by the plan's [`Balance`]; `key` is the request's
+    /// hash for consistent hashing (a header value or the client IP).
+    pub async fn addresses_for(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+        key: Option<u64>,
+    ) -> Result<Vec<SocketAddr>, UpstreamError> {
+        let balance = plan.map_or(&Balance::RoundRobin, |p| &p.balance);
+        // PASSTHROUGH: the address the client asked for, not the service's endpoints.
+        let plan = plan.filter(|_| *balance != Balance::Passthrough);
         let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
         let mut found: Vec<(SocketAddr, Origin)> = Vec::new();
         // The name the overrides apply to: the one the plan resolves (a route's destination),
@@ -158,7 +214,9 @@ impl Dialer {
                 }
             }
         }
-        self.check(dst, found)
+        let mut addrs = self.check(dst, found)?;
+        self.order(&mut addrs, balance, key);
+        Ok(addrs)
     }
 
     async fn resolve(&self, dst: &Destination, name: &str) -> Result<Arc<[IpAddr]>, UpstreamError> {
@@ -214,12 +272,47 @@ impl Dialer {
                 ),
             ));
         }
-        let mut addrs: Vec<SocketAddr> = found.into_iter().map(|(sa, _)| sa).collect();
-        if addrs.len() > 1 {
-            let n = self.next.fetch_add(1, Ordering::Relaxed) % addrs.len();
-            addrs.rotate_left(n);
+        Ok(found.into_iter().map(|(sa, _)| sa).collect())
+    }
+
+    /// Puts the address to use first (the rest stay as fallbacks for tunnels).
+    fn order(&self, addrs: &mut [SocketAddr], balance: &Balance, key: Option<u64>) {
+        let n = addrs.len();
+        if n < 2 {
+            return;
         }
-        Ok(addrs)
+        let tick = self.next.fetch_add(1, Ordering::Relaxed);
+        let first = match (balance, key) {
+            (Balance::HashHeader(_) | Balance::HashSourceIp, Some(key)) => jump_hash(key, n),
+            (Balance::Random, _) => (mix(tick as u64) % n as u64) as usize,
+            (Balance::LeastRequest, _) => {
+                // Power of two choices: the less busy of two random addresses.
+                let r = mix(tick as u64);
+                let (a, b) = ((r % n as u64) as usize, ((r >> 32) % n as u64) as usize);
+                let busy = |i: usize| self.in_flight(addrs[i]);
+                if busy(b) < busy(a) { b } else { a }
+            }
+            _ => tick % n,
+        };
+        addrs.swap(0, first);
+    }
+
+    /// Requests in flight to an address (for `LEAST_REQUEST`).
+    pub fn in_flight(&self, addr: SocketAddr) -> usize {
+        self.inflight
+            .lock()
+            .map_or(0, |m| m.get(&addr).copied().unwrap_or(0))
+    }
+
+    /// Counts a request to `addr` until the guard is dropped.
+    pub fn begin(self: &Arc<Self>, addr: SocketAddr) -> InFlight {
+        if let Ok(mut m) = self.inflight.lock() {
+            *m.entry(addr).or_insert(0) += 1;
+        }
+        InFlight {
+            dialer: self.clone(),
+            addr,
+        }
     }
 
     fn is_listener(&self, sa: SocketAddr) -> bool {

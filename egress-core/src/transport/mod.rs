@@ -13,6 +13,6 @@ mod dialer;
 mod resolve;
 mod upstream;
 
-pub use dialer::{Dialer, DialerConfig};
+pub use dialer::{Dialer, DialerConfig, InFlight};
 pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};

@@ -16,7 +16,7 @@ use tower::Service;
 
 use crate::BoxBody;
 use crate::body::IdleTimeout;
-use crate::ctx::{Destination, UpstreamPlan};
+use crate::ctx::{Balance, ClientAddr, Destination, UpstreamPlan};
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
 use crate::transport::Dialer;
 
@@ -177,8 +177,10 @@ where
                 return Err("upstream: no Destination in the request extensions".into());
             };
             let plan = req.extensions().get::<UpstreamPlan>();
-            let addrs = dialer.addresses(&dst, plan).await?;
+            let key = plan.and_then(|p| hash_key(&p.balance, &req));
+            let addrs = dialer.addresses_for(&dst, plan, key).await?;
             let addr = addrs[0];
+            let _in_flight = dialer.begin(addr);
             let req = prepare(req, &dst, addr)?.map(|b| IdleTimeout::new(b, idle));
             let send = client.request(req);
             let result = match timeout {
@@ -200,6 +202,18 @@ where
             }
         })
     }
+}
+
+/// The consistent-hash key of a request, for the plan's balancer.
+fn hash_key<B>(balance: &Balance, req: &Request<B>) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match balance {
+        Balance::HashHeader(name) => req.headers().get(name)?.as_bytes().hash(&mut h),
+        Balance::HashSourceIp => req.extensions().get::<ClientAddr>()?.0.ip().hash(&mut h),
+        _ => return None,
+    }
+    Some(h.finish())
 }
 
 /// Rewrites the request for the chosen address: origin-form path, the destination's `Host`.

@@ -15,8 +15,9 @@ pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
 };
 pub use virtual_service::{
-    DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, Redirect,
-    Retries, Rewrite, RouteTarget, StringMatch, Subset, VirtualService, WeightedDestination,
+    DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, LoadBalancer,
+    Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, VirtualService,
+    WeightedDestination,
 };
 
 use serde::Serialize;

@@ -295,3 +295,40 @@ fn loads_directories_sorted_and_skips_hidden() {
     assert!(ConfigSet::load_paths(&[dir.join("missing.yaml")]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn destination_rule_load_balancers() {
+    let dr = |tp: &str| {
+        load(&format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d}}\nspec:\n  host: a.com\n{tp}"
+        ))
+    };
+    let set = dr(
+        "  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    portLevelSettings:\n    - {port: {number: 8080}, loadBalancer: {consistentHash: {useSourceIp: true}}}\n  subsets:\n  - name: v1\n    labels: {v: '1'}\n    trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n",
+    );
+    assert!(set.diagnostics.is_empty(), "{}", set.diagnostics);
+    let d = &set.destination_rules[0];
+    assert_eq!(d.balance_for(80, None), Some(LoadBalancer::Random));
+    assert_eq!(d.balance_for(8080, None), Some(LoadBalancer::HashSourceIp));
+    assert_eq!(
+        d.balance_for(80, Some("v1")),
+        Some(LoadBalancer::LeastRequest)
+    );
+    for (tp, want) in [
+        (
+            "  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n",
+            "invalid value \"FASTEST\"",
+        ),
+        (
+            "  trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}\n",
+            "exactly one of simple and consistentHash",
+        ),
+        (
+            "  trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: c}}}}\n",
+            "cookies and query parameters are not supported",
+        ),
+    ] {
+        let err = dr(tp).diagnostics.to_string();
+        assert!(err.contains(want), "{tp}: {err}");
+    }
+}

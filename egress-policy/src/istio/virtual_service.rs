@@ -231,6 +231,8 @@ pub struct Subset {
     pub name: String,
     /// `labels` selecting `ServiceEntry` endpoints.
     pub labels: Vec<(String, String)>,
+    /// `trafficPolicy.loadBalancer` of the subset.
+    pub lb: Option<LoadBalancer>,
 }
 
 /// A `DestinationRule` (subsets; traffic policies come later).
@@ -242,6 +244,194 @@ pub struct DestinationRule {
     pub host: String,
     /// `subsets`.
     pub subsets: Vec<Subset>,
+    /// `trafficPolicy.loadBalancer`.
+    pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.portLevelSettings[].loadBalancer`, by port.
+    pub port_lb: Vec<(u16, LoadBalancer)>,
+}
+
+impl DestinationRule {
+    /// The balancer for a port and subset: the subset's, else the port's, else the rule's.
+    pub fn balance_for(&self, port: u16, subset: Option<&str>) -> Option<LoadBalancer> {
+        let from_subset = subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.lb.clone());
+        from_subset
+            .or_else(|| {
+                self.port_lb
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, b)| b.clone())
+            })
+            .or_else(|| self.lb.clone())
+    }
+}
+
+/// `DestinationRule.trafficPolicy.loadBalancer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// `ROUND_ROBIN` (and `UNSPECIFIED`).
+    RoundRobin,
+    /// `RANDOM`.
+    Random,
+    /// `LEAST_REQUEST` (and the older `LEAST_CONN`).
+    LeastRequest,
+    /// `PASSTHROUGH`.
+    Passthrough,
+    /// `consistentHash.httpHeaderName` (lower-case).
+    HashHeader(String),
+    /// `consistentHash.useSourceIp`.
+    HashSourceIp,
+}
+
+impl LoadBalancer {
+    /// The transport's policy.
+    pub fn to_balance(&self) -> egress_core::ctx::Balance {
+        use egress_core::ctx::Balance;
+        match self {
+            LoadBalancer::RoundRobin => Balance::RoundRobin,
+            LoadBalancer::Random => Balance::Random,
+            LoadBalancer::LeastRequest => Balance::LeastRequest,
+            LoadBalancer::Passthrough => Balance::Passthrough,
+            LoadBalancer::HashHeader(h) => http::HeaderName::from_bytes(h.as_bytes())
+                .map_or(Balance::RoundRobin, Balance::HashHeader),
+            LoadBalancer::HashSourceIp => Balance::HashSourceIp,
+        }
+    }
+}
+
+/// Reads a `trafficPolicy`, keeping its load balancer and port-level load balancers.
+fn read_traffic_policy(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+) -> (Option<LoadBalancer>, Vec<(u16, LoadBalancer)>) {
+    let Some(mut f) = r.map(node, path) else {
+        return (None, Vec::new());
+    };
+    let lb = f
+        .take("loadBalancer")
+        .and_then(|n| read_balance(r, n, &format!("{path}.loadBalancer")));
+    let mut ports = Vec::new();
+    if let Some(n) = f.take("portLevelSettings") {
+        for (i, s) in r
+            .list(n, &format!("{path}.portLevelSettings"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.portLevelSettings[{i}]");
+            let Some(mut sf) = r.map(s, &p) else { continue };
+            let port = sf.take("port").and_then(|pn| {
+                let mut pf = r.map(pn, &format!("{p}.port"))?;
+                let n = pf
+                    .take("number")
+                    .and_then(|v| r.uint(v, &format!("{p}.port.number"), 1, 65535));
+                pf.finish(r, &[]);
+                n.map(|n| n as u16)
+            });
+            let lb = sf
+                .take("loadBalancer")
+                .and_then(|n| read_balance(r, n, &format!("{p}.loadBalancer")));
+            sf.finish(r, &["connectionPool", "outlierDetection", "tls"]);
+            match (port, lb) {
+                (Some(port), Some(lb)) => ports.push((port, lb)),
+                (None, _) => r.error(
+                    s,
+                    format!("{p}.port"),
+                    "port-level settings need a port number",
+                ),
+                _ => {}
+            }
+        }
+    }
+    f.finish(
+        r,
+        &[
+            "connectionPool",
+            "outlierDetection",
+            "tls",
+            "tunnel",
+            "proxyProtocol",
+        ],
+    );
+    (lb, ports)
+}
+
+fn read_balance(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<LoadBalancer> {
+    let mut f = r.map(node, path)?;
+    let simple = f.take("simple");
+    let hash = f.take("consistentHash");
+    f.finish(r, &["localityLbSetting", "warmupDurationSecs", "warmup"]);
+    match (simple, hash) {
+        (Some(n), None) => match r.one_of(
+            n,
+            &format!("{path}.simple"),
+            &[
+                "UNSPECIFIED",
+                "LEAST_CONN",
+                "RANDOM",
+                "PASSTHROUGH",
+                "ROUND_ROBIN",
+                "LEAST_REQUEST",
+            ],
+        )? {
+            "RANDOM" => Some(LoadBalancer::Random),
+            "PASSTHROUGH" => Some(LoadBalancer::Passthrough),
+            "LEAST_REQUEST" | "LEAST_CONN" => Some(LoadBalancer::LeastRequest),
+            _ => Some(LoadBalancer::RoundRobin),
+        },
+        (None, Some(n)) => {
+            let p = format!("{path}.consistentHash");
+            let mut hf = r.map(n, &p)?;
+            let header = hf.take("httpHeaderName");
+            let source = hf.take("useSourceIp");
+            hf.finish(
+                r,
+                &[
+                    "httpCookie",
+                    "httpQueryParameterName",
+                    "minimumRingSize",
+                    "ringHash",
+                    "maglev",
+                ],
+            );
+            match (header, source) {
+                (Some(h), None) => {
+                    let name = r
+                        .string(h, &format!("{p}.httpHeaderName"))?
+                        .to_ascii_lowercase();
+                    match http::HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(_) => Some(LoadBalancer::HashHeader(name)),
+                        Err(_) => {
+                            r.error(
+                                h,
+                                format!("{p}.httpHeaderName"),
+                                format!("invalid header name {name:?}"),
+                            );
+                            None
+                        }
+                    }
+                }
+                (None, Some(s)) => match r.boolean(s, &format!("{p}.useSourceIp"))? {
+                    true => Some(LoadBalancer::HashSourceIp),
+                    false => Some(LoadBalancer::RoundRobin),
+                },
+                _ => {
+                    r.error(n, &p, "consistentHash needs exactly one of httpHeaderName and useSourceIp (cookies and query parameters are not supported)");
+                    None
+                }
+            }
+        }
+        _ => {
+            r.error(
+                node,
+                path,
+                "a loadBalancer needs exactly one of simple and consistentHash",
+            );
+            None
+        }
+    }
 }
 
 const ROUTE_LATER: &[&str] = &["corsPolicy", "delegate"];
@@ -987,7 +1177,10 @@ pub(crate) fn read_destination_rule(
                 .take("labels")
                 .map(|n| r.string_map(n, &format!("{p}.labels")))
                 .unwrap_or_default();
-            sf.finish(r, &["trafficPolicy"]);
+            let lb = sf
+                .take("trafficPolicy")
+                .and_then(|n| read_traffic_policy(r, n, &format!("{p}.trafficPolicy")).0);
+            sf.finish(r, &[]);
             match name {
                 Some(name) if !name.is_empty() => {
                     if subsets.iter().any(|x: &Subset| x.name == name) {
@@ -997,14 +1190,18 @@ pub(crate) fn read_destination_rule(
                             format!("subset {name:?} is defined twice"),
                         );
                     }
-                    subsets.push(Subset { name, labels });
+                    subsets.push(Subset { name, labels, lb });
                 }
                 _ => r.error(s, format!("{p}.name"), "a subset needs a name"),
             }
         }
     }
+    let (lb, port_lb) = f
+        .take("trafficPolicy")
+        .map(|n| read_traffic_policy(r, n, "spec.trafficPolicy"))
+        .unwrap_or_default();
     let _export_to = f.take("exportTo");
-    f.finish(r, &["trafficPolicy", "workloadSelector"]);
+    f.finish(r, &["workloadSelector"]);
     if r.diags.errors().count() > errors_before {
         return None;
     }
@@ -1012,5 +1209,7 @@ pub(crate) fn read_destination_rule(
         meta,
         host,
         subsets,
+        lb,
+        port_lb,
     })
 }

@@ -108,7 +108,7 @@ impl Registry {
                 });
                 continue;
             }
-            reg.add(se, &mut diags);
+            reg.add(se, &config.destination_rules, &mut diags);
         }
         if diags.has_errors() {
             return Err(diags);
@@ -116,13 +116,19 @@ impl Registry {
         Ok((reg, diags))
     }
 
-    fn add(&mut self, se: &ServiceEntry, diags: &mut Diagnostics) {
+    fn add(
+        &mut self,
+        se: &ServiceEntry,
+        rules: &[crate::istio::DestinationRule],
+        diags: &mut Diagnostics,
+    ) {
         let service = Arc::new(se.clone());
         self.services.push(service.clone());
         let trusted: Arc<[IpNet]> = se.addresses.clone().into();
         let label: Arc<str> = se.meta.id().into();
         for port in &se.ports {
-            let plan = plan_for(se, port, &trusted, &label);
+            let mut plan = plan_for(se, port, &trusted, &label);
+            plan.balance = balance_for(rules, &se.hosts, port.number, None);
             let entry = Arc::new(RegisteredPort {
                 service: service.clone(),
                 port: port.clone(),
@@ -352,7 +358,23 @@ pub(crate) fn plan_with(
         trusted_nets: trusted.clone(),
         service: Some(label.clone()),
         name: None,
+        balance: Default::default(),
     }
+}
+
+/// The load balancer the `DestinationRule` of one of these hosts sets for a port and subset.
+pub(crate) fn balance_for(
+    rules: &[crate::istio::DestinationRule],
+    hosts: &[String],
+    port: u16,
+    subset: Option<&str>,
+) -> egress_core::ctx::Balance {
+    rules
+        .iter()
+        .filter(|dr| hosts.contains(&dr.host))
+        .find_map(|dr| dr.balance_for(port, subset))
+        .map(|lb| lb.to_balance())
+        .unwrap_or_default()
 }
 
 fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<OutboundPolicy> {

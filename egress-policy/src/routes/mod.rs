@@ -469,6 +469,12 @@ fn compile_destination(
         let label: Arc<str> = rp.service.meta.id().into();
         let trusted: Arc<[ipnet::IpNet]> = rp.service.addresses.clone().into();
         let mut plan = plan_with(&rp.service, &rp.port, &trusted, &label, &labels);
+        plan.balance = crate::registry::balance_for(
+            &config.destination_rules,
+            std::slice::from_ref(&t.host),
+            rp.port.number,
+            t.subset.as_deref(),
+        );
         if t.subset.is_some() && plan.targets.is_empty() {
             diags.push(diag(
                 vs,
