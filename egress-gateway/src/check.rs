@@ -61,6 +61,16 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     }
                 );
             }
+            if !loaded.binding.selected.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  this gateway is selected by Gateway {}",
+                    loaded.binding.selected.join(", ")
+                );
+            }
+            for skipped in loaded.routes.summary().skipped {
+                let _ = writeln!(out, "  skipped: {skipped}");
+            }
             for w in loaded.diagnostics.warnings() {
                 let _ = writeln!(err, "{w}");
             }

@@ -231,3 +231,75 @@ async fn mirrors_beyond_the_bound_are_dropped_and_counted() {
     );
     assert_eq!(primary.count(), 10);
 }
+
+/// Istio's "Mirroring" task: its DestinationRule and VirtualService unchanged, with a
+/// ServiceEntry standing in for the Kubernetes Service whose pods carry version labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_mirroring_task() {
+    let (v1, v2) = (Origin::start().await, Origin::start().await);
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: httpbin}}
+spec:
+  hosts: [httpbin]
+  ports: [{{number: 8000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints:
+  - {{address: 127.0.0.1, ports: {{http: {p1}}}, labels: {{app: httpbin, version: v1}}}}
+  - {{address: 127.0.0.1, ports: {{http: {p2}}}, labels: {{app: httpbin, version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: httpbin
+spec:
+  host: httpbin
+  subsets:
+  - name: v1
+    labels:
+      version: v1
+  - name: v2
+    labels:
+      version: v2
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: httpbin
+spec:
+  hosts:
+  - httpbin
+  http:
+  - route:
+    - destination:
+        host: httpbin
+        subset: v1
+      weight: 100
+    mirror:
+      host: httpbin
+      subset: v2
+    mirrorPercentage:
+      value: 100.0
+"#,
+        p1 = v1.port(),
+        p2 = v2.port()
+    );
+    let gw = Gateway::start(&yaml, &[]);
+    for _ in 0..5 {
+        let r = curl_async(&[
+            "-H",
+            "Host: httpbin:8000",
+            &format!("http://{}/headers", gw.proxy),
+        ])
+        .await;
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    }
+    assert_eq!(v1.count(), 5);
+    assert!(wait_for(|| v2.count() == 5).await, "v2 saw {}", v2.count());
+    assert!(
+        v2.requests()
+            .iter()
+            .all(|s| s.headers["host"] == "httpbin:8000")
+    );
+}
