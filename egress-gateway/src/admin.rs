@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) mirror_stats: Arc<egress_core::mirror::MirrorStats>,
+    pub(crate) reloader: Arc<crate::reload::Reloader>,
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
     pub(crate) dump: StaticDump,
@@ -58,6 +59,8 @@ struct Dump<'a> {
     #[serde(flatten)]
     registry: egress_policy::registry::RegistrySummary<'a>,
     routes: egress_policy::routes::RouteSummary,
+    #[serde(rename = "lastReload")]
+    last_reload: crate::reload::ReloadStatus,
     #[serde(flatten)]
     fixed: &'a StaticDump,
 }
@@ -79,6 +82,12 @@ pub(crate) async fn handle(
             let dump = Dump {
                 registry: registry.summary(),
                 routes: state.routes.load().summary(),
+                last_reload: state
+                    .reloader
+                    .status
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default(),
                 fixed: &state.dump,
             };
             match serde_json::to_vec_pretty(&dump) {
@@ -122,6 +131,13 @@ fn stats(state: &AdminState) -> String {
         get(&m.failed),
         get(&m.dropped_overload),
         get(&m.dropped_body)
+    ) + &format!(
+        "# HELP egress_config_reloads_total Configuration reloads, by outcome.\n\
+         # TYPE egress_config_reloads_total counter\n\
+         egress_config_reloads_total{{outcome=\"success\"}} {}\n\
+         egress_config_reloads_total{{outcome=\"failure\"}} {}\n",
+        get(&state.reloader.successes),
+        get(&state.reloader.failures)
     )
 }
 

@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// Append `-shadow` to the Host of mirrored requests, as Istio 1.27 and earlier did.
     #[arg(long)]
     pub mirror_host_suffix: bool,
+    /// How often the files under --config are checked for changes (0: only on SIGHUP). A
+    /// changed configuration is compiled and swapped in only if it has no errors.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub watch_interval: Duration,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: usize,

@@ -12,4 +12,5 @@ pub mod server;
 pub mod stack;
 
 mod admin;
+mod reload;
 mod tunnel;

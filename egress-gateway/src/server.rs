@@ -164,6 +164,11 @@ impl Gateway {
         let state = Arc::new(AdminState {
             ready: AtomicBool::new(false),
             mirror_stats: mirror.stats(),
+            reloader: Arc::new(crate::reload::Reloader::new(
+                args.config.clone(),
+                registry.clone(),
+                routes.clone(),
+            )),
             registry,
             routes,
             dump: StaticDump {
@@ -245,6 +250,8 @@ impl Gateway {
                 }
             }
         };
+        let reloader = state.reloader.clone();
+        tokio::spawn(reloader.run(args.watch_interval));
         state.ready.store(true, Ordering::Release);
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "listening");
         tokio::select! {

@@ -112,6 +112,16 @@ impl Gateway {
         }
     }
 
+    /// The process id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The directory holding the config file written by [`Gateway::start`].
+    pub fn config_dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// `http://127.0.0.1:PORT`, for `curl -x`.
     pub fn proxy_url(&self) -> String {
         format!("http://{}", self.proxy)

@@ -1,0 +1,200 @@
+//! Hot reload: re-read the configuration on SIGHUP or when its files change, and swap it in
+//! only when it compiles without errors; a bad configuration leaves the old one serving.
+
+use arc_swap::ArcSwap;
+use egress_policy::Registry;
+use egress_policy::routes::RouteTable;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use crate::cli::ConfigArgs;
+use crate::config;
+
+/// What the last reload did, for `/config_dump`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct ReloadStatus {
+    /// `success` or `failure`; empty before the first reload.
+    pub(crate) outcome: String,
+    /// Seconds since the Unix epoch.
+    pub(crate) at: u64,
+    /// The errors of a failed reload.
+    pub(crate) errors: Vec<String>,
+}
+
+/// Reloads the configuration into the live registry and routes.
+pub(crate) struct Reloader {
+    args: ConfigArgs,
+    registry: Arc<ArcSwap<Registry>>,
+    routes: Arc<ArcSwap<RouteTable>>,
+    pub(crate) successes: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    // Held only to copy or replace the status, never across an await.
+    pub(crate) status: Mutex<ReloadStatus>,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        args: ConfigArgs,
+        registry: Arc<ArcSwap<Registry>>,
+        routes: Arc<ArcSwap<RouteTable>>,
+    ) -> Self {
+        Self {
+            args,
+            registry,
+            routes,
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            status: Mutex::default(),
+        }
+    }
+
+    /// Loads and compiles on a blocking thread; swaps on success.
+    pub(crate) async fn reload(self: &Arc<Self>, why: &str) {
+        let this = self.clone();
+        let result = tokio::task::spawn_blocking(move || config::load(&this.args)).await;
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let status = match result {
+            Ok(Ok(loaded)) => {
+                for w in loaded.diagnostics.warnings() {
+                    tracing::warn!("{w}");
+                }
+                // Routes first: they were compiled against the new registry, and a request
+                // that meets new routes and the old registry only skips the registry check
+                // for destinations the new routes chose.
+                self.routes.store(Arc::new(loaded.routes));
+                self.registry.store(Arc::new(loaded.registry));
+                self.successes.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    trigger = why,
+                    service_entries = self.registry.load().services().len(),
+                    "configuration reloaded"
+                );
+                ReloadStatus {
+                    outcome: "success".into(),
+                    at,
+                    errors: Vec::new(),
+                }
+            }
+            Ok(Err(e)) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    trigger = why,
+                    "configuration reload rejected, the previous configuration keeps serving: {e}"
+                );
+                let errors = match &e {
+                    config::LoadError::Invalid(d) => d.errors().map(|x| x.to_string()).collect(),
+                    other => vec![other.to_string()],
+                };
+                ReloadStatus {
+                    outcome: "failure".into(),
+                    at,
+                    errors,
+                }
+            }
+            Err(e) => {
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%e, "configuration reload task failed");
+                ReloadStatus {
+                    outcome: "failure".into(),
+                    at,
+                    errors: vec![e.to_string()],
+                }
+            }
+        };
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+    }
+
+    /// Reloads on SIGHUP, and when the files under `--config` change (checked every
+    /// `interval`; zero disables watching). Runs until the process ends.
+    pub(crate) async fn run(self: Arc<Self>, interval: Duration) {
+        let mut hup = hangups();
+        let watching = !interval.is_zero() && !self.args.config.is_empty();
+        let mut seen = fingerprint(&self.args.config);
+        let mut tick = tokio::time::interval(if watching {
+            interval
+        } else {
+            Duration::from_secs(3600)
+        });
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    seen = fingerprint(&self.args.config);
+                    self.reload("SIGHUP").await;
+                }
+                _ = tick.tick(), if watching => {
+                    let now = fingerprint(&self.args.config);
+                    if now != seen {
+                        seen = now;
+                        self.reload("files changed").await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A receiver of SIGHUP that never fires where there is none.
+fn hangups() -> tokio::sync::mpsc::Receiver<()> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut s) = signal(SignalKind::hangup()) {
+            tokio::spawn(async move {
+                while s.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
+            return rx;
+        }
+    }
+    // Keep the sender alive so that `recv` waits instead of ending.
+    std::mem::forget(tx);
+    rx
+}
+
+/// Path, modification time and size of every configuration file, sorted.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out = Vec::new();
+    for p in paths {
+        collect(p, &mut out);
+    }
+    out.sort();
+    out
+}
+
+fn collect(path: &Path, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        out.push((path.to_owned(), None, 0));
+        return;
+    };
+    if meta.is_file() {
+        out.push((path.to_owned(), meta.modified().ok(), meta.len()));
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
+        let yaml = p
+            .extension()
+            .and_then(|x| x.to_str())
+            .is_some_and(|x| x == "yaml" || x == "yml");
+        if !hidden && (p.is_dir() || yaml) {
+            collect(&p, out);
+        }
+    }
+}

@@ -1,0 +1,99 @@
+//! Hot reload through the real binary: file changes and SIGHUP swap in a good configuration;
+//! a broken one is rejected with its errors and the old one keeps serving.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::{Gateway, Origin, curl_async, service_entry};
+use std::time::Duration;
+
+fn mapped(name: &str, origin: &Origin) -> String {
+    format!("--resolve={name}:{}:127.0.0.1", origin.port())
+}
+
+async fn status(gw: &Gateway, host: &str, port: u16) -> u16 {
+    curl_async(&["-x", &gw.proxy_url(), &format!("http://{host}:{port}/")])
+        .await
+        .status
+}
+
+async fn eventually(gw: &Gateway, host: &str, port: u16, want: u16) -> bool {
+    for _ in 0..100 {
+        if status(gw, host, port).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_changes_reload_and_bad_config_keeps_the_old() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let a = service_entry("a", "a.test", port, "HTTP", "  resolution: DNS\n");
+    let b = service_entry("b", "b.test", port, "HTTP", "  resolution: DNS\n");
+    let gw = Gateway::start(
+        &a,
+        &[
+            &mapped("a.test", &origin),
+            &mapped("b.test", &origin),
+            "--watch-interval=100ms",
+        ],
+    );
+    let file = gw.config_dir().join("config.yaml");
+    assert_eq!(status(&gw, "a.test", port).await, 200);
+    assert_eq!(status(&gw, "b.test", port).await, 502);
+
+    std::fs::write(&file, format!("{a}{b}")).unwrap();
+    assert!(eventually(&gw, "b.test", port, 200).await, "{}", gw.log());
+
+    // Broken: rejected, logged with file and line, counted; both hosts keep working.
+    std::fs::write(&file, format!("{a}{b}---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: c}}\nspec:\n  hosts: ['*']\n  ports: [{{number: 80}}]\n")).unwrap();
+    assert!(gw.wait_log("configuration reload rejected"), "{}", gw.log());
+    assert!(
+        gw.log().contains("config.yaml:") && gw.log().contains("spec.hosts[0]"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(status(&gw, "a.test", port).await, 200);
+    assert_eq!(status(&gw, "b.test", port).await, 200);
+    let stats = curl_async(&[&format!("http://{}/stats", gw.admin)])
+        .await
+        .body;
+    assert!(
+        stats.contains("egress_config_reloads_total{outcome=\"failure\"} 1"),
+        "{stats}"
+    );
+    let dump = curl_async(&[&format!("http://{}/config_dump", gw.admin)])
+        .await
+        .body;
+    assert!(dump.contains("\"outcome\": \"failure\""), "{dump}");
+
+    // Fixed again: only a remains registered.
+    std::fs::write(&file, &a).unwrap();
+    assert!(eventually(&gw, "b.test", port, 502).await, "{}", gw.log());
+    assert_eq!(status(&gw, "a.test", port).await, 200);
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let a = service_entry("a", "a.test", port, "HTTP", "  resolution: DNS\n");
+    let b = service_entry("b", "b.test", port, "HTTP", "  resolution: DNS\n");
+    let gw = Gateway::start(&a, &[&mapped("b.test", &origin), "--watch-interval=0"]);
+    std::fs::write(gw.config_dir().join("config.yaml"), format!("{a}{b}")).unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        status(&gw, "b.test", port).await,
+        502,
+        "reloaded without a signal"
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-HUP", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    assert!(eventually(&gw, "b.test", port, 200).await, "{}", gw.log());
+    assert!(gw.log().contains("trigger=\"SIGHUP\""), "{}", gw.log());
+}
