@@ -138,6 +138,10 @@ pub struct RunArgs {
     /// changed configuration is compiled and swapped in only if it has no errors.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_interval: Duration,
+    /// On SIGTERM/SIGINT: how long in-flight requests and tunnels may take to finish after
+    /// the listeners close (readiness turns 503 at once); then the process exits.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub drain_timeout: Duration,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: usize,

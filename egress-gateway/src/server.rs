@@ -20,6 +20,8 @@ use crate::cli::RunArgs;
 use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
 use egress_policy::routes::ServerHosts;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::task::TaskTracker;
 
 /// A gateway whose listeners are bound and which is ready to serve.
 pub struct Gateway {
@@ -147,6 +149,8 @@ impl Gateway {
                 .with_timeout(args.mirror_timeout)
                 .with_shadow_suffix(args.mirror_host_suffix),
         );
+        let tunnels = TaskTracker::new();
+        let graceful = Arc::new(GracefulShutdown::new());
         let stack_config = StackConfig {
             registry: registry.clone(),
             routes: routes.clone(),
@@ -159,6 +163,7 @@ impl Gateway {
             proxy_headers,
             mirror: mirror.clone(),
             tunnel_idle_timeout: args.tunnel_idle_timeout,
+            tunnels: tunnels.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
@@ -215,7 +220,13 @@ impl Gateway {
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(accept_loop(self.proxy, svc, builder.clone(), limit.clone()));
+        tasks.spawn(accept_loop(
+            self.proxy,
+            svc,
+            builder.clone(),
+            limit.clone(),
+            graceful.clone(),
+        ));
         for server in self.servers {
             let svc = stack::build(stack_config.clone(), Some(server.hosts));
             tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, "Gateway server listener open");
@@ -224,6 +235,7 @@ impl Gateway {
                 svc,
                 builder.clone(),
                 limit.clone(),
+                graceful.clone(),
             ));
         }
         let admin_task = {
@@ -254,11 +266,39 @@ impl Gateway {
         tokio::spawn(reloader.run(args.watch_interval));
         state.ready.store(true, Ordering::Release);
         tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "listening");
+        let admin = tokio::spawn(admin_task);
         tokio::select! {
-            _ = tasks.join_next() => {}
-            _ = admin_task => {}
-            _ = shutdown_signal() => tracing::info!("shutting down"),
+            _ = tasks.join_next() => tracing::error!("a listener stopped"),
+            _ = shutdown_signal() => {}
         }
+        // Drain: readiness turns 503 (load balancers stop sending), listeners close, idle
+        // keep-alive connections close, in-flight requests and tunnels get --drain-timeout.
+        state.ready.store(false, Ordering::Release);
+        tasks.shutdown().await;
+        tunnels.close();
+        let in_flight = graceful.count();
+        tracing::info!(
+            connections = in_flight,
+            tunnels = tunnels.len(),
+            deadline = ?args.drain_timeout,
+            "draining"
+        );
+        let drained = tokio::time::timeout(args.drain_timeout, async {
+            // The accept loops, which held the other references, are gone.
+            if let Ok(graceful) = Arc::try_unwrap(graceful) {
+                graceful.shutdown().await;
+            }
+            tunnels.wait().await;
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("drained; exiting"),
+            Err(_) => tracing::warn!(
+                tunnels = tunnels.len(),
+                "drain deadline reached; closing what is left"
+            ),
+        }
+        admin.abort();
         Ok(())
     }
 }
@@ -349,6 +389,7 @@ async fn accept_loop<S>(
     svc: S,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
 ) where
     S: tower::Service<
             http::Request<Incoming>,
@@ -384,10 +425,12 @@ async fn accept_loop<S>(
                 req
             },
         ));
-        let builder = builder.clone();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(io), svc)
+            .into_owned();
+        let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             if let Err(error) = conn.await {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }

@@ -19,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceBuilder};
 
 use crate::tunnel;
@@ -40,6 +41,8 @@ pub struct StackConfig {
     pub mirror: MirrorLayer,
     /// How long a `CONNECT` tunnel may stay silent in both directions.
     pub tunnel_idle_timeout: Duration,
+    /// Spliced tunnels, so that a drain can wait for them.
+    pub tunnels: TaskTracker,
 }
 
 /// Builds the request stack. The first layer listed sees the request first.
@@ -79,6 +82,7 @@ pub fn build(
             http,
             dialer: config.dialer,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
+            tunnels: config.tunnels,
         })
 }
 
@@ -88,6 +92,7 @@ pub struct Dispatch<H> {
     http: H,
     dialer: Arc<Dialer>,
     tunnel_idle_timeout: Duration,
+    tunnels: TaskTracker,
 }
 
 impl<H> Service<Request<Incoming>> for Dispatch<H>
@@ -116,8 +121,9 @@ where
         if req.method() == Method::CONNECT {
             let dialer = self.dialer.clone();
             let idle = self.tunnel_idle_timeout;
+            let tunnels = self.tunnels.clone();
             return DispatchFuture::Tunnel {
-                future: Box::pin(connect(req, dialer, idle)),
+                future: Box::pin(connect(req, dialer, idle, tunnels)),
             };
         }
         if dst.scheme() == Scheme::Https && dst.form() == RequestForm::Absolute {
@@ -146,6 +152,7 @@ async fn connect(
     mut req: Request<Incoming>,
     dialer: Arc<Dialer>,
     idle: Duration,
+    tunnels: TaskTracker,
 ) -> Result<Response<BoxBody>, BoxError> {
     let Some(dst) = req.extensions().get::<Destination>().cloned() else {
         return Err("tunnel: no destination".into());
@@ -161,7 +168,7 @@ async fn connect(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
+    tunnels.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => tunnel::splice(upgraded, upstream, idle, &dst).await,
             Err(error) => tracing::debug!(%dst, %error, "CONNECT upgrade failed"),

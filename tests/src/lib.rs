@@ -112,6 +112,18 @@ impl Gateway {
         }
     }
 
+    /// Waits up to `t` for the process to exit; its exit code.
+    pub fn wait_exit(&mut self, t: Duration) -> Option<i32> {
+        let deadline = Instant::now() + t;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// The process id (for signals).
     pub fn pid(&self) -> u32 {
         self.child.id()

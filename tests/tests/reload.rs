@@ -97,3 +97,54 @@ async fn sighup_reloads() {
     assert!(eventually(&gw, "b.test", port, 200).await, "{}", gw.log());
     assert!(gw.log().contains("trigger=\"SIGHUP\""), "{}", gw.log());
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests() {
+    let slow = Origin::start_with(Duration::from_millis(800)).await;
+    let port = slow.port();
+    let mut gw = Gateway::start(
+        &service_entry("slow", "slow.test", port, "HTTP", "  resolution: DNS\n"),
+        &[&mapped("slow.test", &slow), "--drain-timeout=5s"],
+    );
+    let proxy = gw.proxy_url();
+    let in_flight = tokio::spawn(async move {
+        curl_async(&["-x", &proxy, &format!("http://slow.test:{port}/in-flight")]).await
+    });
+    // Let the request reach the origin, then ask the gateway to stop.
+    for _ in 0..100 {
+        if slow.count() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = curl_async(&[&format!("http://{}/healthz/ready", gw.admin)]).await;
+    assert_eq!(ready.status, 503, "readiness during the drain: {ready:?}");
+    let refused = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://slow.test:{port}/late"),
+    ])
+    .await;
+    assert_eq!(
+        refused.status, 0,
+        "a new request was accepted while draining: {refused:?}"
+    );
+    let r = in_flight.await.unwrap();
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{}",
+        gw.log()
+    );
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+}
