@@ -317,6 +317,39 @@ impl RetryPolicy {
     }
 }
 
+/// Facts that layers deeper in the stack report to the telemetry layer for one request.
+///
+/// - Inserted by: [`TelemetryLayer`](crate::telemetry::TelemetryLayer), shared by reference.
+/// - Written by: the registry check (service), the route layer (route, destination).
+#[derive(Debug, Default)]
+pub struct TelemetrySlot {
+    service: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
+    route: std::sync::OnceLock<Arc<str>>,
+}
+
+impl TelemetrySlot {
+    /// Records the destination service: its host and its name (Istio's
+    /// `destination_service` and `destination_service_name`). The first report wins.
+    pub fn set_service(&self, host: Arc<str>, name: Arc<str>) {
+        let _ = self.service.set((host, name));
+    }
+
+    /// Records the route that served the request.
+    pub fn set_route(&self, route: Arc<str>) {
+        let _ = self.route.set(route);
+    }
+
+    /// The destination service, if reported.
+    pub fn service(&self) -> Option<&(Arc<str>, Arc<str>)> {
+        self.service.get()
+    }
+
+    /// The route, if reported.
+    pub fn route(&self) -> Option<&Arc<str>> {
+        self.route.get()
+    }
+}
+
 /// Marks a request let through under `ALLOW_ANY` without a matching registry entry.
 ///
 /// - Inserted by: the registry check. - Read by: telemetry (Istio's `PassthroughCluster`).

@@ -29,6 +29,7 @@ pub mod mirror;
 pub mod proxy_headers;
 pub mod respond;
 pub mod retry;
+pub mod telemetry;
 pub mod transport;
 
 pub use body::BoxBody;

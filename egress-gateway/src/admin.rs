@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub(crate) struct AdminState {
     pub(crate) ready: AtomicBool,
     pub(crate) mirror_stats: Arc<egress_core::mirror::MirrorStats>,
+    pub(crate) metrics: Arc<egress_core::telemetry::Metrics>,
     pub(crate) reloader: Arc<crate::reload::Reloader>,
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
@@ -102,8 +103,25 @@ pub(crate) async fn handle(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}\n")),
             }
         }
-        (&Method::GET, "/stats") => text(StatusCode::OK, &stats(&state)),
-        (_, "/healthz/ready" | "/config_dump" | "/stats") => {
+        (&Method::GET, "/stats" | "/metrics" | "/stats/prometheus") => {
+            // OpenMetrics text: the families of prometheus-client, then ours, then `# EOF`.
+            let encoded = state.metrics.encode();
+            let body = encoded
+                .strip_suffix("# EOF\n")
+                .unwrap_or(&encoded)
+                .to_owned()
+                + &stats(&state)
+                + "# EOF\n";
+            let mut rsp = text(StatusCode::OK, &body);
+            rsp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            rsp
+        }
+        (_, "/healthz/ready" | "/config_dump" | "/stats" | "/metrics" | "/stats/prometheus") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n")
         }
         _ => text(
@@ -119,8 +137,8 @@ fn stats(state: &AdminState) -> String {
     let m = &state.mirror_stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     format!(
-        "# HELP egress_mirror_requests_total Shadow copies of requests, by outcome.\n\
-         # TYPE egress_mirror_requests_total counter\n\
+        "# HELP egress_mirror_requests Shadow copies of requests, by outcome.\n\
+         # TYPE egress_mirror_requests counter\n\
          egress_mirror_requests_total{{outcome=\"sent\"}} {}\n\
          egress_mirror_requests_total{{outcome=\"completed\"}} {}\n\
          egress_mirror_requests_total{{outcome=\"failed\"}} {}\n\
@@ -132,8 +150,8 @@ fn stats(state: &AdminState) -> String {
         get(&m.dropped_overload),
         get(&m.dropped_body)
     ) + &format!(
-        "# HELP egress_config_reloads_total Configuration reloads, by outcome.\n\
-         # TYPE egress_config_reloads_total counter\n\
+        "# HELP egress_config_reloads Configuration reloads, by outcome.\n\
+         # TYPE egress_config_reloads counter\n\
          egress_config_reloads_total{{outcome=\"success\"}} {}\n\
          egress_config_reloads_total{{outcome=\"failure\"}} {}\n",
         get(&state.reloader.successes),

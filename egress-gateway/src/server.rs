@@ -4,6 +4,7 @@ use arc_swap::ArcSwap;
 use egress_core::ctx::ClientAddr;
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
+use egress_core::telemetry::Metrics;
 use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -150,6 +151,7 @@ impl Gateway {
                 .with_shadow_suffix(args.mirror_host_suffix),
         );
         let tunnels = TaskTracker::new();
+        let metrics = Metrics::new(&args.config.gateway_name, args.access_log == "on");
         let graceful = Arc::new(GracefulShutdown::new());
         let stack_config = StackConfig {
             registry: registry.clone(),
@@ -164,11 +166,13 @@ impl Gateway {
             mirror: mirror.clone(),
             tunnel_idle_timeout: args.tunnel_idle_timeout,
             tunnels: tunnels.clone(),
+            metrics: metrics.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
             ready: AtomicBool::new(false),
             mirror_stats: mirror.stats(),
+            metrics: metrics.clone(),
             reloader: Arc::new(crate::reload::Reloader::new(
                 args.config.clone(),
                 registry.clone(),

@@ -7,6 +7,7 @@ use egress_core::mirror::MirrorLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::retry::RetryLayer;
+use egress_core::telemetry::{Metrics, TelemetryLayer};
 use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
 use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
@@ -41,6 +42,8 @@ pub struct StackConfig {
     pub mirror: MirrorLayer,
     /// How long a `CONNECT` tunnel may stay silent in both directions.
     pub tunnel_idle_timeout: Duration,
+    /// Request metrics.
+    pub metrics: Arc<Metrics>,
     /// Spliced tunnels, so that a drain can wait for them.
     pub tunnels: TaskTracker,
 }
@@ -67,6 +70,8 @@ pub fn build(
         // Resolve once, SSRF guard, pooled keep-alive connections.
         .service(Upstream::tcp(config.dialer.clone(), config.upstream));
     ServiceBuilder::new()
+        // Metrics and the access log: outermost, so they see every answer.
+        .layer(TelemetryLayer::new(config.metrics))
         // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.

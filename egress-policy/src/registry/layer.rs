@@ -11,7 +11,7 @@
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use egress_core::ctx::{
-    Destination, Passthrough, Rejection, RejectionKind, RequestForm, UpstreamPlan,
+    Destination, Passthrough, Rejection, RejectionKind, RequestForm, TelemetrySlot, UpstreamPlan,
 };
 use egress_core::respond::RefuseOr;
 use http::{Request, Response, StatusCode};
@@ -110,10 +110,17 @@ where
                     );
                 }
                 let plan = found.plan.clone();
+                if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
+                    slot.set_service(found.labels.0.clone(), found.labels.1.clone());
+                }
                 req.extensions_mut().insert(plan);
                 RefuseOr::inner(self.inner.call(req))
             }
             None if registry.policy() == OutboundPolicy::AllowAny => {
+                if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
+                    let p: Arc<str> = Arc::from("PassthroughCluster");
+                    slot.set_service(p.clone(), p);
+                }
                 req.extensions_mut().insert(Passthrough);
                 RefuseOr::inner(self.inner.call(req))
             }

@@ -32,6 +32,8 @@ pub struct RegisteredPort {
     pub port: Port,
     /// How the transport reaches it.
     pub plan: UpstreamPlan,
+    /// Telemetry labels: the service's (first) host and its name.
+    pub labels: (Arc<str>, Arc<str>),
 }
 
 #[derive(Debug, Default)]
@@ -133,6 +135,10 @@ impl Registry {
                 service: service.clone(),
                 port: port.clone(),
                 plan,
+                labels: (
+                    se.hosts.first().map_or("", String::as_str).into(),
+                    se.meta.name.as_str().into(),
+                ),
             });
             for host in &se.hosts {
                 let (map, key) = match host.strip_prefix("*.") {

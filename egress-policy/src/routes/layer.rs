@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use egress_core::ctx::{
     Destination, MirrorTarget, Mirrors, Rejection, RejectionKind, RequestForm, RouteDecision,
+    TelemetrySlot,
 };
 use egress_core::error::{BoxError, UpstreamError, UpstreamErrorKind};
 use http::header::{HeaderName, HeaderValue};
@@ -207,6 +208,10 @@ where
                         })
                     })
                     .collect();
+                if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
+                    slot.set_service(chosen.host.clone(), chosen.host.clone());
+                    slot.set_route(route.id.clone());
+                }
                 let ext = req.extensions_mut();
                 if !mirrors.is_empty() {
                     ext.insert(Mirrors(mirrors.into()));

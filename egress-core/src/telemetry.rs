@@ -1,0 +1,339 @@
+//! `TelemetryLayer`: Istio's standard request metrics and an access log line per request.
+//!
+//! Metrics are kept with `prometheus-client` (the Prometheus project's own Rust client:
+//! label sets are typed, encoding is the text format Prometheus scrapes) under Istio's names,
+//! so existing dashboards work: `istio_requests_total` and
+//! `istio_request_duration_milliseconds` with `reporter`, `source_workload`,
+//! `destination_service`, `destination_service_name`, `response_code`, `response_flags`,
+//! `request_protocol`, plus `egress_refusals_total{reason}` for every refusal the gateway
+//! makes. Destinations the registry does not know are labelled `PassthroughCluster`
+//! (ALLOW_ANY) or `BlackHoleCluster` (refused), as Istio does, so label values stay bounded.
+//!
+//! The layer sits outermost: it sees every answer, refusals and mapped errors included.
+//! Deeper layers report the service and route through a shared [`TelemetrySlot`].
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::ctx::{DENIED_HEADER, ERROR_HEADER, TelemetrySlot};
+
+/// A label value that is cheap to clone.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Label(pub Arc<str>);
+
+impl EncodeLabelValue for Label {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        encoder.write_str(&self.0)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    reporter: &'static str,
+    source_workload: Label,
+    destination_service: Label,
+    destination_service_name: Label,
+    response_code: u16,
+    response_flags: &'static str,
+    request_protocol: &'static str,
+    egress_reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+/// The metrics of the gateway; encode them with [`Metrics::encode`].
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    refusals: Family<ReasonLabels, Counter>,
+    workload: Label,
+    access_log: bool,
+}
+
+impl Metrics {
+    /// New, empty metrics; `workload` is the `source_workload` label (the gateway's name);
+    /// `access_log` turns the per-request `egress::access` log line on.
+    pub fn new(workload: &str, access_log: bool) -> Arc<Self> {
+        let mut registry = Registry::default();
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
+                10000.0, 30000.0, 60000.0, 300000.0,
+            ])
+        });
+        let refusals = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "istio_requests",
+            "Requests through the gateway",
+            requests.clone(),
+        );
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration in milliseconds",
+            duration.clone(),
+        );
+        registry.register(
+            "egress_refusals",
+            "Requests the gateway refused, by x-egress-denied reason",
+            refusals.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            requests,
+            duration,
+            refusals,
+            workload: Label(workload.into()),
+            access_log,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// Records metrics and an access log line for every request.
+#[derive(Clone, Debug)]
+pub struct TelemetryLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl TelemetryLayer {
+    /// The layer.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for TelemetryLayer {
+    type Service = Telemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Telemetry {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The service of [`TelemetryLayer`].
+#[derive(Clone, Debug)]
+pub struct Telemetry<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for Telemetry<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let slot = Arc::new(TelemetrySlot::default());
+        req.extensions_mut().insert(slot.clone());
+        let info = RequestInfo {
+            method: req.method().clone(),
+            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()),
+            authority: req
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    req.headers()
+                        .get(http::header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                }),
+            version: req.version(),
+        };
+        ResponseFuture {
+            future: self.inner.call(req),
+            metrics: self.metrics.clone(),
+            slot,
+            info: Some(info),
+            start: Instant::now(),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RequestInfo {
+    method: http::Method,
+    path: Option<String>,
+    authority: Option<String>,
+    version: http::Version,
+}
+
+pin_project! {
+    /// The future of [`Telemetry`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        metrics: Arc<Metrics>,
+        slot: Arc<TelemetrySlot>,
+        info: Option<RequestInfo>,
+        start: Instant,
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let (Ok(rsp), Some(info)) = (&result, this.info.take()) {
+            record(this.metrics, this.slot, &info, rsp, this.start.elapsed());
+        }
+        Poll::Ready(result)
+    }
+}
+
+fn token(rsp_headers: &http::HeaderMap, name: &str) -> Option<&'static str> {
+    let v = rsp_headers.get(name)?.to_str().ok()?;
+    // Map to the static tokens the gateway itself writes, so labels stay bounded.
+    const TOKENS: &[&str] = &[
+        "malformed",
+        "missing-destination",
+        "registry-only",
+        "tunnel-not-allowed",
+        "ip-denied",
+        "loop-detected",
+        "unsupported",
+        "no-route",
+        "dns-failed",
+        "dns-timeout",
+        "connect-failed",
+        "connect-timeout",
+        "upstream-timeout",
+        "upstream-protocol-error",
+        "internal",
+    ];
+    TOKENS.iter().copied().find(|t| *t == v)
+}
+
+/// Envoy's response flag for a gateway reason.
+fn flags(reason: &str, fault: bool) -> &'static str {
+    match reason {
+        _ if fault => "FI",
+        "registry-only" | "no-route" | "tunnel-not-allowed" => "NR",
+        "malformed" | "unsupported" => "DPE",
+        "dns-failed" | "dns-timeout" => "UH",
+        "connect-failed" | "connect-timeout" | "upstream-protocol-error" => "UF",
+        "upstream-timeout" => "UT",
+        "ip-denied" | "loop-detected" | "missing-destination" => "UAEX",
+        _ => "-",
+    }
+}
+
+fn record<B>(
+    metrics: &Metrics,
+    slot: &TelemetrySlot,
+    info: &RequestInfo,
+    rsp: &Response<B>,
+    elapsed: std::time::Duration,
+) {
+    let headers = rsp.headers();
+    let denied = token(headers, DENIED_HEADER);
+    let failed = token(headers, ERROR_HEADER);
+    let reason = denied.or(failed).unwrap_or("-");
+    let fault = headers.contains_key("x-egress-fault");
+    let (service, name) = match slot.service() {
+        Some((h, n)) => (h.clone(), n.clone()),
+        None if denied == Some("registry-only") => blackhole(),
+        None => unknown(),
+    };
+    let labels = RequestLabels {
+        reporter: "source",
+        source_workload: metrics.workload.clone(),
+        destination_service: Label(service.clone()),
+        destination_service_name: Label(name),
+        response_code: rsp.status().as_u16(),
+        response_flags: flags(reason, fault),
+        request_protocol: if info.version >= http::Version::HTTP_2 {
+            "grpc_or_http2"
+        } else {
+            "http"
+        },
+        egress_reason: reason,
+    };
+    let ms = elapsed.as_secs_f64() * 1000.0;
+    metrics.requests.get_or_create(&labels).inc();
+    metrics.duration.get_or_create(&labels).observe(ms);
+    if let Some(r) = denied {
+        metrics
+            .refusals
+            .get_or_create(&ReasonLabels { reason: r })
+            .inc();
+    }
+    if !metrics.access_log {
+        return;
+    }
+    tracing::info!(
+        target: "egress::access",
+        method = %info.method,
+        path = info.path.as_deref().unwrap_or("-"),
+        authority = info.authority.as_deref().unwrap_or("-"),
+        status = rsp.status().as_u16(),
+        flags = labels.response_flags,
+        reason,
+        duration_ms = format_args!("{ms:.3}"),
+        upstream_cluster = %cluster(&service, slot),
+        route = slot.route().map_or("-", |r| &**r),
+        "access"
+    );
+}
+
+fn blackhole() -> (Arc<str>, Arc<str>) {
+    ("BlackHoleCluster".into(), "BlackHoleCluster".into())
+}
+
+fn unknown() -> (Arc<str>, Arc<str>) {
+    ("unknown".into(), "unknown".into())
+}
+
+/// Istio's `outbound|port||host` cluster name form, for the access log.
+fn cluster(service: &str, slot: &TelemetrySlot) -> String {
+    let mut s = String::new();
+    match slot.service() {
+        Some(_) => {
+            let _ = write!(s, "outbound|||{service}");
+        }
+        None => s.push_str(service),
+    }
+    s
+}

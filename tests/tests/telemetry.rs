@@ -1,0 +1,143 @@
+//! Metrics and access log after known traffic, through the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::{Gateway, Origin, curl_async, service_entry};
+
+/// The value of the first sample whose name and labels contain all of `parts`.
+fn sample(text: &str, parts: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| parts.iter().all(|p| l.contains(p)))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_metrics_and_access_log() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let gw = Gateway::start(
+        &service_entry(
+            "api",
+            "api.example.com",
+            port,
+            "HTTP",
+            "  resolution: DNS\n",
+        ),
+        &[&format!("--resolve=api.example.com:{port}:127.0.0.1")],
+    );
+    for _ in 0..3 {
+        let r = curl_async(&[
+            "-x",
+            &gw.proxy_url(),
+            &format!("http://api.example.com:{port}/ok"),
+        ])
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    for _ in 0..2 {
+        let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"]).await;
+        assert_eq!(r.status, 502);
+    }
+    let r = curl_async(&["-H", "Host: 0x7f.1", &format!("http://{}/", gw.proxy)]).await;
+    assert_eq!(r.status, 400);
+
+    let m = curl_async(&[&format!("http://{}/metrics", gw.admin)]).await;
+    assert_eq!(m.status, 200);
+    assert!(
+        m.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text"),
+        "{m:?}"
+    );
+    let text = m.body;
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            &[
+                "istio_requests_total{",
+                "destination_service=\"api.example.com\"",
+                "destination_service_name=\"api\"",
+                "response_code=\"200\""
+            ]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &[
+                "istio_requests_total{",
+                "destination_service=\"BlackHoleCluster\"",
+                "response_code=\"502\"",
+                "response_flags=\"NR\""
+            ]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["egress_refusals_total{reason=\"registry-only\"}"]),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["egress_refusals_total{reason=\"malformed\"}"]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &[
+                "istio_request_duration_milliseconds_count{",
+                "response_code=\"200\""
+            ]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    // Istio's path for the same text.
+    let p = curl_async(&[&format!("http://{}/stats/prometheus", gw.admin)]).await;
+    assert_eq!(p.status, 200);
+
+    assert!(gw.wait_log("status=400"), "{}", gw.log());
+    let log = gw.log();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("egress::access"))
+        .collect();
+    assert_eq!(access.len(), 6, "{log}");
+    assert!(
+        access.iter().any(|l| l.contains("status=200")
+            && l.contains("upstream_cluster=outbound|||api.example.com")),
+        "{log}"
+    );
+    assert!(
+        access.iter().any(|l| l.contains("status=502")
+            && l.contains("reason=\"registry-only\"")
+            && l.contains("BlackHoleCluster")),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("status=400") && l.contains("reason=\"malformed\"")),
+        "{log}"
+    );
+
+    // --access-log off: metrics stay, the lines go.
+    let quiet = Gateway::start("", &["--access-log", "off"]);
+    let r = curl_async(&["-x", &quiet.proxy_url(), "http://evil.example.net/"]).await;
+    assert_eq!(r.status, 502);
+    let text = curl_async(&[&format!("http://{}/metrics", quiet.admin)])
+        .await
+        .body;
+    assert_eq!(
+        sample(&text, &["egress_refusals_total{reason=\"registry-only\"}"]),
+        Some(1.0)
+    );
+    assert!(!quiet.log().contains("egress::access"), "{}", quiet.log());
+}
