@@ -142,8 +142,9 @@ pub struct RunArgs {
     /// the listeners close (readiness turns 503 at once); then the process exits.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub drain_timeout: Duration,
-    /// The access log: one `egress::access` line per request on stderr (`on`), or none.
-    #[arg(long, default_value = "on", value_parser = ["on", "off"], value_name = "on|off")]
+    /// The access log: one `egress::access` line per request on stderr (`on`). Off by
+    /// default, as in Istio and Envoy: at saturation it costs about 15% of throughput.
+    #[arg(long, default_value = "off", value_parser = ["on", "off"], value_name = "on|off")]
     pub access_log: String,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]

@@ -24,7 +24,11 @@ async fn request_metrics_and_access_log() {
             "HTTP",
             "  resolution: DNS\n",
         ),
-        &[&format!("--resolve=api.example.com:{port}:127.0.0.1")],
+        &[
+            &format!("--resolve=api.example.com:{port}:127.0.0.1"),
+            "--access-log",
+            "on",
+        ],
     );
     for _ in 0..3 {
         let r = curl_async(&[
@@ -128,8 +132,8 @@ async fn request_metrics_and_access_log() {
         "{log}"
     );
 
-    // --access-log off: metrics stay, the lines go.
-    let quiet = Gateway::start("", &["--access-log", "off"]);
+    // Off by default: metrics stay, the lines go.
+    let quiet = Gateway::start("", &[]);
     let r = curl_async(&["-x", &quiet.proxy_url(), "http://evil.example.net/"]).await;
     assert_eq!(r.status, 502);
     let text = curl_async(&[&format!("http://{}/metrics", quiet.admin)])
