@@ -113,6 +113,10 @@ pub struct RunArgs {
     /// aborted; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub body_idle_timeout: Duration,
+    /// Fixed source address of upstream connections (the gateway's egress IP, for firewall
+    /// allow-lists); by default the kernel chooses.
+    #[arg(long, value_name = "IP")]
+    pub egress_source_ip: Option<std::net::IpAddr>,
     /// Time allowed for DNS resolution.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_timeout: Duration,

@@ -111,6 +111,7 @@ impl Gateway {
             DialerConfig::default()
                 .with_connect_timeout(args.connect_timeout)
                 .with_dns_timeout(args.dns_timeout)
+                .with_source(args.egress_source_ip)
                 .with_overrides(overrides)
                 .with_listeners(
                     [proxy_addr, admin_addr]

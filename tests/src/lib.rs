@@ -167,6 +167,7 @@ impl Drop for Gateway {
 /// What an origin saw of one request.
 #[derive(Clone, Debug)]
 pub struct Seen {
+    pub peer: SocketAddr,
     pub method: String,
     pub uri: String,
     pub headers: http::HeaderMap,
@@ -198,7 +199,7 @@ impl Origin {
         };
         let o = origin.clone();
         tokio::spawn(async move {
-            while let Ok((io, _)) = listener.accept().await {
+            while let Ok((io, peer)) = listener.accept().await {
                 o.connections.fetch_add(1, Ordering::SeqCst);
                 let seen = o.seen.clone();
                 tokio::spawn(async move {
@@ -212,6 +213,7 @@ impl Origin {
                                 .map(|b| b.to_bytes())
                                 .unwrap_or_default();
                             seen.lock().unwrap().push(Seen {
+                                peer,
                                 method: parts.method.to_string(),
                                 uri: parts.uri.to_string(),
                                 headers: parts.headers,

@@ -600,3 +600,52 @@ async fn stalled_bodies_are_cut_off() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_leave_from_the_fixed_source_address() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let config = service_entry(
+        "api",
+        "api.example.com",
+        port,
+        "HTTP",
+        "  resolution: DNS\n",
+    ) + &service_entry(
+        "tunnel",
+        "tunnel.example.com",
+        port,
+        "TCP",
+        "  resolution: DNS\n",
+    );
+    // Every 127.0.0.0/8 address is local on Linux: 127.0.0.7 stands for the egress IP.
+    let gw = Gateway::start(
+        &config,
+        &[
+            &mapped("api.example.com", &origin),
+            &mapped("tunnel.example.com", &origin),
+            "--egress-source-ip=127.0.0.7",
+        ],
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.example.com:{port}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = curl_async(&[
+        "-p",
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://tunnel.example.com:{port}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let peers: Vec<String> = origin
+        .requests()
+        .iter()
+        .map(|s| s.peer.ip().to_string())
+        .collect();
+    assert_eq!(peers, ["127.0.0.7", "127.0.0.7"]);
+}

@@ -19,6 +19,7 @@ pub struct DialerConfig {
     connect_timeout: Duration,
     overrides: Overrides,
     listeners: Vec<SocketAddr>,
+    source: Option<std::net::IpAddr>,
 }
 
 impl Default for DialerConfig {
@@ -28,6 +29,7 @@ impl Default for DialerConfig {
             connect_timeout: Duration::from_secs(10),
             overrides: Overrides::default(),
             listeners: Vec::new(),
+            source: None,
         }
     }
 }
@@ -55,6 +57,18 @@ impl DialerConfig {
     pub fn with_listeners(mut self, listeners: Vec<SocketAddr>) -> Self {
         self.listeners = listeners;
         self
+    }
+
+    /// The local address upstream connections leave from, so that firewalls can allow-list
+    /// the gateway (a fixed egress IP); `None` lets the kernel choose.
+    pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// The local source address, if fixed.
+    pub fn source(&self) -> Option<std::net::IpAddr> {
+        self.source
     }
 
     /// The connect timeout.
@@ -334,7 +348,7 @@ impl Dialer {
         let addrs = self.addresses(dst, plan).await?;
         let mut last = None;
         for sa in addrs {
-            match tokio::time::timeout(self.config.connect_timeout, TcpStream::connect(sa)).await {
+            match tokio::time::timeout(self.config.connect_timeout, self.dial(sa)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
@@ -365,6 +379,22 @@ impl Dialer {
                 format!("{dst}: no address"),
             )
         }))
+    }
+}
+
+impl Dialer {
+    /// One TCP connection, from the fixed source address when there is one.
+    async fn dial(&self, sa: SocketAddr) -> std::io::Result<TcpStream> {
+        let Some(source) = self.config.source else {
+            return TcpStream::connect(sa).await;
+        };
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(source, 0))?;
+        socket.connect(sa).await
     }
 }
 

@@ -114,6 +114,9 @@ where
         http.set_nodelay(true);
         http.set_connect_timeout(Some(dialer.config().connect_timeout()));
         http.enforce_http(true);
+        if let Some(source) = dialer.config().source() {
+            http.set_local_address(Some(source));
+        }
         Self::with_connector(http, dialer, config)
     }
 }
