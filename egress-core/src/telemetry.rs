@@ -52,6 +52,14 @@ struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TcpLabels {
+    reporter: &'static str,
+    source_workload: Label,
+    destination_service: Label,
+    destination_service_name: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -63,8 +71,30 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     refusals: Family<ReasonLabels, Counter>,
+    tcp_opened: Family<TcpLabels, Counter>,
+    tcp_closed: Family<TcpLabels, Counter>,
+    tcp_sent: Family<TcpLabels, Counter>,
+    tcp_received: Family<TcpLabels, Counter>,
     workload: Label,
     access_log: bool,
+}
+
+/// One CONNECT tunnel's TCP metrics; [`Metrics::tunnel_opened`] starts it.
+#[derive(Debug)]
+pub struct TunnelMetrics {
+    metrics: Arc<Metrics>,
+    labels: TcpLabels,
+}
+
+impl TunnelMetrics {
+    /// Records the close of the tunnel and the bytes each way (client to upstream is
+    /// `sent`, upstream to client `received`, from the gateway's view as Istio's reporter).
+    pub fn closed(self, sent: u64, received: u64) {
+        let m = &self.metrics;
+        m.tcp_closed.get_or_create(&self.labels).inc();
+        m.tcp_sent.get_or_create(&self.labels).inc_by(sent);
+        m.tcp_received.get_or_create(&self.labels).inc_by(received);
+    }
 }
 
 impl Metrics {
@@ -80,6 +110,30 @@ impl Metrics {
             ])
         });
         let refusals = Family::<ReasonLabels, Counter>::default();
+        let tcp_opened = Family::<TcpLabels, Counter>::default();
+        let tcp_closed = Family::<TcpLabels, Counter>::default();
+        let tcp_sent = Family::<TcpLabels, Counter>::default();
+        let tcp_received = Family::<TcpLabels, Counter>::default();
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections (CONNECT tunnels) opened",
+            tcp_opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections (CONNECT tunnels) closed",
+            tcp_closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent upstream through tunnels",
+            tcp_sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received from upstream through tunnels",
+            tcp_received.clone(),
+        );
         registry.register(
             "istio_requests",
             "Requests through the gateway",
@@ -100,9 +154,32 @@ impl Metrics {
             requests,
             duration,
             refusals,
+            tcp_opened,
+            tcp_closed,
+            tcp_sent,
+            tcp_received,
             workload: Label(workload.into()),
             access_log,
         })
+    }
+
+    /// Counts a tunnel as opened, for the service the registry check reported.
+    pub fn tunnel_opened(self: &Arc<Self>, slot: Option<&TelemetrySlot>) -> TunnelMetrics {
+        let (service, name) = slot
+            .and_then(TelemetrySlot::service)
+            .cloned()
+            .unwrap_or_else(unknown);
+        let labels = TcpLabels {
+            reporter: "source",
+            source_workload: self.workload.clone(),
+            destination_service: Label(service),
+            destination_service_name: Label(name),
+        };
+        self.tcp_opened.get_or_create(&labels).inc();
+        TunnelMetrics {
+            metrics: self.clone(),
+            labels,
+        }
     }
 
     /// The Prometheus text exposition of every metric.

@@ -71,7 +71,7 @@ pub fn build(
         .service(Upstream::tcp(config.dialer.clone(), config.upstream));
     ServiceBuilder::new()
         // Metrics and the access log: outermost, so they see every answer.
-        .layer(TelemetryLayer::new(config.metrics))
+        .layer(TelemetryLayer::new(config.metrics.clone()))
         // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
@@ -88,6 +88,7 @@ pub fn build(
             dialer: config.dialer,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             tunnels: config.tunnels,
+            metrics: config.metrics,
         })
 }
 
@@ -98,6 +99,7 @@ pub struct Dispatch<H> {
     dialer: Arc<Dialer>,
     tunnel_idle_timeout: Duration,
     tunnels: TaskTracker,
+    metrics: Arc<Metrics>,
 }
 
 impl<H> Service<Request<Incoming>> for Dispatch<H>
@@ -127,8 +129,9 @@ where
             let dialer = self.dialer.clone();
             let idle = self.tunnel_idle_timeout;
             let tunnels = self.tunnels.clone();
+            let metrics = self.metrics.clone();
             return DispatchFuture::Tunnel {
-                future: Box::pin(connect(req, dialer, idle, tunnels)),
+                future: Box::pin(connect(req, dialer, idle, tunnels, metrics)),
             };
         }
         if dst.scheme() == Scheme::Https && dst.form() == RequestForm::Absolute {
@@ -158,6 +161,7 @@ async fn connect(
     dialer: Arc<Dialer>,
     idle: Duration,
     tunnels: TaskTracker,
+    metrics: Arc<Metrics>,
 ) -> Result<Response<BoxBody>, BoxError> {
     let Some(dst) = req.extensions().get::<Destination>().cloned() else {
         return Err("tunnel: no destination".into());
@@ -173,10 +177,21 @@ async fn connect(
         }
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    let tcp = metrics.tunnel_opened(
+        req.extensions()
+            .get::<Arc<egress_core::ctx::TelemetrySlot>>()
+            .map(|s| &**s),
+    );
     tunnels.spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => tunnel::splice(upgraded, upstream, idle, &dst).await,
-            Err(error) => tracing::debug!(%dst, %error, "CONNECT upgrade failed"),
+            Ok(upgraded) => {
+                let (sent, received) = tunnel::splice(upgraded, upstream, idle, &dst).await;
+                tcp.closed(sent, received);
+            }
+            Err(error) => {
+                tcp.closed(0, 0);
+                tracing::debug!(%dst, %error, "CONNECT upgrade failed");
+            }
         }
     });
     Ok(Response::new(BoxBody::empty()))

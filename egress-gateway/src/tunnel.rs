@@ -17,17 +17,19 @@ pub(crate) async fn splice(
     upstream: TcpStream,
     idle: Duration,
     dst: &Destination,
-) {
+) -> (u64, u64) {
     let (cr, cw) = tokio::io::split(TokioIo::new(client));
     let (ur, uw) = upstream.into_split();
     let start = Instant::now();
     let last = AtomicU64::new(0);
-    let up = pipe(cr, uw, idle, start, &last);
-    let down = pipe(ur, cw, idle, start, &last);
+    let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
+    let up = pipe(cr, uw, idle, start, &last, &sent);
+    let down = pipe(ur, cw, idle, start, &last, &received);
     match tokio::try_join!(up, down) {
-        Ok((sent, received)) => tracing::debug!(%dst, sent, received, "tunnel closed"),
+        Ok(_) => tracing::debug!(%dst, "tunnel closed"),
         Err(error) => tracing::debug!(%dst, %error, "tunnel ended"),
     }
+    (sent.into_inner(), received.into_inner())
 }
 
 async fn pipe<R, W>(
@@ -36,6 +38,7 @@ async fn pipe<R, W>(
     idle: Duration,
     start: Instant,
     last: &AtomicU64,
+    bytes: &AtomicU64,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -72,6 +75,7 @@ where
             }
         }
         total += n as u64;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
         last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }

@@ -145,3 +145,48 @@ async fn request_metrics_and_access_log() {
     );
     assert!(!quiet.log().contains("egress::access"), "{}", quiet.log());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_metrics() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let gw = Gateway::start(
+        &service_entry("db", "db.example.com", port, "TCP", "  resolution: DNS\n"),
+        &[&format!("--resolve=db.example.com:{port}:127.0.0.1")],
+    );
+    let r = curl_async(&[
+        "-p",
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://db.example.com:{port}/through"),
+    ])
+    .await;
+    assert_eq!(r.status, 200);
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+            .await
+            .body;
+        if sample(&text, &["istio_tcp_connections_closed_total{"]).is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let labels = "destination_service=\"db.example.com\",destination_service_name=\"db\"";
+    assert_eq!(
+        sample(&text, &["istio_tcp_connections_opened_total{", labels]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["istio_tcp_connections_closed_total{", labels]),
+        Some(1.0),
+        "{text}"
+    );
+    let sent = sample(&text, &["istio_tcp_sent_bytes_total{", labels]).unwrap();
+    let received = sample(&text, &["istio_tcp_received_bytes_total{", labels]).unwrap();
+    assert!(
+        sent > 40.0 && received > 100.0,
+        "sent {sent} received {received}"
+    );
+}
