@@ -150,6 +150,10 @@ pub struct RunArgs {
     /// default, as in Istio and Envoy: at saturation it costs about 15% of throughput.
     #[arg(long, default_value = "off", value_parser = ["on", "off"], value_name = "on|off")]
     pub access_log: String,
+    /// Log line format on stderr, access log included: `text`, or `json` (one object per
+    /// line, the event's fields at top level).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]
+    pub log_format: String,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: usize,

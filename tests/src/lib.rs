@@ -81,7 +81,8 @@ impl Gateway {
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
                     let Ok(line) = line else { break };
-                    if line.contains("listening") && line.contains("proxy=") {
+                    let json = line.contains("\"proxy\":\"");
+                    if line.contains("listening") && (line.contains("proxy=") || json) {
                         let _ = tx.send(line.clone());
                     }
                     let mut l = log.lock().unwrap();
@@ -97,10 +98,16 @@ impl Gateway {
                 panic!("gateway did not start:\n{}", log.lock().unwrap());
             }
         };
+        // Text logs write `proxy=ADDR`, JSON logs `"proxy":"ADDR"`.
         let field = |name: &str| -> SocketAddr {
-            let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+            let (key, end_char) = if line.contains(&format!("\"{name}\":\"")) {
+                (format!("\"{name}\":\""), '"')
+            } else {
+                (format!("{name}="), ' ')
+            };
+            let start = line.find(&key).unwrap() + key.len();
             let rest = &line[start..];
-            let end = rest.find(' ').unwrap_or(rest.len());
+            let end = rest.find(end_char).unwrap_or(rest.len());
             rest[..end].parse().unwrap()
         };
         Gateway {

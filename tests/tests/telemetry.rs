@@ -190,3 +190,26 @@ async fn tunnel_metrics() {
         "sent {sent} received {received}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log() {
+    let gw = Gateway::start("", &["--access-log", "on", "--log-format", "json"]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/x"]).await;
+    assert_eq!(r.status, 502);
+    assert!(gw.wait_log("\"target\":\"egress::access\""), "{}", gw.log());
+    let line = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("egress::access"))
+        .unwrap()
+        .to_owned();
+    for want in [
+        "\"status\":502",
+        "\"reason\":\"registry-only\"",
+        "\"path\":\"/x\"",
+        "\"authority\":\"evil.example.net\"",
+        "\"flags\":\"NR\"",
+    ] {
+        assert!(line.contains(want), "{want} not in {line}");
+    }
+}
