@@ -60,6 +60,11 @@ struct TcpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -75,6 +80,7 @@ pub struct Metrics {
     tcp_closed: Family<TcpLabels, Counter>,
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
+    limits: Family<LimitLabels, Counter>,
     workload: Label,
     access_log: bool,
 }
@@ -114,6 +120,12 @@ impl Metrics {
         let tcp_closed = Family::<TcpLabels, Counter>::default();
         let tcp_sent = Family::<TcpLabels, Counter>::default();
         let tcp_received = Family::<TcpLabels, Counter>::default();
+        let limits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "egress_limit_hits",
+            "Times a configured limit refused work (max_connections, ...)",
+            limits.clone(),
+        );
         registry.register(
             "istio_tcp_connections_opened",
             "TCP connections (CONNECT tunnels) opened",
@@ -158,9 +170,15 @@ impl Metrics {
             tcp_closed,
             tcp_sent,
             tcp_received,
+            limits,
             workload: Label(workload.into()),
             access_log,
         })
+    }
+
+    /// Counts one refusal by a limit (`max_connections`, ...).
+    pub fn limit_hit(&self, limit: &'static str) {
+        self.limits.get_or_create(&LimitLabels { limit }).inc();
     }
 
     /// Counts a tunnel as opened, for the service the registry check reported.

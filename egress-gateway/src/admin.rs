@@ -62,6 +62,8 @@ struct Dump<'a> {
     routes: egress_policy::routes::RouteSummary,
     #[serde(rename = "lastReload")]
     last_reload: crate::reload::ReloadStatus,
+    /// Every resource read, as parsed (VirtualServices, DestinationRules, Gateways, ...).
+    resources: &'a egress_policy::istio::ConfigSet,
     #[serde(flatten)]
     fixed: &'a StaticDump,
 }
@@ -80,9 +82,11 @@ pub(crate) async fn handle(
         }
         (&Method::GET, "/config_dump") => {
             let registry = state.registry.load();
+            let resources = state.reloader.resources.load();
             let dump = Dump {
                 registry: registry.summary(),
                 routes: state.routes.load().summary(),
+                resources: &resources,
                 last_reload: state
                     .reloader
                     .status

@@ -27,6 +27,8 @@ pub(crate) struct ReloadStatus {
 /// Reloads the configuration into the live registry and routes.
 pub(crate) struct Reloader {
     args: ConfigArgs,
+    /// Every resource of the configuration in force, for `/config_dump`.
+    pub(crate) resources: ArcSwap<egress_policy::istio::ConfigSet>,
     registry: Arc<ArcSwap<Registry>>,
     routes: Arc<ArcSwap<RouteTable>>,
     pub(crate) successes: AtomicU64,
@@ -38,11 +40,13 @@ pub(crate) struct Reloader {
 impl Reloader {
     pub(crate) fn new(
         args: ConfigArgs,
+        resources: egress_policy::istio::ConfigSet,
         registry: Arc<ArcSwap<Registry>>,
         routes: Arc<ArcSwap<RouteTable>>,
     ) -> Self {
         Self {
             args,
+            resources: ArcSwap::from_pointee(resources),
             registry,
             routes,
             successes: AtomicU64::new(0),
@@ -68,6 +72,7 @@ impl Reloader {
                 // for destinations the new routes chose.
                 self.routes.store(Arc::new(loaded.routes));
                 self.registry.store(Arc::new(loaded.registry));
+                self.resources.store(Arc::new(loaded.config));
                 self.successes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     trigger = why,

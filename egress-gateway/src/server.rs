@@ -176,6 +176,7 @@ impl Gateway {
             metrics: metrics.clone(),
             reloader: Arc::new(crate::reload::Reloader::new(
                 args.config.clone(),
+                config.clone(),
                 registry.clone(),
                 routes.clone(),
             )),
@@ -231,6 +232,7 @@ impl Gateway {
             builder.clone(),
             limit.clone(),
             graceful.clone(),
+            metrics.clone(),
         ));
         for server in self.servers {
             let svc = stack::build(stack_config.clone(), Some(server.hosts));
@@ -241,6 +243,7 @@ impl Gateway {
                 builder.clone(),
                 limit.clone(),
                 graceful.clone(),
+                metrics.clone(),
             ));
         }
         let admin_task = {
@@ -395,6 +398,7 @@ async fn accept_loop<S>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
+    metrics: Arc<Metrics>,
 ) where
     S: tower::Service<
             http::Request<Incoming>,
@@ -416,6 +420,7 @@ async fn accept_loop<S>(
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            metrics.limit_hit("max_connections");
             tracing::warn!(%peer, "connection refused: --max-connections reached");
             drop(io);
             continue;

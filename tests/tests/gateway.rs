@@ -572,6 +572,12 @@ async fn admin_endpoints() {
     );
     assert!(dump.body.contains("\"api.example.com\""), "{}", dump.body);
     assert!(dump.body.contains("\"resolve\""), "{}", dump.body);
+    assert!(
+        dump.body.contains("\"resources\"") && dump.body.contains("\"virtual_services\""),
+        "{}",
+        dump.body
+    );
+    assert!(dump.body.contains("\"lastReload\""), "{}", dump.body);
     let missing = curl_async(&[&format!("http://{}/nope", gw.admin)]).await;
     assert_eq!(missing.status, 404);
 }

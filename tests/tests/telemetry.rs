@@ -213,3 +213,40 @@ async fn json_access_log() {
         assert!(line.contains(want), "{want} not in {line}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_limit_is_enforced_and_counted() {
+    let gw = Gateway::start("", &["--max-connections", "1"]);
+    // Hold the only slot with an idle keep-alive connection.
+    let held = std::net::TcpStream::connect(gw.proxy).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"]).await;
+    assert_eq!(r.status, 0, "a connection over the limit was served: {r:?}");
+    drop(held);
+    let text = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert_eq!(
+        sample(
+            &text,
+            &["egress_limit_hits_total{limit=\"max_connections\"}"]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(gw.wait_log("--max-connections reached"));
+    // The slot frees when the held connection closes.
+    let mut served = false;
+    for _ in 0..50 {
+        if curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"])
+            .await
+            .status
+            == 502
+        {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(served);
+}
