@@ -176,6 +176,11 @@ impl Metrics {
         })
     }
 
+    /// Counts a refusal made outside the request stack (the HTTP parser's own 400 and 431).
+    pub fn refused(&self, reason: &'static str) {
+        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    }
+
     /// Counts one refusal by a limit (`max_connections`, ...).
     pub fn limit_hit(&self, limit: &'static str) {
         self.limits.get_or_create(&LimitLabels { limit }).inc();

@@ -392,6 +392,20 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
     out
 }
 
+/// The refusal reason of an HTTP parser error, if the connection ended with one.
+fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let hyper = egress_core::error::cause_ref::<hyper::Error>(error)?;
+    if hyper.is_parse_too_large() {
+        Some("header-too-large")
+    } else if hyper.is_parse() {
+        Some("malformed")
+    } else if hyper.is_timeout() {
+        Some("header-timeout")
+    } else {
+        None
+    }
+}
+
 async fn accept_loop<S>(
     listener: TcpListener,
     svc: S,
@@ -439,10 +453,19 @@ async fn accept_loop<S>(
             .serve_connection_with_upgrades(TokioIo::new(io), svc)
             .into_owned();
         let conn = graceful.watch(conn);
+        let metrics = metrics.clone();
         tokio::spawn(async move {
             let _permit = permit;
             if let Err(error) = conn.await {
-                tracing::debug!(%peer, %error, "connection ended with an error");
+                // hyper answers what it cannot parse itself (400, 431) and closes; those
+                // refusals never reach the stack, so they are logged and counted here.
+                match parser_refusal(&*error) {
+                    Some(reason) => {
+                        metrics.refused(reason);
+                        tracing::info!(%peer, reason, %error, "request refused by the HTTP parser");
+                    }
+                    None => tracing::debug!(%peer, %error, "connection ended with an error"),
+                }
             }
         });
     }

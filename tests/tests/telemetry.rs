@@ -250,3 +250,54 @@ async fn connection_limit_is_enforced_and_counted() {
     }
     assert!(served);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_refusals_are_logged_and_counted() {
+    let gw = Gateway::start(
+        "",
+        &[
+            "--max-header-bytes",
+            "8192",
+            "--header-read-timeout",
+            "300ms",
+        ],
+    );
+    let (rsp, closed) = egress_tests::raw_exchange_async(
+        gw.proxy,
+        b"GET / HTTP/1.1\r\nHost: a.com\r\nBad Header\r\n\r\n",
+    )
+    .await;
+    assert!(rsp.starts_with("HTTP/1.1 400"), "{rsp}");
+    assert!(closed);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: a.com\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let (rsp, _) = egress_tests::raw_exchange_async(gw.proxy, big.as_bytes()).await;
+    assert!(rsp.starts_with("HTTP/1.1 431"), "{rsp}");
+    let (_, closed) =
+        egress_tests::raw_exchange_async(gw.proxy, b"GET / HTTP/1.1\r\nHost: a.c").await;
+    assert!(closed);
+    assert!(gw.wait_log("reason=\"header-timeout\""), "{}", gw.log());
+    let text = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert_eq!(
+        sample(&text, &["egress_refusals_total{reason=\"malformed\"}"]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &["egress_refusals_total{reason=\"header-too-large\"}"]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, &["egress_refusals_total{reason=\"header-timeout\"}"]),
+        Some(1.0),
+        "{text}"
+    );
+}
