@@ -16,8 +16,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response};
 use http_body::Body;
 use http_body_util::{BodyExt, Either, Full, Limited};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
@@ -27,6 +25,7 @@ use tower::{Layer, Service, ServiceExt};
 
 use crate::ctx::{Destination, Host, Mirrored, Mirrors};
 use crate::error::BoxError;
+use crate::respond::InnerOrBoxed;
 
 /// The body the layer hands on: the client's stream, or a buffer it could copy.
 pub type MirrorBody<B> = Either<B, Full<Bytes>>;
@@ -144,8 +143,6 @@ pub struct Mirror<S> {
     shared: Arc<Shared>,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, RspB> Service<Request<B>> for Mirror<S>
 where
     S: Service<Request<MirrorBody<B>>, Response = Response<RspB>> + Clone + Send + 'static,
@@ -157,7 +154,7 @@ where
 {
     type Response = Response<RspB>;
     type Error = BoxError;
-    type Future = MirrorFuture<S::Future, RspB>;
+    type Future = InnerOrBoxed<S::Future, RspB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -168,9 +165,7 @@ where
         let mirrors = match req.extensions().get::<Mirrors>() {
             Some(m) if req.extensions().get::<Mirrored>().is_none() => m.clone(),
             _ => {
-                return MirrorFuture::Plain {
-                    future: self.inner.call(req.map(Either::Left)),
-                };
+                return InnerOrBoxed::inner(self.inner.call(req.map(Either::Left)));
             }
         };
         let limit = self.shared.config.max_body_bytes as u64;
@@ -182,17 +177,15 @@ where
                 .dropped_body
                 .fetch_add(mirrors.0.len() as u64, Ordering::Relaxed);
             tracing::debug!("request body too large or unsized to mirror; not mirrored");
-            return MirrorFuture::Plain {
-                future: self.inner.call(req.map(Either::Left)),
-            };
+            return InnerOrBoxed::inner(self.inner.call(req.map(Either::Left)));
         }
         // The inner service was made ready for the primary; copies use clones of it.
         let clone = self.inner.clone();
         let mut primary = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
-        MirrorFuture::Buffered {
+        InnerOrBoxed::boxed(
             // Boxed: reading the body must finish before the primary can be sent.
-            future: Box::pin(async move {
+            Box::pin(async move {
                 let (parts, body) = req.into_parts();
                 let bytes = Limited::new(body, limit as usize)
                     .collect()
@@ -205,7 +198,7 @@ where
                 let req = Request::from_parts(parts, Either::Right(Full::new(bytes)));
                 primary.call(req).await.map_err(Into::into)
             }),
-        }
+        )
     }
 }
 
@@ -279,30 +272,5 @@ fn shadow(dst: Destination) -> Destination {
     match HeaderValue::from_str(&shadowed) {
         Ok(v) => dst.with_host_header(v),
         Err(_) => dst,
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`Mirror`].
-    #[project = MirrorProj]
-    #[allow(missing_docs)]
-    pub enum MirrorFuture<F, B> {
-        Plain { #[pin] future: F },
-        Buffered { future: BoxFuture<Result<Response<B>, BoxError>> },
-    }
-}
-
-impl<F, B, E> Future for MirrorFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<B>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            MirrorProj::Plain { future } => future.poll(cx).map_err(Into::into),
-            MirrorProj::Buffered { future } => future.as_mut().poll(cx),
-        }
     }
 }

@@ -121,3 +121,48 @@ where
         }
     }
 }
+
+/// A boxed future resolving to a response or a boxed error.
+pub type BoxResponseFuture<B> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<B>, BoxError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// The future of a layer that either passes the inner future through (the common, cheap
+    /// case) or runs a boxed sequence of its own (buffering, retrying).
+    #[project = InnerOrBoxedProj]
+    #[allow(missing_docs)]
+    pub enum InnerOrBoxed<F, B> {
+        Inner { #[pin] future: F },
+        Boxed { future: BoxResponseFuture<B> },
+    }
+}
+
+impl<F, B> InnerOrBoxed<F, B> {
+    /// Passes `future` through.
+    pub fn inner(future: F) -> Self {
+        InnerOrBoxed::Inner { future }
+    }
+
+    /// Runs a boxed future.
+    pub fn boxed(future: BoxResponseFuture<B>) -> Self {
+        InnerOrBoxed::Boxed { future }
+    }
+}
+
+impl<F, B, E> std::future::Future for InnerOrBoxed<F, B>
+where
+    F: std::future::Future<Output = Result<Response<B>, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<Response<B>, BoxError>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            InnerOrBoxedProj::Inner { future } => future.poll(cx).map_err(Into::into),
+            InnerOrBoxedProj::Boxed { future } => future.as_mut().poll(cx),
+        }
+    }
+}

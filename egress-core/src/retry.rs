@@ -12,8 +12,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Body;
 use http_body_util::{Either, Full};
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
@@ -21,6 +19,7 @@ use tower::{Layer, Service, ServiceExt};
 use crate::ctx::RetryPolicy;
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, cause_ref};
 use crate::mirror::MirrorBody;
+use crate::respond::InnerOrBoxed;
 
 /// Retries requests that carry a [`RetryPolicy`].
 #[derive(Clone, Debug, Default)]
@@ -47,8 +46,6 @@ pub struct Retry<S> {
     inner: S,
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, B, RspB> Service<Request<MirrorBody<B>>> for Retry<S>
 where
     S: Service<Request<MirrorBody<B>>, Response = Response<RspB>> + Clone + Send + 'static,
@@ -59,7 +56,7 @@ where
 {
     type Response = Response<RspB>;
     type Error = BoxError;
-    type Future = RetryFuture<S::Future, RspB>;
+    type Future = InnerOrBoxed<S::Future, RspB>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -70,9 +67,7 @@ where
         let policy = match req.extensions().get::<RetryPolicy>() {
             Some(p) if p.attempts > 0 => p.clone(),
             _ => {
-                return RetryFuture::Once {
-                    future: self.inner.call(req),
-                };
+                return InnerOrBoxed::inner(self.inner.call(req));
             }
         };
         let replay = match req.body() {
@@ -81,15 +76,13 @@ where
             Either::Left(_) => None,
         };
         let Some(body) = replay else {
-            return RetryFuture::Once {
-                future: self.inner.call(req),
-            };
+            return InnerOrBoxed::inner(self.inner.call(req));
         };
         let svc = self.inner.clone();
         let (parts, _) = req.into_parts();
-        RetryFuture::Retrying {
+        InnerOrBoxed::boxed(
             // Boxed: attempts loop over clones of the request.
-            future: Box::pin(async move {
+            Box::pin(async move {
                 let mut backoff = Duration::from_millis(25);
                 let mut attempt = 0;
                 loop {
@@ -125,7 +118,7 @@ where
                     backoff = (backoff * 2).min(Duration::from_millis(250));
                 }
             }),
-        }
+        )
     }
 }
 
@@ -140,30 +133,5 @@ fn retries_error(policy: &RetryPolicy, e: &(dyn std::error::Error + 'static)) ->
         UpstreamErrorKind::Protocol => policy.on_reset || policy.on_5xx,
         UpstreamErrorKind::ResponseTimeout => policy.on_5xx || policy.on_gateway_error,
         _ => false,
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The future of [`Retry`].
-    #[project = RetryProj]
-    #[allow(missing_docs)]
-    pub enum RetryFuture<F, B> {
-        Once { #[pin] future: F },
-        Retrying { future: BoxFuture<Result<Response<B>, BoxError>> },
-    }
-}
-
-impl<F, B, E> Future for RetryFuture<F, B>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-    E: Into<BoxError>,
-{
-    type Output = Result<Response<B>, BoxError>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            RetryProj::Once { future } => future.poll(cx).map_err(Into::into),
-            RetryProj::Retrying { future } => future.as_mut().poll(cx),
-        }
     }
 }
