@@ -262,14 +262,25 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         let slot = Arc::new(TelemetrySlot::default());
         req.extensions_mut().insert(slot.clone());
+        // Path and authority are copied only for the access log: without it the request's
+        // own strings are not duplicated.
+        let logged = self.metrics.access_log;
         let info = RequestInfo {
             method: req.method().clone(),
-            path: req.uri().path_and_query().map(|p| p.as_str().to_owned()),
+            path: req
+                .uri()
+                .path_and_query()
+                .filter(|_| logged)
+                .map(|p| p.as_str().to_owned()),
             authority: req
                 .uri()
                 .authority()
+                .filter(|_| logged)
                 .map(|a| a.as_str().to_owned())
                 .or_else(|| {
+                    if !logged {
+                        return None;
+                    }
                     req.headers()
                         .get(http::header::HOST)
                         .and_then(|h| h.to_str().ok())
