@@ -215,6 +215,8 @@ pub struct UpstreamPlan {
     pub name: Option<Arc<str>>,
     /// How one address is chosen among several (`DestinationRule` `loadBalancer`).
     pub balance: Balance,
+    /// TLS to originate towards the upstream (`DestinationRule` `tls`), if any.
+    pub tls: Option<Arc<TlsSettings>>,
 }
 
 /// A load-balancing policy (`DestinationRule.trafficPolicy.loadBalancer`).
@@ -233,6 +235,28 @@ pub enum Balance {
     HashHeader(http::HeaderName),
     /// The same address for the same client IP.
     HashSourceIp,
+}
+
+/// TLS origination settings (`DestinationRule.trafficPolicy.tls`), as plain data: the TLS
+/// crate turns them into a client configuration, once per distinct value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    /// `MUTUAL`: present a client certificate.
+    pub mutual: bool,
+    /// `caCertificates`: PEM file of trusted roots; `None` means the system's / webpki roots.
+    pub ca_certificates: Option<std::path::PathBuf>,
+    /// `clientCertificate` (PEM chain), for `MUTUAL`.
+    pub client_certificate: Option<std::path::PathBuf>,
+    /// `privateKey` (PEM), for `MUTUAL`.
+    pub private_key: Option<std::path::PathBuf>,
+    /// `sni`; `None` means the request's host.
+    pub sni: Option<Arc<str>>,
+    /// `subjectAltNames`: names the server certificate may carry instead of the SNI.
+    pub subject_alt_names: Vec<String>,
+    /// `insecureSkipVerify`.
+    pub insecure_skip_verify: bool,
+    /// Where the settings come from, for messages (`DestinationRule ns/name`).
+    pub origin: Arc<str>,
 }
 
 /// The address the client connected from.

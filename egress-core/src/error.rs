@@ -27,6 +27,8 @@ pub enum UpstreamErrorKind {
     ResponseTimeout,
     /// The upstream closed the connection or spoke invalid HTTP.
     Protocol,
+    /// The TLS handshake with the upstream failed (untrusted or mismatched certificate...).
+    TlsHandshake,
 }
 
 impl UpstreamErrorKind {
@@ -41,6 +43,7 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::ConnectTimeout => "connect-timeout",
             UpstreamErrorKind::ResponseTimeout => "upstream-timeout",
             UpstreamErrorKind::Protocol => "upstream-protocol-error",
+            UpstreamErrorKind::TlsHandshake => "tls-handshake-failed",
         }
     }
 

@@ -63,6 +63,7 @@ pub fn status_for(kind: UpstreamErrorKind) -> StatusCode {
         | UpstreamErrorKind::DnsTimeout => StatusCode::GATEWAY_TIMEOUT,
         UpstreamErrorKind::LoopDetected => StatusCode::LOOP_DETECTED,
         UpstreamErrorKind::DnsFailed => StatusCode::SERVICE_UNAVAILABLE,
+        UpstreamErrorKind::TlsHandshake => StatusCode::BAD_GATEWAY,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

@@ -8,10 +8,11 @@ use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::retry::RetryLayer;
 use egress_core::telemetry::{Metrics, TelemetryLayer};
-use egress_core::transport::{Dialer, Upstream, UpstreamConfig};
+use egress_core::transport::{DialTable, Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
 use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
 use egress_policy::{Registry, RegistryOnlyLayer};
+use egress_tls::EgressConnector;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
@@ -67,8 +68,21 @@ pub fn build(
         .layer(config.mirror)
         // Route retries, for bodies that can be sent again.
         .layer(RetryLayer::new())
-        // Resolve once, SSRF guard, pooled keep-alive connections.
-        .service(Upstream::tcp(config.dialer.clone(), config.upstream));
+        // Resolve once, SSRF guard, pooled keep-alive connections; TLS origination where a
+        // DestinationRule asks for it (connections pooled per SNI and port).
+        .service({
+            let table = DialTable::default();
+            let connector = EgressConnector::new(
+                table.clone(),
+                config.dialer.config().connect_timeout(),
+                config.dialer.config().source(),
+            );
+            Upstream::with_connector(
+                connector,
+                config.dialer.clone(),
+                config.upstream.with_dial_table(table),
+            )
+        });
     ServiceBuilder::new()
         // Metrics and the access log: outermost, so they see every answer.
         .layer(TelemetryLayer::new(config.metrics.clone()))

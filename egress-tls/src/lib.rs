@@ -1,9 +1,17 @@
-//! TLS for egress traffic.
+//! TLS for egress traffic, on rustls (ring provider, no OpenSSL).
 //!
-//! This crate will hold TLS origination (`DestinationRule` `tls` settings on rustls), the
-//! `ClientHello` SNI inspection of `CONNECT` tunnels and TLS passthrough listeners. For now it
-//! holds the first step every one of those needs: telling a TLS handshake from other bytes
-//! at the start of a stream, without consuming them.
+//! - [`EgressConnector`]: TLS origination ("HTTPS upgrade") for the egress-core transport:
+//!   apps send plain HTTP, the gateway speaks TLS upstream as `DestinationRule` `tls`
+//!   (`SIMPLE`, `MUTUAL`, `caCertificates`, `sni`, `subjectAltNames`, `insecureSkipVerify`)
+//!   says, pooling connections per SNI and port.
+//! - [`probe`]: telling a TLS handshake from other bytes at the start of a stream (for the
+//!   `CONNECT` and passthrough inspection still to come).
+
+mod config;
+mod connect;
+
+pub use config::client_config;
+pub use connect::{Conn, EgressConnector, Stream};
 
 /// What the first bytes of a stream say about TLS.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -8,6 +8,8 @@
     reason = "test support: a failed setup should fail the test loudly"
 )]
 
+pub mod tls;
+
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};

@@ -9,10 +9,12 @@
 //!
 //! [`Destination`]: crate::ctx::Destination
 
+mod dial_table;
 mod dialer;
 mod resolve;
 mod upstream;
 
+pub use dial_table::{DialEntry, DialTable};
 pub use dialer::{Dialer, DialerConfig, InFlight};
 pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};

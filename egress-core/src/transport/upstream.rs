@@ -18,13 +18,14 @@ use crate::BoxBody;
 use crate::body::IdleTimeout;
 use crate::ctx::{Balance, ClientAddr, Destination, UpstreamPlan};
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind};
-use crate::transport::Dialer;
+use crate::transport::{DialEntry, DialTable, Dialer};
 
 /// Settings of the [`Upstream`] service and its connection pool.
 #[derive(Clone, Debug)]
 pub struct UpstreamConfig {
     request_timeout: Option<Duration>,
     body_idle_timeout: Option<Duration>,
+    dial_table: Option<DialTable>,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
 }
@@ -34,6 +35,7 @@ impl Default for UpstreamConfig {
         Self {
             request_timeout: Some(Duration::from_secs(60)),
             body_idle_timeout: Some(Duration::from_secs(300)),
+            dial_table: None,
             pool_idle_timeout: Duration::from_secs(90),
             pool_max_idle_per_host: 256,
         }
@@ -53,6 +55,13 @@ impl UpstreamConfig {
     /// upload or download then releases its connections instead of holding them forever.
     pub fn with_body_idle_timeout(mut self, t: Option<Duration>) -> Self {
         self.body_idle_timeout = t;
+        self
+    }
+
+    /// The table shared with a TLS-capable connector (see [`DialTable`]); without it,
+    /// requests whose plan asks for TLS origination fail with `tls-handshake-failed`.
+    pub fn with_dial_table(mut self, table: DialTable) -> Self {
+        self.dial_table = Some(table);
         self
     }
 
@@ -84,6 +93,7 @@ struct Inner<C, B> {
     dialer: Arc<Dialer>,
     request_timeout: Option<Duration>,
     body_idle_timeout: Option<Duration>,
+    dial_table: Option<DialTable>,
 }
 
 impl<C, B> Clone for Upstream<C, B> {
@@ -144,6 +154,7 @@ where
                 dialer,
                 request_timeout: config.request_timeout,
                 body_idle_timeout: config.body_idle_timeout,
+                dial_table: config.dial_table,
             }),
         }
     }
@@ -174,7 +185,9 @@ where
                 dialer,
                 request_timeout: timeout,
                 body_idle_timeout: idle,
+                dial_table,
             } = &*inner;
+            let dial_table = dial_table.as_ref();
             let (timeout, idle) = (*timeout, *idle);
             let Some(dst) = req.extensions().get::<Destination>().cloned() else {
                 return Err("upstream: no Destination in the request extensions".into());
@@ -184,7 +197,34 @@ where
             let addrs = dialer.addresses_for(&dst, plan, key).await?;
             let addr = addrs[0];
             let _in_flight = dialer.begin(addr);
-            let req = prepare(req, &dst, addr)?.map(|b| IdleTimeout::new(b, idle));
+            let tls = plan.and_then(|p| p.tls.clone());
+            let authority = match tls {
+                None => authority_of(addr)?,
+                Some(tls) => {
+                    // TLS origination: pool per SNI and port; the connector dials the
+                    // addresses validated above for that key.
+                    let Some(table) = dial_table else {
+                        return Err(UpstreamError::new(
+                            UpstreamErrorKind::TlsHandshake,
+                            format!("{dst}: TLS origination is configured ({}) but this transport has no TLS connector", tls.origin),
+                        )
+                        .into());
+                    };
+                    let sni = match &tls.sni {
+                        Some(s) => s.to_string(),
+                        None => dst.host().to_string(),
+                    };
+                    let port = addr.port();
+                    table.set(&sni, port, DialEntry { addrs, tls });
+                    Authority::try_from(format!("{sni}:{port}"))?
+                }
+            };
+            let scheme = if plan.is_some_and(|p| p.tls.is_some()) {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
+            let req = prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::new(b, idle));
             let send = client.request(req);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, send).await {
@@ -223,17 +263,17 @@ fn hash_key<B>(balance: &Balance, req: &Request<B>) -> Option<u64> {
 fn prepare<B>(
     mut req: Request<B>,
     dst: &Destination,
-    addr: SocketAddr,
+    scheme: Scheme,
+    authority: Authority,
 ) -> Result<Request<B>, BoxError> {
     let path = req
         .uri()
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority = authority_of(addr)?;
     *req.uri_mut() = Uri::from_parts({
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(scheme);
         parts.authority = Some(authority);
         parts.path_and_query = Some(path);
         parts
@@ -285,6 +325,10 @@ fn classify(
     addr: SocketAddr,
     e: hyper_util::client::legacy::Error,
 ) -> UpstreamError {
+    if let Some(inner) = crate::error::cause_ref::<UpstreamError>(&e) {
+        // The connector already said what failed (a TLS handshake, say).
+        return UpstreamError::new(inner.kind(), inner.to_string());
+    }
     if e.is_connect() {
         let timed_out = crate::error::cause_ref::<std::io::Error>(&e)
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);

@@ -15,8 +15,8 @@ pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
 };
 pub use virtual_service::{
-    DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute, LoadBalancer,
-    Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, VirtualService,
+    ClientTls, DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute,
+    LoadBalancer, Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, VirtualService,
     WeightedDestination,
 };
 

@@ -233,6 +233,8 @@ pub struct Subset {
     pub labels: Vec<(String, String)>,
     /// `trafficPolicy.loadBalancer` of the subset.
     pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.tls` of the subset.
+    pub tls: Option<ClientTls>,
 }
 
 /// A `DestinationRule` (subsets; traffic policies come later).
@@ -248,9 +250,28 @@ pub struct DestinationRule {
     pub lb: Option<LoadBalancer>,
     /// `trafficPolicy.portLevelSettings[].loadBalancer`, by port.
     pub port_lb: Vec<(u16, LoadBalancer)>,
+    /// `trafficPolicy.tls`.
+    pub tls: Option<ClientTls>,
+    /// `trafficPolicy.portLevelSettings[].tls`, by port.
+    pub port_tls: Vec<(u16, ClientTls)>,
 }
 
 impl DestinationRule {
+    /// The TLS settings for a port and subset: the subset's, else the port's, else the
+    /// rule's.
+    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
+        subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.tls.as_ref())
+            .or_else(|| {
+                self.port_tls
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, t)| t)
+            })
+            .or(self.tls.as_ref())
+    }
+
     /// The balancer for a port and subset: the subset's, else the port's, else the rule's.
     pub fn balance_for(&self, port: u16, subset: Option<&str>) -> Option<LoadBalancer> {
         let from_subset = subset
@@ -301,18 +322,28 @@ impl LoadBalancer {
 }
 
 /// Reads a `trafficPolicy`, keeping its load balancer and port-level load balancers.
-fn read_traffic_policy(
-    r: &mut Reader<'_>,
-    node: &Node,
-    path: &str,
-) -> (Option<LoadBalancer>, Vec<(u16, LoadBalancer)>) {
+/// `trafficPolicy`: what this gateway applies of it.
+#[derive(Clone, Debug, Default)]
+struct TrafficPolicy {
+    lb: Option<LoadBalancer>,
+    port_lb: Vec<(u16, LoadBalancer)>,
+    tls: Option<ClientTls>,
+    port_tls: Vec<(u16, ClientTls)>,
+}
+
+fn read_traffic_policy(r: &mut Reader<'_>, node: &Node, path: &str) -> TrafficPolicy {
     let Some(mut f) = r.map(node, path) else {
-        return (None, Vec::new());
+        return TrafficPolicy::default();
     };
-    let lb = f
-        .take("loadBalancer")
-        .and_then(|n| read_balance(r, n, &format!("{path}.loadBalancer")));
-    let mut ports = Vec::new();
+    let mut tp = TrafficPolicy {
+        lb: f
+            .take("loadBalancer")
+            .and_then(|n| read_balance(r, n, &format!("{path}.loadBalancer"))),
+        tls: f
+            .take("tls")
+            .and_then(|n| read_tls(r, n, &format!("{path}.tls"))),
+        ..Default::default()
+    };
     if let Some(n) = f.take("portLevelSettings") {
         for (i, s) in r
             .list(n, &format!("{path}.portLevelSettings"))
@@ -333,15 +364,23 @@ fn read_traffic_policy(
             let lb = sf
                 .take("loadBalancer")
                 .and_then(|n| read_balance(r, n, &format!("{p}.loadBalancer")));
-            sf.finish(r, &["connectionPool", "outlierDetection", "tls"]);
-            match (port, lb) {
-                (Some(port), Some(lb)) => ports.push((port, lb)),
-                (None, _) => r.error(
+            let tls = sf
+                .take("tls")
+                .and_then(|n| read_tls(r, n, &format!("{p}.tls")));
+            sf.finish(r, &["connectionPool", "outlierDetection"]);
+            let Some(port) = port else {
+                r.error(
                     s,
                     format!("{p}.port"),
                     "port-level settings need a port number",
-                ),
-                _ => {}
+                );
+                continue;
+            };
+            if let Some(lb) = lb {
+                tp.port_lb.push((port, lb));
+            }
+            if let Some(tls) = tls {
+                tp.port_tls.push((port, tls));
             }
         }
     }
@@ -350,12 +389,108 @@ fn read_traffic_policy(
         &[
             "connectionPool",
             "outlierDetection",
-            "tls",
             "tunnel",
             "proxyProtocol",
         ],
     );
-    (lb, ports)
+    tp
+}
+
+/// `ClientTLSSettings`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
+    pub mode: String,
+    /// `caCertificates`.
+    pub ca_certificates: Option<String>,
+    /// `clientCertificate`.
+    pub client_certificate: Option<String>,
+    /// `privateKey`.
+    pub private_key: Option<String>,
+    /// `sni`.
+    pub sni: Option<String>,
+    /// `subjectAltNames`.
+    pub subject_alt_names: Vec<String>,
+    /// `insecureSkipVerify`.
+    pub insecure_skip_verify: bool,
+}
+
+impl ClientTls {
+    /// The transport's settings; `None` for `DISABLE`.
+    pub fn to_settings(&self, origin: &str) -> Option<egress_core::ctx::TlsSettings> {
+        if self.mode == "DISABLE" {
+            return None;
+        }
+        Some(egress_core::ctx::TlsSettings {
+            mutual: self.mode == "MUTUAL",
+            ca_certificates: self.ca_certificates.as_ref().map(Into::into),
+            client_certificate: self.client_certificate.as_ref().map(Into::into),
+            private_key: self.private_key.as_ref().map(Into::into),
+            sni: self.sni.as_deref().map(Into::into),
+            subject_alt_names: self.subject_alt_names.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            origin: origin.into(),
+        })
+    }
+}
+
+fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
+    let mut f = r.map(node, path)?;
+    let mode_node = f.take("mode");
+    let mode = mode_node
+        .and_then(|n| {
+            r.one_of(
+                n,
+                &format!("{path}.mode"),
+                &["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"],
+            )
+        })
+        .unwrap_or("DISABLE");
+    let file = |f: &mut Fields<'_>, r: &mut Reader<'_>, key: &str| -> Option<String> {
+        let n = f.take(key)?;
+        let p = format!("{path}.{key}");
+        let v = r.string(n, &p)?;
+        if std::fs::metadata(&v).is_err() {
+            r.error(n, &p, format!("cannot read {v:?}"));
+        }
+        Some(v)
+    };
+    let ca_certificates = file(&mut f, r, "caCertificates");
+    let client_certificate = file(&mut f, r, "clientCertificate");
+    let private_key = file(&mut f, r, "privateKey");
+    let sni = f
+        .take("sni")
+        .and_then(|n| r.string(n, &format!("{path}.sni")));
+    let subject_alt_names = f
+        .take("subjectAltNames")
+        .map(|n| r.strings(n, &format!("{path}.subjectAltNames")))
+        .unwrap_or_default();
+    let insecure_skip_verify = f
+        .take("insecureSkipVerify")
+        .and_then(|n| r.boolean(n, &format!("{path}.insecureSkipVerify")))
+        .unwrap_or(false);
+    if let Some(n) = f.take("credentialName") {
+        r.error(n, format!("{path}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give caCertificates, clientCertificate and privateKey as files");
+    }
+    f.finish(r, &["caCrl"]);
+    if mode == "ISTIO_MUTUAL" {
+        r.error(mode_node.unwrap_or(node), format!("{path}.mode"), "ISTIO_MUTUAL is not supported outside a mesh (there is no mesh certificate authority); use MUTUAL with files");
+        return None;
+    }
+    if mode == "MUTUAL" && (client_certificate.is_none() || private_key.is_none()) {
+        r.error(node, path, "MUTUAL needs clientCertificate and privateKey");
+        return None;
+    }
+    Some(ClientTls {
+        mode: mode.to_owned(),
+        ca_certificates,
+        client_certificate,
+        private_key,
+        sni,
+        subject_alt_names,
+        insecure_skip_verify,
+    })
 }
 
 fn read_balance(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<LoadBalancer> {
@@ -1177,9 +1312,11 @@ pub(crate) fn read_destination_rule(
                 .take("labels")
                 .map(|n| r.string_map(n, &format!("{p}.labels")))
                 .unwrap_or_default();
-            let lb = sf
+            let tp = sf
                 .take("trafficPolicy")
-                .and_then(|n| read_traffic_policy(r, n, &format!("{p}.trafficPolicy")).0);
+                .map(|n| read_traffic_policy(r, n, &format!("{p}.trafficPolicy")))
+                .unwrap_or_default();
+            let (lb, tls) = (tp.lb, tp.tls);
             sf.finish(r, &[]);
             match name {
                 Some(name) if !name.is_empty() => {
@@ -1190,13 +1327,18 @@ pub(crate) fn read_destination_rule(
                             format!("subset {name:?} is defined twice"),
                         );
                     }
-                    subsets.push(Subset { name, labels, lb });
+                    subsets.push(Subset {
+                        name,
+                        labels,
+                        lb,
+                        tls,
+                    });
                 }
                 _ => r.error(s, format!("{p}.name"), "a subset needs a name"),
             }
         }
     }
-    let (lb, port_lb) = f
+    let tp = f
         .take("trafficPolicy")
         .map(|n| read_traffic_policy(r, n, "spec.trafficPolicy"))
         .unwrap_or_default();
@@ -1209,7 +1351,9 @@ pub(crate) fn read_destination_rule(
         meta,
         host,
         subsets,
-        lb,
-        port_lb,
+        lb: tp.lb,
+        port_lb: tp.port_lb,
+        tls: tp.tls,
+        port_tls: tp.port_tls,
     })
 }

@@ -131,6 +131,7 @@ impl Registry {
         for port in &se.ports {
             let mut plan = plan_for(se, port, &trusted, &label);
             plan.balance = balance_for(rules, &se.hosts, port.number, None);
+            plan.tls = tls_for(rules, &se.hosts, port.number, None);
             let entry = Arc::new(RegisteredPort {
                 service: service.clone(),
                 port: port.clone(),
@@ -365,6 +366,7 @@ pub(crate) fn plan_with(
         service: Some(label.clone()),
         name: None,
         balance: Default::default(),
+        tls: None,
     }
 }
 
@@ -381,6 +383,25 @@ pub(crate) fn balance_for(
         .find_map(|dr| dr.balance_for(port, subset))
         .map(|lb| lb.to_balance())
         .unwrap_or_default()
+}
+
+/// The TLS origination the `DestinationRule` of one of these hosts sets for a port and
+/// subset (`None`: plain, or `DISABLE`).
+pub(crate) fn tls_for(
+    rules: &[crate::istio::DestinationRule],
+    hosts: &[String],
+    port: u16,
+    subset: Option<&str>,
+) -> Option<Arc<egress_core::ctx::TlsSettings>> {
+    rules
+        .iter()
+        .filter(|dr| hosts.contains(&dr.host))
+        .find_map(|dr| {
+            dr.tls_for(port, subset)
+                .map(|t| t.to_settings(&format!("DestinationRule {}", dr.meta.id())))
+        })
+        .flatten()
+        .map(Arc::new)
 }
 
 fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<OutboundPolicy> {

@@ -475,6 +475,12 @@ fn compile_destination(
             rp.port.number,
             t.subset.as_deref(),
         );
+        plan.tls = crate::registry::tls_for(
+            &config.destination_rules,
+            std::slice::from_ref(&t.host),
+            rp.port.number,
+            t.subset.as_deref(),
+        );
         if t.subset.is_some() && plan.targets.is_empty() {
             diags.push(diag(
                 vs,

@@ -1,0 +1,275 @@
+//! `EgressConnector`: a hyper-util connector for plain and TLS upstream connections.
+//!
+//! `http://IP:PORT` URIs are dialled as they are (the Upstream put a validated address
+//! there). `https://SNI:PORT` URIs are dialled at the addresses the Upstream recorded for
+//! that key in the [`DialTable`], then TLS is negotiated with the SNI and the rustls client
+//! configuration built from the [`TlsSettings`] (built once per distinct settings value and
+//! kept, so sessions resume across connections).
+
+use egress_core::BoxError;
+use egress_core::ctx::TlsSettings;
+use egress_core::error::{UpstreamError, UpstreamErrorKind};
+use egress_core::transport::DialTable;
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+use crate::config::client_config;
+
+/// Dials plain and TLS upstream connections; see the module docs.
+#[derive(Clone, Debug)]
+pub struct EgressConnector {
+    table: DialTable,
+    connect_timeout: Duration,
+    source: Option<IpAddr>,
+    // Held only to look up or insert a built configuration, never across an await.
+    configs: Arc<Mutex<HashMap<Arc<TlsSettings>, Arc<ClientConfig>>>>,
+}
+
+impl EgressConnector {
+    /// A connector reading `table`, with this TCP connect timeout (also bounding the TLS
+    /// handshake) and optional fixed source address.
+    pub fn new(table: DialTable, connect_timeout: Duration, source: Option<IpAddr>) -> Self {
+        Self {
+            table,
+            connect_timeout,
+            source,
+            configs: Arc::default(),
+        }
+    }
+
+    fn config(&self, settings: &Arc<TlsSettings>) -> Result<Arc<ClientConfig>, UpstreamError> {
+        if let Some(c) = self
+            .configs
+            .lock()
+            .ok()
+            .and_then(|m| m.get(settings).cloned())
+        {
+            return Ok(c);
+        }
+        let built = client_config(settings).map_err(|e| {
+            UpstreamError::new(
+                UpstreamErrorKind::TlsHandshake,
+                format!("TLS settings of {}: {e}", settings.origin),
+            )
+        })?;
+        let built = Arc::new(built);
+        if let Ok(mut m) = self.configs.lock() {
+            m.insert(settings.clone(), built.clone());
+        }
+        Ok(built)
+    }
+
+    async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let stream = match self.source {
+            None => TcpStream::connect(addr).await?,
+            Some(src) => {
+                let socket = if addr.is_ipv4() {
+                    tokio::net::TcpSocket::new_v4()?
+                } else {
+                    tokio::net::TcpSocket::new_v6()?
+                };
+                socket.bind(SocketAddr::new(src, 0))?;
+                socket.connect(addr).await?
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+}
+
+impl tower::Service<Uri> for EgressConnector {
+    type Response = Conn;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Conn, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let host = uri.host().ok_or("connector: URI without a host")?;
+            let port = uri.port_u16().ok_or("connector: URI without a port")?;
+            let t = this.connect_timeout;
+            if uri.scheme_str() != Some("https") {
+                let ip: IpAddr = host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse()
+                    .map_err(|_| "connector: plain connections are dialled by IP only")?;
+                let addr = SocketAddr::new(ip, port);
+                let tcp = tokio::time::timeout(t, this.tcp(addr))
+                    .await
+                    .map_err(|_| timeout(addr, t))??;
+                return Ok(Conn::plain(tcp));
+            }
+            let entry = this
+                .table
+                .get(host, port)
+                .ok_or_else(|| format!("connector: no validated address for {host}:{port}"))?;
+            let config = this.config(&entry.tls)?;
+            let name = ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned(),
+            )
+            .map_err(|e| {
+                UpstreamError::new(
+                    UpstreamErrorKind::TlsHandshake,
+                    format!("invalid SNI {host:?}: {e}"),
+                )
+            })?;
+            let mut last: Option<BoxError> = None;
+            for addr in entry.addrs {
+                let tcp = match tokio::time::timeout(t, this.tcp(addr)).await {
+                    Ok(Ok(tcp)) => tcp,
+                    Ok(Err(e)) => {
+                        last = Some(e.into());
+                        continue;
+                    }
+                    Err(_) => {
+                        last = Some(timeout(addr, t).into());
+                        continue;
+                    }
+                };
+                let tls = tokio_rustls::TlsConnector::from(config.clone());
+                return match tokio::time::timeout(t, tls.connect(name.clone(), tcp)).await {
+                    Ok(Ok(stream)) => Ok(Conn::tls(stream)),
+                    Ok(Err(e)) => Err(UpstreamError::new(
+                        UpstreamErrorKind::TlsHandshake,
+                        format!(
+                            "TLS handshake with {host} at {addr} failed ({})",
+                            entry.tls.origin
+                        ),
+                    )
+                    .with_source(e)
+                    .into()),
+                    Err(_) => Err(UpstreamError::new(
+                        UpstreamErrorKind::TlsHandshake,
+                        format!("TLS handshake with {host} at {addr} took longer than {t:?}"),
+                    )
+                    .into()),
+                };
+            }
+            Err(last.unwrap_or_else(|| "connector: no address".into()))
+        })
+    }
+}
+
+fn timeout(addr: SocketAddr, t: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("connecting to {addr} took longer than {t:?}"),
+    )
+}
+
+/// A connection made by [`EgressConnector`].
+#[derive(Debug)]
+pub struct Conn(TokioIo<Stream>);
+
+impl Conn {
+    fn plain(tcp: TcpStream) -> Self {
+        Conn(TokioIo::new(Stream::Plain(tcp)))
+    }
+
+    fn tls(tls: TlsStream<TcpStream>) -> Self {
+        Conn(TokioIo::new(Stream::Tls(Box::new(tls))))
+    }
+}
+
+impl Connection for Conn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+/// The byte stream under a [`Conn`].
+#[derive(Debug)]
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

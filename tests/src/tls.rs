@@ -1,0 +1,167 @@
+//! Test PKI (rcgen) and a recording TLS origin.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+
+/// A certificate authority made for one test, with its PEM on disk.
+pub struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+    /// The CA certificate (PEM file).
+    pub pem_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A certificate and key signed by a [`TestCa`], as PEM files and rustls types.
+pub struct Leaf {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "egress test CA");
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pem_path = dir.path().join("ca.pem");
+        std::fs::write(&pem_path, issuer.pem()).unwrap();
+        TestCa {
+            issuer,
+            pem_path,
+            _dir: dir,
+        }
+    }
+
+    /// A leaf certificate for these DNS names.
+    pub fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let params =
+            CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let dir = self._dir.path();
+        let cert_path = dir.join(format!("{}.pem", names[0]));
+        let key_path = dir.join(format!("{}.key", names[0]));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        Leaf {
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
+            cert_path,
+            key_path,
+        }
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A TLS origin on 127.0.0.1:0 that records the SNI of each handshake and the client
+/// certificates it was shown.
+#[derive(Clone)]
+pub struct TlsOrigin {
+    pub addr: SocketAddr,
+    pub handshakes: Arc<Mutex<Vec<Option<String>>>>,
+    pub client_certs: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl TlsOrigin {
+    /// Serves `leaf`; with `client_ca`, requires client certificates signed by it.
+    pub async fn start(leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsOrigin {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = match client_ca {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                roots
+                    .add(CertificateDer::from_pem_file(&ca.pem_path).unwrap())
+                    .unwrap();
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .unwrap();
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+            .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = TlsOrigin {
+            addr: listener.local_addr().unwrap(),
+            handshakes: Arc::default(),
+            client_certs: Arc::default(),
+            requests: Arc::default(),
+        };
+        let o = origin.clone();
+        tokio::spawn(async move {
+            while let Ok((io, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(io).await else {
+                        o.handshakes.lock().unwrap().push(None);
+                        return;
+                    };
+                    let (_, conn) = tls.get_ref();
+                    o.handshakes
+                        .lock()
+                        .unwrap()
+                        .push(Some(conn.server_name().unwrap_or("").to_owned()));
+                    if conn.peer_certificates().is_some_and(|c| !c.is_empty()) {
+                        o.client_certs.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let requests = o.requests.clone();
+                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                        requests.fetch_add(1, Ordering::SeqCst);
+                        async {
+                            Ok::<_, std::convert::Infallible>(Response::new(Full::new(
+                                Bytes::from_static(b"hello over tls"),
+                            )))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        origin
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The SNI of every successful handshake (`None` for failed ones).
+    pub fn snis(&self) -> Vec<Option<String>> {
+        self.handshakes.lock().unwrap().clone()
+    }
+}

@@ -1,0 +1,177 @@
+//! TLS origination through the real binary: plain HTTP in, TLS to the origin, as Istio's
+//! "Egress TLS Origination" task configures it (port 80 with targetPort 443, port-level
+//! DestinationRule tls SIMPLE). Certificates are made in the test (rcgen).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::tls::{TestCa, TlsOrigin};
+use egress_tests::{Gateway, curl_async};
+
+fn config(ca: &std::path::Path, tls_extra: &str) -> String {
+    format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.test]
+  ports:
+  - number: 80
+    name: http-port
+    protocol: HTTP
+    targetPort: 443
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: originate-tls}}
+spec:
+  host: secure.test
+  trafficPolicy:
+    portLevelSettings:
+    - port: {{number: 80}}
+      tls:
+        mode: SIMPLE
+        caCertificates: {ca}
+{tls_extra}"#,
+        ca = ca.display()
+    )
+}
+
+fn resolve(origin: &TlsOrigin) -> String {
+    format!("--resolve=secure.test:443:127.0.0.1:{}", origin.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_in_tls_out_with_pooling() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test"]), None).await;
+    let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&origin)]);
+    for _ in 0..5 {
+        let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/data"]).await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello over tls"),
+            "{r:?}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    assert_eq!(
+        origin.snis(),
+        [Some("secure.test".to_owned())],
+        "one pooled TLS connection with SNI"
+    );
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_certificates_fail_clearly_unless_verification_is_off() {
+    let ca = TestCa::new();
+    let other = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test"]), None).await;
+    let gw = Gateway::start(&config(&other.pem_path, ""), &[&resolve(&origin)]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.header("x-egress-error").as_deref(),
+        Some("tls-handshake-failed")
+    );
+    assert!(
+        r.body.contains("secure.test") && r.body.to_lowercase().contains("certificate"),
+        "{}",
+        r.body
+    );
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let gw = Gateway::start(
+        &config(&other.pem_path, "        insecureSkipVerify: true\n"),
+        &[&resolve(&origin)],
+    );
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+
+    // A certificate for another name fails the default SAN check (the SNI)...
+    let wrong = TlsOrigin::start(&ca.leaf(&["elsewhere.test"]), None).await;
+    let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&wrong)]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(
+        r.header("x-egress-error").as_deref(),
+        Some("tls-handshake-failed"),
+        "{r:?}"
+    );
+    // ...and passes when subjectAltNames names it.
+    let gw = Gateway::start(
+        &config(&ca.pem_path, "        subjectAltNames: [elsewhere.test]\n"),
+        &[&resolve(&wrong)],
+    );
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_configured_client_certificate() {
+    let ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let client = client_ca.leaf(&["client.egress.test"]);
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test"]), Some(&client_ca)).await;
+    let mutual = config(&ca.pem_path, "").replace("mode: SIMPLE", "mode: MUTUAL")
+        + &format!(
+            "        clientCertificate: {}\n        privateKey: {}\n",
+            client.cert_path.display(),
+            client.key_path.display()
+        );
+    let gw = Gateway::start(&mutual, &[&resolve(&origin)]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(
+        origin
+            .client_certs
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+
+    // Without the client certificate the origin refuses; the gateway reports a 502.
+    let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&origin)]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.header("x-egress-error").is_some(), "{r:?}");
+}
+
+#[test]
+fn mesh_only_tls_settings_are_config_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for (tls, want) in [
+        (
+            "mode: ISTIO_MUTUAL",
+            "ISTIO_MUTUAL is not supported outside a mesh",
+        ),
+        (
+            "mode: SIMPLE\n        credentialName: my-secret",
+            "credentialName (a Kubernetes secret) is not supported",
+        ),
+        (
+            "mode: SIMPLE\n        caCertificates: /nonexistent/ca.pem",
+            "caCertificates: cannot read",
+        ),
+        (
+            "mode: MUTUAL",
+            "MUTUAL needs clientCertificate and privateKey",
+        ),
+    ] {
+        let path = dir.path().join("dr.yaml");
+        std::fs::write(
+            &path,
+            format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: t}}\nspec:\n  host: a.test\n  trafficPolicy:\n    tls:\n        {tls}\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(egress_tests::gateway_bin())
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{tls}: {err}");
+        assert!(
+            err.contains(want) && err.contains("spec.trafficPolicy.tls"),
+            "{tls}: {err}"
+        );
+    }
+}
