@@ -259,6 +259,18 @@ pub struct TlsSettings {
     pub origin: Arc<str>,
 }
 
+/// What a `CONNECT` tunnel may carry, from the port's declared protocol.
+///
+/// - Inserted by: the registry check, for `CONNECT`. - Read by: the tunnel.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum TunnelInspection {
+    /// `HTTPS` / `TLS` port: the first bytes must be a `ClientHello` whose SNI is the
+    /// `CONNECT` host (no domain fronting).
+    Tls,
+    /// `TCP` and other opaque ports, or passthrough under `ALLOW_ANY`: bytes pass as they are.
+    Opaque,
+}
+
 /// The address the client connected from.
 ///
 /// - Inserted by: the server, per connection. - Read by: consistent hashing, authz.

@@ -1,7 +1,9 @@
 //! The one function that assembles the gateway's request stack.
 
 use arc_swap::ArcSwap;
-use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm, Scheme, UpstreamPlan};
+use egress_core::ctx::{
+    Destination, Rejection, RejectionKind, RequestForm, Scheme, TunnelInspection, UpstreamPlan,
+};
 use egress_core::destination::DestinationLayer;
 use egress_core::mirror::MirrorLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
@@ -196,10 +198,28 @@ async fn connect(
             .get::<Arc<egress_core::ctx::TelemetrySlot>>()
             .map(|s| &**s),
     );
+    let inspection = req
+        .extensions()
+        .get::<TunnelInspection>()
+        .copied()
+        .unwrap_or(TunnelInspection::Opaque);
     tunnels.spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                let (sent, received) = tunnel::splice(upgraded, upstream, idle, &dst).await;
+                let mut client = hyper_util::rt::TokioIo::new(upgraded);
+                let initial = match inspection {
+                    TunnelInspection::Opaque => Vec::new(),
+                    TunnelInspection::Tls => match tunnel::inspect(&mut client, &dst).await {
+                        Ok(bytes) => bytes,
+                        Err((reason, why)) => {
+                            metrics.refused(reason);
+                            tracing::info!(%dst, reason, why, "tunnel closed: ClientHello refused");
+                            tcp.closed(0, 0);
+                            return;
+                        }
+                    },
+                };
+                let (sent, received) = tunnel::splice(client, upstream, initial, idle, &dst).await;
                 tcp.closed(sent, received);
             }
             Err(error) => {

@@ -13,12 +13,21 @@ use tokio::time::Instant;
 /// Copies bytes both ways until both sides have closed, or until neither has sent anything
 /// for `idle`.
 pub(crate) async fn splice(
-    client: Upgraded,
-    upstream: TcpStream,
+    client: TokioIo<Upgraded>,
+    mut upstream: TcpStream,
+    initial: Vec<u8>,
     idle: Duration,
     dst: &Destination,
 ) -> (u64, u64) {
-    let (cr, cw) = tokio::io::split(TokioIo::new(client));
+    // Bytes read from the client to inspect its ClientHello go upstream first, unchanged.
+    if !initial.is_empty()
+        && tokio::time::timeout(idle, upstream.write_all(&initial))
+            .await
+            .is_err()
+    {
+        return (0, 0);
+    }
+    let (cr, cw) = tokio::io::split(client);
     let (ur, uw) = upstream.into_split();
     let start = Instant::now();
     let last = AtomicU64::new(0);
@@ -29,7 +38,41 @@ pub(crate) async fn splice(
         Ok(_) => tracing::debug!(%dst, "tunnel closed"),
         Err(error) => tracing::debug!(%dst, %error, "tunnel ended"),
     }
-    (sent.into_inner(), received.into_inner())
+    (
+        sent.into_inner() + initial.len() as u64,
+        received.into_inner(),
+    )
+}
+
+/// Checks the `ClientHello` of a tunnel to a TLS port: present, TLS, and naming the
+/// `CONNECT` host in its SNI (no domain fronting). Returns the bytes to forward, or why the
+/// tunnel is refused (a stable reason and a message).
+pub(crate) async fn inspect(
+    client: &mut TokioIo<Upgraded>,
+    dst: &Destination,
+) -> Result<Vec<u8>, (&'static str, String)> {
+    use egress_tls::sni::{HelloError, read_client_hello};
+    let (bytes, sni) = read_client_hello(client, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            HelloError::NotTls(_) => ("not-tls", e.to_string()),
+            _ => ("no-client-hello", e.to_string()),
+        })?;
+    let Some(sni) = sni else {
+        return Err((
+            "sni-missing",
+            "the ClientHello carries no server name".into(),
+        ));
+    };
+    let want = dst.host().to_string();
+    let got = sni.trim_end_matches('.');
+    if !got.eq_ignore_ascii_case(&want) {
+        return Err((
+            "sni-mismatch",
+            format!("the ClientHello names {sni:?}, the tunnel was opened to {want:?}"),
+        ));
+    }
+    Ok(bytes)
 }
 
 async fn pipe<R, W>(

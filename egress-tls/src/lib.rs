@@ -9,6 +9,7 @@
 
 mod config;
 mod connect;
+pub mod sni;
 
 pub use config::client_config;
 pub use connect::{Conn, EgressConnector, Stream};

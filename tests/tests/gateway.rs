@@ -177,11 +177,13 @@ async fn keep_alive_connections_are_reused_upstream() {
 async fn connect_tunnels_are_checked() {
     let origin = Origin::start().await;
     let port = origin.port();
+    // TCP: an opaque port, so plain HTTP may travel in the tunnel (TLS ports are checked
+    // for a ClientHello; see tls.rs).
     let config = service_entry(
         "tls",
         "secure.example.com",
         port,
-        "TLS",
+        "TCP",
         "  resolution: DNS\n",
     ) + &service_entry(
         "plain",

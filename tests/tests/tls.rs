@@ -175,3 +175,101 @@ fn mesh_only_tls_settings_are_config_errors() {
         );
     }
 }
+
+/// CONNECT to a port declared TLS: the ClientHello must name the CONNECT host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_tunnels_to_tls_ports_check_the_sni() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test", "other.test"]), None).await;
+    let port = origin.port();
+    let se = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.test]\n  ports: [{{number: {port}, name: tls, protocol: TLS}}]\n  resolution: DNS\n"
+    );
+    let gw = Gateway::start(&se, &[&format!("--resolve=secure.test:{port}:127.0.0.1")]);
+
+    // A real client: curl through the tunnel, verifying the origin with the test CA.
+    let ca_path = ca.pem_path.display().to_string();
+    let r = curl_async(&[
+        "--cacert",
+        &ca_path,
+        "-x",
+        &gw.proxy_url(),
+        &format!("https://secure.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+
+    // Open a tunnel by hand, then speak TLS (or not) inside it.
+    async fn tunnel(gw: &Gateway, port: u16) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        s.write_all(
+            format!("CONNECT secure.test:{port} HTTP/1.1\r\nHost: secure.test:{port}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        s
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls::pki_types::pem::PemObject::from_pem_file(&ca.pem_path).unwrap())
+        .unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+
+    // Domain fronting: a tunnel to secure.test carrying a hello for other.test.
+    let s = tunnel(&gw, port).await;
+    let fronted = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        connector.connect("other.test".try_into().unwrap(), s),
+    )
+    .await
+    .unwrap();
+    assert!(fronted.is_err(), "a fronted handshake went through");
+    assert!(gw.wait_log("reason=\"sni-mismatch\""), "{}", gw.log());
+
+    // Plain bytes in a TLS tunnel.
+    let mut s = tunnel(&gw, port).await;
+    s.write_all(b"GET / HTTP/1.1\r\nHost: secure.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(
+        rest.is_empty(),
+        "plain bytes got an answer: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(gw.wait_log("reason=\"not-tls\""), "{}", gw.log());
+
+    // Only curl's request reached the origin, with its own SNI.
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let snis: Vec<_> = origin.snis().into_iter().flatten().collect();
+    assert_eq!(snis, ["secure.test"]);
+    let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        metrics.contains("egress_refusals_total{reason=\"sni-mismatch\"} 1"),
+        "{metrics}"
+    );
+}

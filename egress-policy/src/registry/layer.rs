@@ -11,7 +11,8 @@
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use egress_core::ctx::{
-    Destination, Passthrough, Rejection, RejectionKind, RequestForm, TelemetrySlot, UpstreamPlan,
+    Destination, Passthrough, Rejection, RejectionKind, RequestForm, TelemetrySlot,
+    TunnelInspection, UpstreamPlan,
 };
 use egress_core::respond::RefuseOr;
 use http::{Request, Response, StatusCode};
@@ -20,7 +21,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use super::Registry;
-use crate::istio::OutboundPolicy;
+use crate::istio::{OutboundPolicy, Protocol};
 
 /// Checks each request's destination against a [`Registry`] that can be swapped at run time.
 #[derive(Clone, Debug)]
@@ -110,6 +111,14 @@ where
                     );
                 }
                 let plan = found.plan.clone();
+                if connect {
+                    let tls = matches!(found.port.protocol, Protocol::Https | Protocol::Tls);
+                    req.extensions_mut().insert(if tls {
+                        TunnelInspection::Tls
+                    } else {
+                        TunnelInspection::Opaque
+                    });
+                }
                 if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
                     slot.set_service(found.labels.0.clone(), found.labels.1.clone());
                 }
@@ -117,6 +126,7 @@ where
                 RefuseOr::inner(self.inner.call(req))
             }
             None if registry.policy() == OutboundPolicy::AllowAny => {
+                req.extensions_mut().insert(TunnelInspection::Opaque);
                 if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
                     let p: Arc<str> = Arc::from("PassthroughCluster");
                     slot.set_service(p.clone(), p);
