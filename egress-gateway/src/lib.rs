@@ -12,5 +12,6 @@ pub mod server;
 pub mod stack;
 
 mod admin;
+mod passthrough;
 mod reload;
 mod tunnel;

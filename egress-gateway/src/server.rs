@@ -20,6 +20,7 @@ use crate::admin::{AdminState, GatewayDump, Listeners, ResolveDump, StaticDump};
 use crate::cli::RunArgs;
 use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
+use egress_policy::istio::Protocol;
 use egress_policy::routes::ServerHosts;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
@@ -40,6 +41,7 @@ struct ServerListener {
     hosts: ServerHosts,
     gateway: String,
     port: u16,
+    passthrough: bool,
 }
 
 /// Why the gateway could not start.
@@ -235,8 +237,25 @@ impl Gateway {
             metrics.clone(),
         ));
         for server in self.servers {
+            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, "Gateway server listener open");
+            if server.passthrough {
+                tasks.spawn(crate::passthrough::serve(
+                    server.listener,
+                    crate::passthrough::Passthrough {
+                        hosts: Arc::new(server.hosts),
+                        port: server.port,
+                        registry: stack_config.registry.clone(),
+                        routes: stack_config.routes.clone(),
+                        dialer: stack_config.dialer.clone(),
+                        metrics: metrics.clone(),
+                        tunnels: tunnels.clone(),
+                        idle: args.tunnel_idle_timeout,
+                        limit: limit.clone(),
+                    },
+                ));
+                continue;
+            }
             let svc = stack::build(stack_config.clone(), Some(server.hosts));
-            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, "Gateway server listener open");
             tasks.spawn(accept_loop(
                 server.listener,
                 svc,
@@ -334,32 +353,39 @@ async fn shutdown_signal() {
 /// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
 /// serves every route.
 async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
-    let mut by_port: Vec<(u16, Vec<String>, String)> = Vec::new();
+    let mut by_port: Vec<(u16, Vec<String>, String, bool)> = Vec::new();
     for gw in &loaded.config.gateways {
         if !loaded.binding.selected.contains(&gw.meta.id()) {
             continue;
         }
         for server in &gw.servers {
-            if !server.port.protocol.is_http() || server.tls_mode.is_some() {
+            let passthrough = server.tls_mode.as_deref() == Some("PASSTHROUGH")
+                && matches!(server.port.protocol, Protocol::Tls | Protocol::Https);
+            if !passthrough && (!server.port.protocol.is_http() || server.tls_mode.is_some()) {
                 tracing::warn!(
                     gateway = %gw.meta.id(),
                     port = server.port.number,
                     protocol = ?server.port.protocol,
-                    "Gateway server not opened: only plain HTTP servers are served so far"
+                    "Gateway server not opened: plain HTTP and TLS PASSTHROUGH servers are served so far"
                 );
                 continue;
             }
             match by_port
                 .iter_mut()
-                .find(|(p, _, _)| *p == server.port.number)
+                .find(|(p, _, _, _)| *p == server.port.number)
             {
-                Some((_, hosts, _)) => hosts.extend(server.hosts.iter().cloned()),
-                None => by_port.push((server.port.number, server.hosts.clone(), gw.meta.id())),
+                Some((_, hosts, _, _)) => hosts.extend(server.hosts.iter().cloned()),
+                None => by_port.push((
+                    server.port.number,
+                    server.hosts.clone(),
+                    gw.meta.id(),
+                    passthrough,
+                )),
             }
         }
     }
     let mut out = Vec::new();
-    for (port, hosts, gateway) in by_port {
+    for (port, hosts, gateway, passthrough) in by_port {
         let Some(listen_port) = port.checked_add(args.gateway_port_offset) else {
             tracing::error!(
                 port,
@@ -378,6 +404,7 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
                     hosts: ServerHosts::new(hosts.iter().map(String::as_str), port),
                     gateway,
                     port,
+                    passthrough,
                 });
             }
             Err(error) => tracing::error!(

@@ -12,13 +12,16 @@ use tokio::time::Instant;
 
 /// Copies bytes both ways until both sides have closed, or until neither has sent anything
 /// for `idle`.
-pub(crate) async fn splice(
-    client: TokioIo<Upgraded>,
+pub(crate) async fn splice<C>(
+    client: C,
     mut upstream: TcpStream,
     initial: Vec<u8>,
     idle: Duration,
     dst: &Destination,
-) -> (u64, u64) {
+) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     // Bytes read from the client to inspect its ClientHello go upstream first, unchanged.
     if !initial.is_empty()
         && tokio::time::timeout(idle, upstream.write_all(&initial))

@@ -273,3 +273,129 @@ async fn connect_tunnels_to_tls_ports_check_the_sni() {
         "{metrics}"
     );
 }
+
+/// Istio's "Egress using Wildcard Hosts" task (single-host variant): a PASSTHROUGH Gateway
+/// server for `*.wikipedia.org` and a `tls` route sending every such SNI to the registered
+/// `www.wikipedia.org`, which a local TLS origin stands in for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_listener_routes_by_sni() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["*.wikipedia.org"]), None).await;
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: www-wikipedia
+spec:
+  hosts:
+  - www.wikipedia.org
+  ports:
+  - number: 443
+    name: https
+    protocol: HTTPS
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata:
+  name: istio-egressgateway
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port:
+      number: 443
+      name: https
+      protocol: HTTPS
+    hosts:
+    - "*.wikipedia.org"
+    tls:
+      mode: PASSTHROUGH
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: direct-wikipedia-through-egress-gateway
+spec:
+  hosts:
+  - "*.wikipedia.org"
+  gateways:
+  - mesh
+  - istio-egressgateway
+  tls:
+  - match:
+    - gateways:
+      - mesh
+      port: 443
+      sniHosts:
+      - "*.wikipedia.org"
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        subset: wikipedia
+        port:
+          number: 443
+  - match:
+    - gateways:
+      - istio-egressgateway
+      port: 443
+      sniHosts:
+      - "*.wikipedia.org"
+    route:
+    - destination:
+        host: www.wikipedia.org
+        port:
+          number: 443
+      weight: 100
+"#;
+    let offset = (free - 443).to_string();
+    let gw = Gateway::start(
+        yaml,
+        &[
+            &format!(
+                "--resolve=www.wikipedia.org:443:127.0.0.1:{}",
+                origin.port()
+            ),
+            "--gateway-port-offset",
+            &offset,
+        ],
+    );
+    let ca_path = ca.pem_path.display().to_string();
+    for host in ["en.wikipedia.org", "de.wikipedia.org"] {
+        let r = curl_async(&[
+            "--cacert",
+            &ca_path,
+            "--resolve",
+            &format!("{host}:{free}:127.0.0.1"),
+            &format!("https://{host}:{free}/wiki"),
+        ])
+        .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello over tls"),
+            "{host}: {r:?}\n{}",
+            gw.log()
+        );
+    }
+    // An SNI outside the server's hosts is closed without dialling anything.
+    let r = curl_async(&[
+        "--cacert",
+        &ca_path,
+        "--resolve",
+        &format!("example.com:{free}:127.0.0.1"),
+        &format!("https://example.com:{free}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(
+        gw.wait_log("TLS passthrough connection closed"),
+        "{}",
+        gw.log()
+    );
+    let snis: Vec<_> = origin.snis().into_iter().flatten().collect();
+    assert_eq!(snis, ["en.wikipedia.org", "de.wikipedia.org"]);
+}

@@ -118,9 +118,18 @@ struct CompiledVs {
     routes: Vec<CompiledRoute>,
 }
 
+/// One compiled `tls` route of a `VirtualService`.
+#[derive(Debug)]
+struct CompiledTlsRoute {
+    matches: Vec<crate::istio::TlsMatch>,
+    destinations: Vec<CompiledDestination>,
+    total: u64,
+}
+
 /// The routing table, swapped as a whole with the registry.
 #[derive(Debug, Default)]
 pub struct RouteTable {
+    tls: Vec<CompiledTlsRoute>,
     exact: HashMap<Box<str>, Arc<CompiledVs>>,
     wildcard: HashMap<Box<str>, Arc<CompiledVs>>,
     any: Option<Arc<CompiledVs>>,
@@ -169,6 +178,34 @@ impl RouteTable {
                 }
                 continue;
             }
+            for (i, t) in vs.tls.iter().enumerate() {
+                let matches: Vec<_> = t
+                    .matches
+                    .iter()
+                    .filter(|m| {
+                        m.gateways.is_empty() || binding.applies(&m.gateways, &vs.meta.namespace)
+                    })
+                    .cloned()
+                    .collect();
+                if matches.is_empty() {
+                    continue;
+                }
+                let mut destinations = Vec::new();
+                for (j, d) in t.route.iter().enumerate() {
+                    let field = format!("spec.tls[{i}].route[{j}].destination");
+                    if let Some(cd) =
+                        compile_destination(vs, d, &field, config, registry, &mut diags)
+                    {
+                        destinations.push(cd);
+                    }
+                }
+                let total = destinations.iter().map(|d| u64::from(d.weight)).sum();
+                table.tls.push(CompiledTlsRoute {
+                    matches,
+                    destinations,
+                    total,
+                });
+            }
             let Some(compiled) = compile_vs(vs, config, registry, binding, &mut diags) else {
                 continue;
             };
@@ -201,6 +238,19 @@ impl RouteTable {
             return Err(diags);
         }
         Ok((table, diags))
+    }
+
+    /// The destination of the first `tls` route whose match covers this SNI and port, and
+    /// its plan (`None`: no route; the caller falls back to the SNI's own registration).
+    pub fn tls_route(&self, sni: &str, port: u16) -> Option<(Arc<str>, u16, UpstreamPlan)> {
+        let route = self.tls.iter().find(|r| {
+            r.matches
+                .iter()
+                .any(|m| m.port.is_none_or(|p| p == port) && m.sni_matches(sni))
+        })?;
+        let d = self.pick(&route.destinations, route.total)?;
+        let (p, plan) = d.plan(port)?;
+        Some((d.host.clone(), p, plan))
     }
 
     /// Whether any host has routes.

@@ -1,0 +1,126 @@
+//! TLS passthrough listeners of `Gateway` servers (`protocol: TLS`, `tls.mode: PASSTHROUGH`).
+//!
+//! The ClientHello is read, not terminated. Its SNI must be present and among the server's
+//! `hosts`; the connection then goes where a `VirtualService` `tls` route sends that SNI
+//! (Istio's wildcard task routes every `*.wikipedia.org` to `www.wikipedia.org`), or, without
+//! a route, to the SNI's own registration. Nothing matched under REGISTRY_ONLY: the
+//! connection is closed without dialling anything (Istio's BlackHole), logged and counted.
+
+use arc_swap::ArcSwap;
+use egress_core::ctx::{Destination, Host, RequestForm, Scheme, UpstreamPlan};
+use egress_core::host::parse_host;
+use egress_core::telemetry::Metrics;
+use egress_core::transport::Dialer;
+use egress_policy::Registry;
+use egress_policy::istio::OutboundPolicy;
+use egress_policy::routes::{RouteTable, ServerHosts};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+/// What a passthrough listener needs.
+pub(crate) struct Passthrough {
+    pub(crate) hosts: Arc<ServerHosts>,
+    pub(crate) port: u16,
+    pub(crate) registry: Arc<ArcSwap<Registry>>,
+    pub(crate) routes: Arc<ArcSwap<RouteTable>>,
+    pub(crate) dialer: Arc<Dialer>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tunnels: TaskTracker,
+    pub(crate) idle: Duration,
+    pub(crate) limit: Arc<Semaphore>,
+}
+
+pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
+    let p = Arc::new(p);
+    loop {
+        let (io, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = p.limit.clone().try_acquire_owned() else {
+            p.metrics.limit_hit("max_connections");
+            continue;
+        };
+        let p = p.clone();
+        p.tunnels.clone().spawn(async move {
+            let _permit = permit;
+            if let Err((reason, why)) = handle(&p, io).await {
+                p.metrics.refused(reason);
+                tracing::info!(%peer, port = p.port, reason, why, "TLS passthrough connection closed");
+            }
+        });
+    }
+}
+
+async fn handle(p: &Passthrough, mut io: TcpStream) -> Result<(), (&'static str, String)> {
+    use egress_tls::sni::{HelloError, read_client_hello};
+    let _ = io.set_nodelay(true);
+    let (hello, sni) = read_client_hello(&mut io, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            HelloError::NotTls(_) => ("not-tls", e.to_string()),
+            _ => ("no-client-hello", e.to_string()),
+        })?;
+    let sni = sni.ok_or((
+        "sni-missing",
+        "the ClientHello carries no server name".to_owned(),
+    ))?;
+    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+    if !p.hosts.contains(&sni) {
+        return Err((
+            "no-route",
+            format!("{sni} is not among the hosts of this Gateway server"),
+        ));
+    }
+    let Ok(Host::Name(name)) = parse_host(&sni) else {
+        return Err(("malformed", format!("invalid SNI {sni:?}")));
+    };
+    let (dst, plan): (Destination, Option<UpstreamPlan>) =
+        match p.routes.load().tls_route(&sni, p.port) {
+            Some((host, port, plan)) => (
+                Destination::new(Host::Name(host), port, Scheme::Https, RequestForm::Connect),
+                Some(plan),
+            ),
+            None => {
+                let registry = p.registry.load();
+                let dst = Destination::new(
+                    Host::Name(name),
+                    p.port,
+                    Scheme::Https,
+                    RequestForm::Connect,
+                );
+                match registry.lookup_name(&sni, p.port) {
+                    Some(found) if found.port.protocol.allows_tunnel() => {
+                        let plan = found.plan.clone();
+                        (dst, Some(plan))
+                    }
+                    None if registry.policy() == OutboundPolicy::AllowAny => (dst, None),
+                    _ => {
+                        return Err((
+                            "registry-only",
+                            format!(
+                                "{sni}:{} is not registered for TLS and no tls route matches",
+                                p.port
+                            ),
+                        ));
+                    }
+                }
+            }
+        };
+    let upstream = p
+        .dialer
+        .connect(&dst, plan.as_ref())
+        .await
+        .map_err(|e| (e.kind().token(), e.to_string()))?;
+    let tcp = p.metrics.tunnel_opened(None);
+    let (sent, received) = crate::tunnel::splice(io, upstream, hello, p.idle, &dst).await;
+    tcp.closed(sent, received);
+    Ok(())
+}
