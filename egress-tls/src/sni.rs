@@ -42,6 +42,36 @@ pub async fn read_client_hello<R: AsyncRead + Unpin>(
     }
 }
 
+/// What a complete buffer says: the hello's SNI, `Ok(None)`-like "need more" as
+/// `Err(None)`, or why it is not a hello. Synchronous, for fuzzing and for callers that
+/// already hold the bytes.
+pub fn parse_client_hello(bytes: &[u8]) -> Result<Option<String>, Option<HelloError>> {
+    if bytes.len() > MAX_HELLO_BYTES {
+        return Err(Some(HelloError::TooLarge));
+    }
+    match crate::probe(bytes) {
+        crate::TlsProbe::NotTls => {
+            return Err(Some(HelloError::NotTls(
+                "not a TLS handshake record".into(),
+            )));
+        }
+        crate::TlsProbe::NeedMore => return Err(None),
+        crate::TlsProbe::Handshake => {}
+    }
+    let mut acceptor = Acceptor::default();
+    let mut fed = bytes;
+    while !fed.is_empty() {
+        acceptor
+            .read_tls(&mut fed)
+            .map_err(|e| Some(HelloError::NotTls(e.to_string())))?;
+    }
+    match acceptor.accept() {
+        Ok(Some(accepted)) => Ok(accepted.client_hello().server_name().map(str::to_owned)),
+        Ok(None) => Err(None),
+        Err((e, _)) => Err(Some(HelloError::NotTls(e.to_string()))),
+    }
+}
+
 async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<(Vec<u8>, Option<String>), HelloError> {
     let mut acceptor = Acceptor::default();
     let mut seen = Vec::new();
@@ -160,6 +190,13 @@ mod tests {
             let mut r = Trickle(bytes.clone(), 5);
             assert!(read_client_hello(&mut r, t).await.is_err(), "{bytes:?}");
         }
+        // The synchronous parser (the fuzz target's entry) agrees.
+        assert_eq!(
+            parse_client_hello(&whole).unwrap().as_deref(),
+            Some("a.example")
+        );
+        assert!(matches!(parse_client_hello(&whole[..10]), Err(None)));
+        assert!(matches!(parse_client_hello(b"GET /"), Err(Some(_))));
         // Pseudo-random garbage, many shapes.
         let mut x: u64 = 0x2545_f491_4f6c_dd1d;
         for len in 1..200 {
@@ -173,6 +210,62 @@ mod tests {
                 .collect();
             let mut r = Trickle(bytes, 3);
             let _ = read_client_hello(&mut r, t).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod mutation {
+    //! A stable-toolchain stand-in for the cargo-fuzz target: 20,000 deterministic
+    //! mutations of a real ClientHello (bit flips, truncations, length-field edits,
+    //! splices). None may panic.
+
+    use super::parse_client_hello;
+    use std::sync::Arc;
+
+    #[test]
+    fn mutated_hellos_never_panic() {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let mut conn = rustls::ClientConnection::new(
+            Arc::new(config),
+            "fuzz.example".to_owned().try_into().unwrap(),
+        )
+        .unwrap();
+        let mut base = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut base).unwrap();
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut m = base.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() as usize) % m.len();
+                match next() % 4 {
+                    0 => m[i] ^= 1 << (next() % 8),
+                    1 => m.truncate(i.max(1)),
+                    2 => m[i] = next() as u8,
+                    _ => {
+                        let j = (next() as usize) % base.len();
+                        m.splice(i..i, base[j..].iter().take(16).copied());
+                    }
+                }
+                if m.is_empty() {
+                    break;
+                }
+            }
+            let _ = parse_client_hello(&m);
         }
     }
 }
