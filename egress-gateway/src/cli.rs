@@ -117,6 +117,14 @@ pub struct RunArgs {
     /// allow-lists); by default the kernel chooses.
     #[arg(long, value_name = "IP")]
     pub egress_source_ip: Option<std::net::IpAddr>,
+    /// Send upstream traffic through this HTTP proxy (`http://[user:password@]host:port`),
+    /// with CONNECT: for a company's mandatory outbound proxy. The proxy resolves names.
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<String>,
+    /// Only these destinations go through --upstream-proxy (exact or `*.suffix`);
+    /// repeatable; default: all.
+    #[arg(long, value_name = "HOST")]
+    pub upstream_proxy_for: Vec<String>,
     /// Time allowed for DNS resolution.
     #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_timeout: Duration,

@@ -5,7 +5,7 @@ use egress_core::ctx::ClientAddr;
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
-use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig};
+use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig, UpstreamProxy};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -109,11 +109,20 @@ impl Gateway {
                     .collect(),
             })
             .collect();
+        let upstream_proxy = match &args.upstream_proxy {
+            None => None,
+            Some(url) => Some(
+                UpstreamProxy::parse(url)
+                    .map_err(|e| StartError(e.to_string()))?
+                    .only_for(args.upstream_proxy_for.clone()),
+            ),
+        };
         let dialer = Arc::new(Dialer::new(
             DialerConfig::default()
                 .with_connect_timeout(args.connect_timeout)
                 .with_dns_timeout(args.dns_timeout)
                 .with_source(args.egress_source_ip)
+                .with_upstream_proxy(upstream_proxy)
                 .with_overrides(overrides)
                 .with_listeners(
                     [proxy_addr, admin_addr]

@@ -72,6 +72,48 @@ impl EgressConnector {
         Ok(built)
     }
 
+    async fn handshake(
+        &self,
+        host: &str,
+        settings: &Arc<TlsSettings>,
+        tcp: TcpStream,
+        t: Duration,
+    ) -> Result<Conn, BoxError> {
+        let config = self.config(settings)?;
+        let name = ServerName::try_from(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+        )
+        .map_err(|e| {
+            UpstreamError::new(
+                UpstreamErrorKind::TlsHandshake,
+                format!("invalid SNI {host:?}: {e}"),
+            )
+        })?;
+        let peer = tcp
+            .peer_addr()
+            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+        let tls = tokio_rustls::TlsConnector::from(config);
+        match tokio::time::timeout(t, tls.connect(name, tcp)).await {
+            Ok(Ok(stream)) => Ok(Conn::tls(stream)),
+            Ok(Err(e)) => Err(UpstreamError::new(
+                UpstreamErrorKind::TlsHandshake,
+                format!(
+                    "TLS handshake with {host} at {peer} failed ({})",
+                    settings.origin
+                ),
+            )
+            .with_source(e)
+            .into()),
+            Err(_) => Err(UpstreamError::new(
+                UpstreamErrorKind::TlsHandshake,
+                format!("TLS handshake with {host} at {peer} took longer than {t:?}"),
+            )
+            .into()),
+        }
+    }
+
     async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
         let stream = match self.source {
             None => TcpStream::connect(addr).await?,
@@ -105,7 +147,17 @@ impl tower::Service<Uri> for EgressConnector {
             let host = uri.host().ok_or("connector: URI without a host")?;
             let port = uri.port_u16().ok_or("connector: URI without a port")?;
             let t = this.connect_timeout;
-            if uri.scheme_str() != Some("https") {
+            let https = uri.scheme_str() == Some("https");
+            let entry = this.table.get(host, port);
+            if let Some(proxy) = entry.as_ref().and_then(|e| e.proxy.clone()) {
+                let target = format!("{host}:{port}");
+                let tcp = proxy.connect(&target, t, this.source).await?;
+                let Some(tls) = entry.and_then(|e| e.tls) else {
+                    return Ok(Conn::plain(tcp));
+                };
+                return this.handshake(host, &tls, tcp, t).await;
+            }
+            if !https {
                 let ip: IpAddr = host
                     .trim_start_matches('[')
                     .trim_end_matches(']')
@@ -117,22 +169,12 @@ impl tower::Service<Uri> for EgressConnector {
                     .map_err(|_| timeout(addr, t))??;
                 return Ok(Conn::plain(tcp));
             }
-            let entry = this
-                .table
-                .get(host, port)
+            let entry = entry
                 .ok_or_else(|| format!("connector: no validated address for {host}:{port}"))?;
-            let config = this.config(&entry.tls)?;
-            let name = ServerName::try_from(
-                host.trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .to_owned(),
-            )
-            .map_err(|e| {
-                UpstreamError::new(
-                    UpstreamErrorKind::TlsHandshake,
-                    format!("invalid SNI {host:?}: {e}"),
-                )
-            })?;
+            let settings = entry
+                .tls
+                .clone()
+                .ok_or_else(|| format!("connector: no TLS settings for {host}:{port}"))?;
             let mut last: Option<BoxError> = None;
             for addr in entry.addrs {
                 let tcp = match tokio::time::timeout(t, this.tcp(addr)).await {
@@ -146,24 +188,7 @@ impl tower::Service<Uri> for EgressConnector {
                         continue;
                     }
                 };
-                let tls = tokio_rustls::TlsConnector::from(config.clone());
-                return match tokio::time::timeout(t, tls.connect(name.clone(), tcp)).await {
-                    Ok(Ok(stream)) => Ok(Conn::tls(stream)),
-                    Ok(Err(e)) => Err(UpstreamError::new(
-                        UpstreamErrorKind::TlsHandshake,
-                        format!(
-                            "TLS handshake with {host} at {addr} failed ({})",
-                            entry.tls.origin
-                        ),
-                    )
-                    .with_source(e)
-                    .into()),
-                    Err(_) => Err(UpstreamError::new(
-                        UpstreamErrorKind::TlsHandshake,
-                        format!("TLS handshake with {host} at {addr} took longer than {t:?}"),
-                    )
-                    .into()),
-                };
+                return this.handshake(host, &settings, tcp, t).await;
             }
             Err(last.unwrap_or_else(|| "connector: no address".into()))
         })

@@ -14,10 +14,12 @@ use crate::ctx::TlsSettings;
 /// What the connector needs for one `sni:port` key.
 #[derive(Clone, Debug)]
 pub struct DialEntry {
-    /// Validated addresses, in the order to try them.
+    /// Validated addresses, in the order to try them (empty when going through a proxy).
     pub addrs: Vec<SocketAddr>,
-    /// The TLS settings.
-    pub tls: Arc<TlsSettings>,
+    /// The TLS settings, when TLS is originated.
+    pub tls: Option<Arc<TlsSettings>>,
+    /// The upstream proxy to tunnel through, if any.
+    pub proxy: Option<Arc<super::UpstreamProxy>>,
 }
 
 /// Shared between the Upstream (writes before sending) and the connector (reads to dial).

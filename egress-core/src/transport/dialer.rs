@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::ctx::{Balance, Destination, Host, Target, UpstreamPlan};
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::ip::classify;
-use crate::transport::{Overrides, Resolve, SystemResolver};
+use crate::transport::{Overrides, Resolve, SystemResolver, UpstreamProxy};
 
 /// Settings of a [`Dialer`].
 #[derive(Clone, Debug)]
@@ -20,6 +20,7 @@ pub struct DialerConfig {
     overrides: Overrides,
     listeners: Vec<SocketAddr>,
     source: Option<std::net::IpAddr>,
+    proxy: Option<Arc<UpstreamProxy>>,
 }
 
 impl Default for DialerConfig {
@@ -30,6 +31,7 @@ impl Default for DialerConfig {
             overrides: Overrides::default(),
             listeners: Vec::new(),
             source: None,
+            proxy: None,
         }
     }
 }
@@ -63,6 +65,12 @@ impl DialerConfig {
     /// the gateway (a fixed egress IP); `None` lets the kernel choose.
     pub fn with_source(mut self, source: Option<std::net::IpAddr>) -> Self {
         self.source = source;
+        self
+    }
+
+    /// Sends (some) destinations through an upstream HTTP proxy.
+    pub fn with_upstream_proxy(mut self, proxy: Option<UpstreamProxy>) -> Self {
+        self.proxy = proxy.map(Arc::new);
         self
     }
 
@@ -166,6 +174,29 @@ impl Dialer {
     /// The settings.
     pub fn config(&self) -> &DialerConfig {
         &self.config
+    }
+
+    /// The upstream proxy this destination goes through, if any. IP-literal destinations
+    /// are checked by the SSRF guard here, since nothing is resolved locally for them.
+    pub fn proxy_for(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+    ) -> Result<Option<Arc<UpstreamProxy>>, UpstreamError> {
+        let Some(proxy) = &self.config.proxy else {
+            return Ok(None);
+        };
+        if !proxy.applies_to(&dst.host().to_string()) {
+            return Ok(None);
+        }
+        if let Host::Ip(ip) = dst.host() {
+            let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
+            self.check(
+                dst,
+                vec![(SocketAddr::new(*ip, port), trust_opt(plan, *ip))],
+            )?;
+        }
+        Ok(Some(proxy.clone()))
     }
 
     /// Every address the destination may be dialled at, in the order to try them (rotated on
@@ -345,6 +376,13 @@ impl Dialer {
         dst: &Destination,
         plan: Option<&UpstreamPlan>,
     ) -> Result<TcpStream, UpstreamError> {
+        if let Some(proxy) = self.proxy_for(dst, plan)? {
+            let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
+            let target = format!("{}:{port}", dst.host());
+            return proxy
+                .connect(&target, self.config.connect_timeout, self.config.source)
+                .await;
+        }
         let addrs = self.addresses(dst, plan).await?;
         let mut last = None;
         for sa in addrs {

@@ -11,10 +11,12 @@
 
 mod dial_table;
 mod dialer;
+mod proxy;
 mod resolve;
 mod upstream;
 
 pub use dial_table::{DialEntry, DialTable};
 pub use dialer::{Dialer, DialerConfig, InFlight};
+pub use proxy::{ProxyParseError, UpstreamProxy};
 pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};

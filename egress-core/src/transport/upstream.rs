@@ -193,6 +193,51 @@ where
                 return Err("upstream: no Destination in the request extensions".into());
             };
             let plan = req.extensions().get::<UpstreamPlan>();
+            if let Some(proxy) = dialer.proxy_for(&dst, plan)? {
+                // Through the upstream proxy: it resolves; the connector asks it for a
+                // tunnel to the validated name, keyed like TLS by name and port.
+                let Some(table) = dial_table else {
+                    return Err(format!("{dst}: an upstream proxy is configured but this transport has no connector for it").into());
+                };
+                let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
+                let name = dst.host().to_string();
+                let tls = plan.and_then(|p| p.tls.clone());
+                let sni = match &tls {
+                    Some(t) => t.sni.as_deref().map_or(name.clone(), str::to_owned),
+                    None => name.clone(),
+                };
+                let scheme = if tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                };
+                let proxy_name = format!("upstream proxy {}", proxy.address());
+                table.set(
+                    &sni,
+                    port,
+                    DialEntry {
+                        addrs: Vec::new(),
+                        tls,
+                        proxy: Some(proxy),
+                    },
+                );
+                let authority = Authority::try_from(format!("{sni}:{port}"))?;
+                let req = prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::new(b, idle));
+                let send = client.request(req);
+                let result = match timeout {
+                    Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+                        UpstreamError::new(
+                            UpstreamErrorKind::ResponseTimeout,
+                            format!("{dst}: no response within {t:?}"),
+                        )
+                    })?,
+                    None => send.await,
+                };
+                return match result {
+                    Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
+                    Err(e) => Err(classify(&dst, &proxy_name, e).into()),
+                };
+            }
             let key = plan.and_then(|p| hash_key(&p.balance, &req));
             let addrs = dialer.addresses_for(&dst, plan, key).await?;
             let addr = addrs[0];
@@ -215,7 +260,15 @@ where
                         None => dst.host().to_string(),
                     };
                     let port = addr.port();
-                    table.set(&sni, port, DialEntry { addrs, tls });
+                    table.set(
+                        &sni,
+                        port,
+                        DialEntry {
+                            addrs,
+                            tls: Some(tls),
+                            proxy: None,
+                        },
+                    );
                     Authority::try_from(format!("{sni}:{port}"))?
                 }
             };
@@ -241,7 +294,7 @@ where
             };
             match result {
                 Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
-                Err(e) => Err(classify(&dst, addr, e).into()),
+                Err(e) => Err(classify(&dst, &addr, e).into()),
             }
         })
     }
@@ -322,7 +375,7 @@ fn authority_of(addr: SocketAddr) -> Result<Authority, http::uri::InvalidUri> {
 
 fn classify(
     dst: &Destination,
-    addr: SocketAddr,
+    addr: &dyn std::fmt::Display,
     e: hyper_util::client::legacy::Error,
 ) -> UpstreamError {
     if let Some(inner) = crate::error::cause_ref::<UpstreamError>(&e) {

@@ -1,0 +1,176 @@
+//! Chaining through an upstream HTTP CONNECT proxy, written here: it checks credentials,
+//! records what it was asked for and maps names to local origins itself (the gateway does
+//! not resolve them).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::tls::{TestCa, TlsOrigin};
+use egress_tests::{Gateway, Origin, curl_async, service_entry};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Proxy {
+    addr: SocketAddr,
+    asked: Arc<Mutex<Vec<(String, Option<String>)>>>,
+}
+
+async fn proxy(routes: HashMap<String, SocketAddr>) -> Proxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
+    let log = asked.clone();
+    tokio::spawn(async move {
+        while let Ok((mut io, _)) = listener.accept().await {
+            let routes = routes.clone();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if io.read(&mut b).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let text = String::from_utf8_lossy(&head).into_owned();
+                let target = text.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let auth = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Proxy-Authorization: "))
+                    .map(str::to_owned);
+                log.lock().unwrap().push((target.clone(), auth.clone()));
+                if auth.as_deref() != Some("Basic dXNlcjpzZWNyZXQ=") {
+                    let _ = io
+                        .write_all(b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let Some(upstream) = routes.get(&target) else {
+                    let _ = io.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+                    return;
+                };
+                let mut up = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                io.write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
+            });
+        }
+    });
+    Proxy { addr, asked }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_tunnels_and_tls_origination_go_through_the_upstream_proxy() {
+    let origin = Origin::start().await;
+    let ca = TestCa::new();
+    let tls_origin = TlsOrigin::start(&ca.leaf(&["secure.corp.test"]), None).await;
+    let port = origin.port();
+    let routes = HashMap::from([
+        (format!("api.corp.test:{port}"), origin.addr),
+        (format!("db.corp.test:{port}"), origin.addr),
+        ("secure.corp.test:443".to_owned(), tls_origin.addr),
+    ]);
+    let proxy = proxy(routes).await;
+    // Names that no resolver here knows: only the proxy can reach them.
+    let yaml = service_entry("api", "api.corp.test", port, "HTTP", "  resolution: DNS\n")
+        + &service_entry("db", "db.corp.test", port, "TCP", "  resolution: DNS\n")
+        + &format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: secure}}\nspec:\n  hosts: [secure.corp.test]\n  ports: [{{number: 80, name: http, protocol: HTTP, targetPort: 443}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: secure}}\nspec:\n  host: secure.corp.test\n  trafficPolicy:\n    tls: {{mode: SIMPLE, caCertificates: {}}}\n",
+            ca.pem_path.display()
+        );
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!(
+            "--upstream-proxy=http://user:secret@{}",
+            proxy.addr
+        )],
+    );
+
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.corp.test:{port}/via-proxy"),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        origin.requests()[0].headers["host"],
+        format!("api.corp.test:{port}")
+    );
+
+    let r = curl_async(&[
+        "-p",
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://db.corp.test:{port}/tunnel"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.corp.test/tls"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        tls_origin.snis().into_iter().flatten().collect::<Vec<_>>(),
+        ["secure.corp.test"]
+    );
+
+    let asked: Vec<String> = proxy
+        .asked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| t.clone())
+        .collect();
+    assert!(
+        asked.contains(&format!("api.corp.test:{port}")),
+        "{asked:?}"
+    );
+    assert!(asked.contains(&format!("db.corp.test:{port}")), "{asked:?}");
+    assert!(
+        asked.contains(&"secure.corp.test:443".to_owned()),
+        "{asked:?}"
+    );
+    assert!(
+        proxy
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, a)| a.as_deref() == Some("Basic dXNlcjpzZWNyZXQ="))
+    );
+
+    // Unregistered destinations are still refused before the proxy is asked.
+    let before = proxy.asked.lock().unwrap().len();
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"]).await;
+    assert_eq!(r.status, 502);
+    assert_eq!(proxy.asked.lock().unwrap().len(), before);
+
+    // A proxy that refuses: a clear 502.
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!(
+            "--upstream-proxy=http://user:wrong@{}",
+            proxy.addr
+        )],
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.corp.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("407"), "{}", r.body);
+}
