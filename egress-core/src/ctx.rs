@@ -271,6 +271,13 @@ pub enum TunnelInspection {
     Opaque,
 }
 
+/// The identity a client proved with its TLS certificate (a `MUTUAL` Gateway server): the
+/// certificate's URI SAN (`spiffe://…`) or, without one, its first DNS SAN.
+///
+/// - Inserted by: the server, per connection. - Read by: authorization (`principals`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SourcePrincipal(pub Arc<str>);
+
 /// The address the client connected from.
 ///
 /// - Inserted by: the server, per connection. - Read by: consistent hashing, authz.

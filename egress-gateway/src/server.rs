@@ -1,7 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
 use arc_swap::ArcSwap;
-use egress_core::ctx::ClientAddr;
+use egress_core::ctx::{ClientAddr, SourcePrincipal};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
@@ -20,7 +20,7 @@ use crate::admin::{AdminState, GatewayDump, Listeners, ResolveDump, StaticDump};
 use crate::cli::RunArgs;
 use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
-use egress_policy::istio::Protocol;
+use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
@@ -42,6 +42,8 @@ struct ServerListener {
     gateway: String,
     port: u16,
     passthrough: bool,
+    /// TLS termination (`SIMPLE`/`MUTUAL` servers).
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Why the gateway could not start.
@@ -244,6 +246,7 @@ impl Gateway {
             limit.clone(),
             graceful.clone(),
             metrics.clone(),
+            None,
         ));
         for server in self.servers {
             tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, "Gateway server listener open");
@@ -272,6 +275,7 @@ impl Gateway {
                 limit.clone(),
                 graceful.clone(),
                 metrics.clone(),
+                server.tls,
             ));
         }
         let admin_task = {
@@ -362,7 +366,7 @@ async fn shutdown_signal() {
 /// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
 /// serves every route.
 async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
-    let mut by_port: Vec<(u16, Vec<String>, String, bool)> = Vec::new();
+    let mut by_port: Vec<(u16, Vec<String>, String, bool, Option<ServerTlsFiles>)> = Vec::new();
     for gw in &loaded.config.gateways {
         if !loaded.binding.selected.contains(&gw.meta.id()) {
             continue;
@@ -370,7 +374,15 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
         for server in &gw.servers {
             let passthrough = server.tls_mode.as_deref() == Some("PASSTHROUGH")
                 && matches!(server.port.protocol, Protocol::Tls | Protocol::Https);
-            if !passthrough && (!server.port.protocol.is_http() || server.tls_mode.is_some()) {
+            let terminate = matches!(server.tls_mode.as_deref(), Some("SIMPLE" | "MUTUAL"))
+                && matches!(
+                    server.port.protocol,
+                    Protocol::Https | Protocol::Http | Protocol::Http2
+                );
+            if !passthrough
+                && !terminate
+                && (!server.port.protocol.is_http() || server.tls_mode.is_some())
+            {
                 tracing::warn!(
                     gateway = %gw.meta.id(),
                     port = server.port.number,
@@ -381,20 +393,38 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
             }
             match by_port
                 .iter_mut()
-                .find(|(p, _, _, _)| *p == server.port.number)
+                .find(|(p, _, _, _, _)| *p == server.port.number)
             {
-                Some((_, hosts, _, _)) => hosts.extend(server.hosts.iter().cloned()),
+                Some((_, hosts, _, _, _)) => hosts.extend(server.hosts.iter().cloned()),
                 None => by_port.push((
                     server.port.number,
                     server.hosts.clone(),
                     gw.meta.id(),
                     passthrough,
+                    terminate.then(|| server.tls_files.clone()),
                 )),
             }
         }
     }
     let mut out = Vec::new();
-    for (port, hosts, gateway, passthrough) in by_port {
+    for (port, hosts, gateway, passthrough, tls_files) in by_port {
+        let tls = match tls_files {
+            None => None,
+            Some(files) => {
+                let (Some(cert), Some(key)) = (&files.server_certificate, &files.private_key)
+                else {
+                    continue;
+                };
+                let ca = files.ca_certificates.as_deref().map(std::path::Path::new);
+                match egress_tls::server_config(cert.as_ref(), key.as_ref(), ca) {
+                    Ok(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+                    Err(error) => {
+                        tracing::error!(%gateway, port, %error, "Gateway server not opened: invalid TLS settings");
+                        continue;
+                    }
+                }
+            }
+        };
         let Some(listen_port) = port.checked_add(args.gateway_port_offset) else {
             tracing::error!(
                 port,
@@ -414,6 +444,7 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
                     gateway,
                     port,
                     passthrough,
+                    tls,
                 });
             }
             Err(error) => tracing::error!(
@@ -442,6 +473,34 @@ fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'static 
     }
 }
 
+/// The service for one connection: its client address and principal go into every request.
+fn with_client<S>(
+    svc: S,
+    peer: SocketAddr,
+    principal: Option<SourcePrincipal>,
+) -> TowerToHyperService<
+    impl tower::Service<
+        http::Request<Incoming>,
+        Response = S::Response,
+        Error = S::Error,
+        Future = S::Future,
+    > + Clone,
+>
+where
+    S: tower::Service<http::Request<Incoming>> + Clone,
+{
+    TowerToHyperService::new(tower::ServiceExt::map_request(
+        svc,
+        move |mut req: http::Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
+            if let Some(p) = &principal {
+                req.extensions_mut().insert(p.clone());
+            }
+            req
+        },
+    ))
+}
+
 async fn accept_loop<S>(
     listener: TcpListener,
     svc: S,
@@ -449,6 +508,7 @@ async fn accept_loop<S>(
     limit: Arc<Semaphore>,
     graceful: Arc<GracefulShutdown>,
     metrics: Arc<Metrics>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) where
     S: tower::Service<
             http::Request<Incoming>,
@@ -476,23 +536,59 @@ async fn accept_loop<S>(
             continue;
         };
         let _ = io.set_nodelay(true);
-        // The client's address travels with each of its requests (consistent hashing by
-        // source IP, authorization by ipBlocks).
-        let svc = TowerToHyperService::new(tower::ServiceExt::map_request(
-            svc.clone(),
-            move |mut req: http::Request<Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                req
-            },
-        ));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let svc = svc.clone();
+        let builder = builder.clone();
         let metrics = metrics.clone();
+        let graceful = graceful.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Err(error) = conn.await {
+            // The client's address travels with each of its requests (consistent hashing by
+            // source IP, authorization by ipBlocks), and so does a proven principal.
+            let mut principal = None;
+            let result = match tls {
+                None => {
+                    let svc = with_client(svc, peer, None);
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                        .into_owned();
+                    graceful.watch(conn).await
+                }
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        std::time::Duration::from_secs(10),
+                        acceptor.accept(io),
+                    );
+                    let stream = match handshake.await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(error)) => {
+                            metrics.refused("tls-handshake");
+                            tracing::info!(%peer, %error, "TLS handshake with a client failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.refused("tls-handshake");
+                            tracing::info!(%peer, "TLS handshake with a client timed out");
+                            return;
+                        }
+                    };
+                    if let Some(cert) = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                    {
+                        principal = egress_tls::certificate_principal(cert)
+                            .map(|p| SourcePrincipal(p.into()));
+                    }
+                    let svc = with_client(svc, peer, principal.take());
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .into_owned();
+                    graceful.watch(conn).await
+                }
+            };
+            if let Err(error) = result {
                 // hyper answers what it cannot parse itself (400, 431) and closes; those
                 // refusals never reach the stack, so they are logged and counted here.
                 match parser_refusal(&*error) {

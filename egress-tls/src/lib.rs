@@ -9,10 +9,12 @@
 
 mod config;
 mod connect;
+mod server;
 pub mod sni;
 
 pub use config::client_config;
 pub use connect::{Conn, EgressConnector, Stream};
+pub use server::{certificate_principal, server_config};
 
 /// What the first bytes of a stream say about TLS.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -50,10 +50,20 @@ impl TestCa {
 
     /// A leaf certificate for these DNS names.
     pub fn leaf(&self, names: &[&str]) -> Leaf {
+        self.leaf_with(names, None)
+    }
+
+    /// A leaf certificate for these DNS names and, optionally, a URI SAN (`spiffe://…`).
+    pub fn leaf_with(&self, names: &[&str], uri: Option<&str>) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         let dir = self._dir.path();
         let cert_path = dir.join(format!("{}.pem", names[0]));

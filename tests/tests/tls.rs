@@ -399,3 +399,135 @@ spec:
     let snis: Vec<_> = origin.snis().into_iter().flatten().collect();
     assert_eq!(snis, ["en.wikipedia.org", "de.wikipedia.org"]);
 }
+
+/// Gateway servers that terminate TLS from workloads: SIMPLE, and MUTUAL with client
+/// certificates verified against the server's caCertificates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminating_gateway_servers() {
+    let origin = egress_tests::Origin::start().await;
+    let server_ca = TestCa::new();
+    let server = server_ca.leaf(&["api.test"]);
+    let client_ca = TestCa::new();
+    let client = client_ca.leaf_with(
+        &["client.test"],
+        Some("spiffe://cluster.local/ns/apps/sa/client"),
+    );
+    let (simple_port, mutual_port) = {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let b = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            a.local_addr().unwrap().port(),
+            b.local_addr().unwrap().port(),
+        )
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: api}}
+spec:
+  hosts: [api.test]
+  ports: [{{number: 80, name: http, protocol: HTTP}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: {simple_port}, name: https, protocol: HTTPS}}
+    hosts: [api.test]
+    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}
+  - port: {{number: {mutual_port}, name: https-mtls, protocol: HTTPS}}
+    hosts: [api.test]
+    tls: {{mode: MUTUAL, serverCertificate: {cert}, privateKey: {key}, caCertificates: {client_ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: api}}
+spec:
+  hosts: [api.test]
+  gateways: [istio-egressgateway]
+  http:
+  - route: [{{destination: {{host: api.test, port: {{number: 80}}}}}}]
+"#,
+        cert = server.cert_path.display(),
+        key = server.key_path.display(),
+        client_ca = client_ca.pem_path.display(),
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!(
+            "--resolve=api.test:80:127.0.0.1:{}",
+            origin.port()
+        )],
+    );
+    let ca = server_ca.pem_path.display().to_string();
+    let url = |port: u16| format!("https://api.test:{port}/over-tls");
+    let resolve = |port: u16| format!("api.test:{port}:127.0.0.1");
+
+    let r = curl_async(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve(simple_port),
+        &url(simple_port),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+
+    let r = curl_async(&[
+        "--cacert",
+        &ca,
+        "--resolve",
+        &resolve(mutual_port),
+        &url(mutual_port),
+    ])
+    .await;
+    assert_ne!(
+        r.status, 200,
+        "MUTUAL served a client without a certificate: {r:?}"
+    );
+    let r = curl_async(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &client.cert_path.display().to_string(),
+        "--key",
+        &client.key_path.display().to_string(),
+        "--resolve",
+        &resolve(mutual_port),
+        &url(mutual_port),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(origin.count(), 2);
+    assert!(
+        gw.wait_log("TLS handshake with a client failed"),
+        "{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn client_certificate_principal_is_the_uri_san() {
+    let ca = TestCa::new();
+    let with_uri = ca.leaf_with(
+        &["client.test"],
+        Some("spiffe://cluster.local/ns/apps/sa/client"),
+    );
+    assert_eq!(
+        egress_tls::certificate_principal(&with_uri.chain[0]).as_deref(),
+        Some("spiffe://cluster.local/ns/apps/sa/client")
+    );
+    let dns_only = ca.leaf(&["client.test"]);
+    assert_eq!(
+        egress_tls::certificate_principal(&dns_only.chain[0]).as_deref(),
+        Some("client.test")
+    );
+}

@@ -27,6 +27,21 @@ pub struct Server {
     /// `tls.mode`, when set.
     #[serde(rename = "tlsMode", skip_serializing_if = "Option::is_none")]
     pub tls_mode: Option<String>,
+    /// `tls` files for `SIMPLE`/`MUTUAL` servers.
+    #[serde(rename = "tlsFiles")]
+    pub tls_files: ServerTlsFiles,
+}
+
+/// `ServerTLSSettings` files of a terminating server.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTlsFiles {
+    /// `serverCertificate` (PEM chain).
+    pub server_certificate: Option<String>,
+    /// `privateKey` (PEM).
+    pub private_key: Option<String>,
+    /// `caCertificates` (PEM) verifying client certificates, for `MUTUAL`.
+    pub ca_certificates: Option<String>,
 }
 
 /// A `Gateway`.
@@ -139,24 +154,49 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
             "a server needs at least one host",
         );
     }
+    let mut tls_files = ServerTlsFiles::default();
     let tls_mode = f.take("tls").and_then(|n| {
-        let mut tf = r.map(n, &format!("{path}.tls"))?;
-        let mode = tf.take("mode").and_then(|m| {
+        let tp = format!("{path}.tls");
+        let mut tf = r.map(n, &tp)?;
+        let mode_node = tf.take("mode");
+        let mode = mode_node.and_then(|m| {
             r.one_of(
                 m,
-                &format!("{path}.tls.mode"),
-                &[
-                    "PASSTHROUGH",
-                    "SIMPLE",
-                    "MUTUAL",
-                    "AUTO_PASSTHROUGH",
-                    "ISTIO_MUTUAL",
-                    "OPTIONAL_MUTUAL",
-                ],
+                &format!("{tp}.mode"),
+                &["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"],
             )
             .map(str::to_owned)
         });
+        let file = |tf: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, key: &str| -> Option<String> {
+            let n = tf.take(key)?;
+            let p = format!("{tp}.{key}");
+            let v = r.string(n, &p)?;
+            if std::fs::metadata(&v).is_err() {
+                r.error(n, &p, format!("cannot read {v:?}"));
+            }
+            Some(v)
+        };
+        tls_files.server_certificate = file(&mut tf, r, "serverCertificate");
+        tls_files.private_key = file(&mut tf, r, "privateKey");
+        tls_files.ca_certificates = file(&mut tf, r, "caCertificates");
+        if let Some(c) = tf.take("credentialName") {
+            r.error(c, format!("{tp}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give serverCertificate and privateKey as files");
+        }
         tf.ignore_rest();
+        match mode.as_deref() {
+            Some("SIMPLE" | "MUTUAL")
+                if tls_files.server_certificate.is_none() || tls_files.private_key.is_none() =>
+            {
+                r.error(n, &tp, "SIMPLE and MUTUAL servers need serverCertificate and privateKey");
+            }
+            Some("MUTUAL") if tls_files.ca_certificates.is_none() => {
+                r.error(n, &tp, "a MUTUAL server needs caCertificates to verify clients");
+            }
+            Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH") => {
+                r.error(mode_node.unwrap_or(n), format!("{tp}.mode"), "this mode needs a mesh and is not supported by this gateway");
+            }
+            _ => {}
+        }
         mode
     });
     f.finish(r, &["bind", "defaultEndpoint", "name"]);
@@ -167,6 +207,7 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
             .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
             .collect(),
         tls_mode,
+        tls_files,
     })
 }
 

@@ -10,7 +10,7 @@ mod reader;
 mod service_entry;
 mod virtual_service;
 
-pub use gateway::{Binding, Gateway, Server, ServerPort};
+pub use gateway::{Binding, Gateway, Server, ServerPort, ServerTlsFiles};
 pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
 };
