@@ -539,7 +539,8 @@ async fn accept_loop<S>(
         let svc = svc.clone();
         let builder = builder.clone();
         let metrics = metrics.clone();
-        let graceful = graceful.clone();
+        // A watcher, not the shutdown handle: the drain must be able to take the handle back.
+        let watcher = graceful.watcher();
         let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -552,7 +553,7 @@ async fn accept_loop<S>(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
-                    graceful.watch(conn).await
+                    watcher.watch(conn).await
                 }
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
@@ -585,7 +586,7 @@ async fn accept_loop<S>(
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .into_owned();
-                    graceful.watch(conn).await
+                    watcher.watch(conn).await
                 }
             };
             if let Err(error) = result {
