@@ -115,20 +115,7 @@ impl EgressConnector {
     }
 
     async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        let stream = match self.source {
-            None => TcpStream::connect(addr).await?,
-            Some(src) => {
-                let socket = if addr.is_ipv4() {
-                    tokio::net::TcpSocket::new_v4()?
-                } else {
-                    tokio::net::TcpSocket::new_v6()?
-                };
-                socket.bind(SocketAddr::new(src, 0))?;
-                socket.connect(addr).await?
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(stream)
+        egress_core::transport::tcp_connect(addr, self.source).await
     }
 }
 

@@ -386,7 +386,12 @@ impl Dialer {
         let addrs = self.addresses(dst, plan).await?;
         let mut last = None;
         for sa in addrs {
-            match tokio::time::timeout(self.config.connect_timeout, self.dial(sa)).await {
+            match tokio::time::timeout(
+                self.config.connect_timeout,
+                super::tcp_connect(sa, self.config.source),
+            )
+            .await
+            {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     return Ok(stream);
@@ -417,22 +422,6 @@ impl Dialer {
                 format!("{dst}: no address"),
             )
         }))
-    }
-}
-
-impl Dialer {
-    /// One TCP connection, from the fixed source address when there is one.
-    async fn dial(&self, sa: SocketAddr) -> std::io::Result<TcpStream> {
-        let Some(source) = self.config.source else {
-            return TcpStream::connect(sa).await;
-        };
-        let socket = if sa.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.bind(SocketAddr::new(source, 0))?;
-        socket.connect(sa).await
     }
 }
 

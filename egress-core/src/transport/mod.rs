@@ -20,3 +20,25 @@ pub use dialer::{Dialer, DialerConfig, InFlight};
 pub use proxy::{ProxyParseError, UpstreamProxy};
 pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};
+
+/// Opens a TCP connection to `addr`, from `source` when the egress address is fixed, with
+/// Nagle off (request/response traffic). Every upstream dial goes through here.
+pub async fn tcp_connect(
+    addr: std::net::SocketAddr,
+    source: Option<std::net::IpAddr>,
+) -> std::io::Result<tokio::net::TcpStream> {
+    let stream = match source {
+        None => tokio::net::TcpStream::connect(addr).await?,
+        Some(src) => {
+            let socket = if addr.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            socket.bind(std::net::SocketAddr::new(src, 0))?;
+            socket.connect(addr).await?
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}

@@ -106,23 +106,9 @@ impl UpstreamProxy {
                 .map_err(|e| fail(UpstreamErrorKind::DnsFailed, format!("cannot resolve: {e}")))?
                 .next()
                 .ok_or_else(|| fail(UpstreamErrorKind::DnsFailed, "no address".into()))?;
-            let mut stream = match source {
-                None => TcpStream::connect(addr).await,
-                Some(src) => {
-                    let socket = if addr.is_ipv4() {
-                        tokio::net::TcpSocket::new_v4()
-                    } else {
-                        tokio::net::TcpSocket::new_v6()
-                    }
-                    .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, e.to_string()))?;
-                    socket
-                        .bind(SocketAddr::new(src, 0))
-                        .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, e.to_string()))?;
-                    socket.connect(addr).await
-                }
-            }
-            .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, format!("connecting: {e}")))?;
-            let _ = stream.set_nodelay(true);
+            let mut stream = super::tcp_connect(addr, source)
+                .await
+                .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, format!("connecting: {e}")))?;
             let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
             if let Some(a) = &self.authorization {
                 head.push_str("Proxy-Authorization: ");

@@ -55,8 +55,7 @@ impl StringMatch {
 pub struct HttpMatch {
     /// `name`.
     pub name: Option<String>,
-    /// `uri` (the path with its query, as Envoy matches it, without the query for prefix
-    /// and exact on `:path`... see [`crate::routes`]).
+    /// `uri`, matched against the request path without its query string, as Envoy does.
     pub uri: Option<StringMatch>,
     /// `scheme`.
     pub scheme: Option<StringMatch>,
