@@ -245,6 +245,8 @@ pub struct TlsSettings {
     pub mutual: bool,
     /// `caCertificates`: PEM file of trusted roots; `None` means the system's / webpki roots.
     pub ca_certificates: Option<std::path::PathBuf>,
+    /// `caCrl`: PEM file of certificate revocation lists checked against the server's chain.
+    pub ca_crl: Option<std::path::PathBuf>,
     /// `clientCertificate` (PEM chain), for `MUTUAL`.
     pub client_certificate: Option<std::path::PathBuf>,
     /// `privateKey` (PEM), for `MUTUAL`.

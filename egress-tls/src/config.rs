@@ -4,7 +4,9 @@ use egress_core::ctx::TlsSettings;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{
+    CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime,
+};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use std::sync::Arc;
 
@@ -21,9 +23,22 @@ pub fn client_config(s: &TlsSettings) -> Result<ClientConfig, String> {
         Arc::new(NoVerification(provider.clone()))
     } else {
         let roots = Arc::new(roots(s)?);
-        let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider.clone())
-            .build()
-            .map_err(|e| e.to_string())?;
+        let mut builder = WebPkiServerVerifier::builder_with_provider(roots, provider.clone());
+        if let Some(path) = &s.ca_crl {
+            let crls: Vec<CertificateRevocationListDer<'static>> =
+                CertificateRevocationListDer::pem_file_iter(path)
+                    .map_err(|e| format!("caCrl {}: {e}", path.display()))?
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| format!("caCrl {}: {e}", path.display()))?;
+            if crls.is_empty() {
+                return Err(format!(
+                    "caCrl {}: no revocation list in the file",
+                    path.display()
+                ));
+            }
+            builder = builder.with_crls(crls);
+        }
+        let webpki = builder.build().map_err(|e| e.to_string())?;
         if s.subject_alt_names.is_empty() {
             webpki
         } else {

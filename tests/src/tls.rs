@@ -24,6 +24,7 @@ pub struct TestCa {
 
 /// A certificate and key signed by a [`TestCa`], as PEM files and rustls types.
 pub struct Leaf {
+    pub serial: u64,
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
     pub chain: Vec<CertificateDer<'static>>,
@@ -59,6 +60,9 @@ impl TestCa {
         let mut params =
             CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        static NEXT: AtomicUsize = AtomicUsize::new(1000);
+        let serial = NEXT.fetch_add(1, Ordering::SeqCst) as u64;
+        params.serial_number = Some(rcgen::SerialNumber::from(serial));
         if let Some(uri) = uri {
             params
                 .subject_alt_names
@@ -71,11 +75,39 @@ impl TestCa {
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
         Leaf {
+            serial,
             chain: vec![cert.der().clone()],
             key: PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap(),
             cert_path,
             key_path,
         }
+    }
+}
+
+impl TestCa {
+    /// A PEM file with a CRL, signed by this CA, that revokes `leaf`.
+    pub fn crl_revoking(&self, leaf: &Leaf) -> PathBuf {
+        let now = time::OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - time::Duration::hours(1),
+            next_update: now + time::Duration::days(1),
+            crl_number: rcgen::SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from(leaf.serial),
+                revocation_time: now - time::Duration::minutes(5),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            }],
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer).unwrap();
+        let path = self
+            ._dir
+            .path()
+            .join(format!("revoked-{}.crl.pem", leaf.serial));
+        std::fs::write(&path, crl.pem().unwrap()).unwrap();
+        path
     }
 }
 

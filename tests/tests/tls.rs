@@ -531,3 +531,26 @@ fn client_certificate_principal_is_the_uri_san() {
         Some("client.test")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_server_certificates_are_refused_with_ca_crl() {
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["secure.test"]);
+    let crl = ca.crl_revoking(&leaf);
+    let origin = TlsOrigin::start(&leaf, None).await;
+    let gw = Gateway::start(
+        &config(&ca.pem_path, &format!("        caCrl: {}\n", crl.display())),
+        &[&resolve(&origin)],
+    );
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 502, "{r:?}\n{}", gw.log());
+    assert_eq!(
+        r.header("x-egress-error").as_deref(),
+        Some("tls-handshake-failed")
+    );
+    assert!(r.body.to_lowercase().contains("revoked"), "{}", r.body);
+    // The same certificate without the CRL is accepted.
+    let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&origin)]);
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

@@ -513,6 +513,8 @@ pub struct ClientTls {
     pub mode: String,
     /// `caCertificates`.
     pub ca_certificates: Option<String>,
+    /// `caCrl`.
+    pub ca_crl: Option<String>,
     /// `clientCertificate`.
     pub client_certificate: Option<String>,
     /// `privateKey`.
@@ -534,6 +536,7 @@ impl ClientTls {
         Some(egress_core::ctx::TlsSettings {
             mutual: self.mode == "MUTUAL",
             ca_certificates: self.ca_certificates.as_ref().map(Into::into),
+            ca_crl: self.ca_crl.as_ref().map(Into::into),
             client_certificate: self.client_certificate.as_ref().map(Into::into),
             private_key: self.private_key.as_ref().map(Into::into),
             sni: self.sni.as_deref().map(Into::into),
@@ -566,6 +569,7 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
         Some(v)
     };
     let ca_certificates = file(&mut f, r, "caCertificates");
+    let ca_crl = file(&mut f, r, "caCrl");
     let client_certificate = file(&mut f, r, "clientCertificate");
     let private_key = file(&mut f, r, "privateKey");
     let sni = f
@@ -582,7 +586,7 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
     if let Some(n) = f.take("credentialName") {
         r.error(n, format!("{path}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give caCertificates, clientCertificate and privateKey as files");
     }
-    f.finish(r, &["caCrl"]);
+    f.finish(r, &[]);
     if mode == "ISTIO_MUTUAL" {
         r.error(mode_node.unwrap_or(node), format!("{path}.mode"), "ISTIO_MUTUAL is not supported outside a mesh (there is no mesh certificate authority); use MUTUAL with files");
         return None;
@@ -594,6 +598,7 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
     Some(ClientTls {
         mode: mode.to_owned(),
         ca_certificates,
+        ca_crl,
         client_certificate,
         private_key,
         sni,
