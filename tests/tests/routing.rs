@@ -461,3 +461,28 @@ spec:
     }
     assert_eq!((a.count() - ca, b.count() - cb), (2, 2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_routes_steer_connect_tunnels() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: db}}\nspec:\n  hosts: [db.example.com]\n  ports: [{{number: {port}, name: tcp, protocol: TCP}}]\n  resolution: DNS\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: db-alias}}\nspec:\n  hosts: [db.alias.test]\n  tcp:\n  - match: [{{port: {port}}}]\n    route: [{{destination: {{host: db.example.com, port: {{number: {port}}}}}}}]\n"
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!("--resolve=db.example.com:{port}:127.0.0.1")],
+    );
+    let r = curl_async(&[
+        "-p",
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://db.alias.test:{port}/aliased"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(origin.requests()[0].uri, "/aliased");
+    // Another port of the alias has no route and no registration.
+    let r = curl_async(&["-p", "-x", &gw.proxy_url(), "http://db.alias.test:9/"]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+}

@@ -16,8 +16,8 @@ pub use model::{
 };
 pub use virtual_service::{
     ClientTls, DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute,
-    LoadBalancer, Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, TlsMatch, TlsRoute,
-    VirtualService, WeightedDestination,
+    LoadBalancer, Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, TcpRoute, TlsMatch,
+    TlsRoute, VirtualService, WeightedDestination,
 };
 
 use serde::Serialize;

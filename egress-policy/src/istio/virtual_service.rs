@@ -223,6 +223,77 @@ pub struct VirtualService {
     pub http: Vec<HttpRoute>,
     /// `tls`, in order (routes for TLS passthrough by SNI).
     pub tls: Vec<TlsRoute>,
+    /// `tcp`, in order (routes for opaque TCP: CONNECT tunnels to the VirtualService's hosts).
+    pub tcp: Vec<TcpRoute>,
+}
+
+/// `TCPRoute`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpRoute {
+    /// `match`: port and gateways (empty: everything).
+    pub matches: Vec<TlsMatch>,
+    /// `route`: weighted destinations.
+    pub route: Vec<WeightedDestination>,
+}
+
+fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TcpRoute> {
+    let mut f = r.map(node, path)?;
+    let mut matches = Vec::new();
+    if let Some(n) = f.take("match") {
+        for (i, m) in r
+            .list(n, &format!("{path}.match"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.match[{i}]");
+            let Some(mut mf) = r.map(m, &p) else { continue };
+            let port = mf
+                .take("port")
+                .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535))
+                .map(|p| p as u16);
+            let gateways = mf
+                .take("gateways")
+                .map(|n| r.strings(n, &format!("{p}.gateways")))
+                .unwrap_or_default();
+            mf.finish(
+                r,
+                &[
+                    "destinationSubnets",
+                    "sourceLabels",
+                    "sourceNamespace",
+                    "sourceSubnet",
+                ],
+            );
+            matches.push(TlsMatch {
+                sni_hosts: vec!["*".into()],
+                port,
+                gateways,
+            });
+        }
+    }
+    let mut route = Vec::new();
+    if let Some(n) = f.take("route") {
+        for (i, d) in r
+            .list(n, &format!("{path}.route"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(d) = read_weighted(r, d, &format!("{path}.route[{i}]")) {
+                route.push(d);
+            }
+        }
+    }
+    if route.is_empty() {
+        r.error(
+            node,
+            format!("{path}.route"),
+            "a TCP route needs at least one destination",
+        );
+    }
+    f.finish(r, &[]);
+    Some(TcpRoute { matches, route })
 }
 
 /// `TLSRoute`: where TLS connections with matching SNI go, unterminated.
@@ -742,7 +813,15 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
             }
         }
     }
-    f.finish(r, &["tcp"]);
+    let mut tcp = Vec::new();
+    if let Some(n) = f.take("tcp") {
+        for (i, t) in r.list(n, "spec.tcp").unwrap_or(&[]).iter().enumerate() {
+            if let Some(t) = read_tcp_route(r, t, &format!("spec.tcp[{i}]")) {
+                tcp.push(t);
+            }
+        }
+    }
+    f.finish(r, &[]);
     if r.diags.errors().count() > errors_before {
         return None;
     }
@@ -752,6 +831,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
         gateways,
         http,
         tls,
+        tcp,
     })
 }
 

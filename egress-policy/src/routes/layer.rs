@@ -85,7 +85,25 @@ where
                 future: self.inner.call(req),
             };
         };
-        if dst.form() == RequestForm::Connect || table.is_empty() {
+        if dst.form() == RequestForm::Connect {
+            // Tunnels follow `tcp` routes: the route's destination is dialled (opaque).
+            if let Some((host, port, plan)) = table.tcp_route(&dst.host().to_string(), dst.port()) {
+                let routed = Destination::new(
+                    egress_core::ctx::Host::Name(host),
+                    port,
+                    dst.scheme(),
+                    RequestForm::Connect,
+                );
+                let ext = req.extensions_mut();
+                ext.insert(routed);
+                ext.insert(plan);
+                ext.insert(egress_core::ctx::TunnelInspection::Opaque);
+            }
+            return RouteFuture::Passthrough {
+                future: self.inner.call(req),
+            };
+        }
+        if table.is_empty() {
             return RouteFuture::Passthrough {
                 future: self.inner.call(req),
             };

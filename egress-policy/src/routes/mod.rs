@@ -130,6 +130,8 @@ struct CompiledTlsRoute {
 #[derive(Debug, Default)]
 pub struct RouteTable {
     tls: Vec<CompiledTlsRoute>,
+    /// `tcp` routes with the hosts of their VirtualService.
+    tcp: Vec<(Vec<String>, CompiledTlsRoute)>,
     exact: HashMap<Box<str>, Arc<CompiledVs>>,
     wildcard: HashMap<Box<str>, Arc<CompiledVs>>,
     any: Option<Arc<CompiledVs>>,
@@ -206,6 +208,44 @@ impl RouteTable {
                     total,
                 });
             }
+            for (i, t) in vs.tcp.iter().enumerate() {
+                let matches: Vec<_> = if t.matches.is_empty() {
+                    vec![crate::istio::TlsMatch {
+                        sni_hosts: vec!["*".into()],
+                        ..Default::default()
+                    }]
+                } else {
+                    t.matches
+                        .iter()
+                        .filter(|m| {
+                            m.gateways.is_empty()
+                                || binding.applies(&m.gateways, &vs.meta.namespace)
+                        })
+                        .cloned()
+                        .collect()
+                };
+                if matches.is_empty() {
+                    continue;
+                }
+                let mut destinations = Vec::new();
+                for (j, d) in t.route.iter().enumerate() {
+                    let field = format!("spec.tcp[{i}].route[{j}].destination");
+                    if let Some(cd) =
+                        compile_destination(vs, d, &field, config, registry, &mut diags)
+                    {
+                        destinations.push(cd);
+                    }
+                }
+                let total = destinations.iter().map(|d| u64::from(d.weight)).sum();
+                table.tcp.push((
+                    vs.hosts.clone(),
+                    CompiledTlsRoute {
+                        matches,
+                        destinations,
+                        total,
+                    },
+                ));
+            }
             let Some(compiled) = compile_vs(vs, config, registry, binding, &mut diags) else {
                 continue;
             };
@@ -247,6 +287,25 @@ impl RouteTable {
             r.matches
                 .iter()
                 .any(|m| m.port.is_none_or(|p| p == port) && m.sni_matches(sni))
+        })?;
+        let d = self.pick(&route.destinations, route.total)?;
+        let (p, plan) = d.plan(port)?;
+        Some((d.host.clone(), p, plan))
+    }
+
+    /// The destination of the first `tcp` route of a VirtualService covering `host` whose
+    /// match covers the port, for `CONNECT` tunnels.
+    pub fn tcp_route(&self, host: &str, port: u16) -> Option<(Arc<str>, u16, UpstreamPlan)> {
+        let covers = |h: &String| match h.strip_prefix("*.") {
+            Some(s) => {
+                host.len() > s.len() + 1
+                    && host.ends_with(s)
+                    && host.as_bytes()[host.len() - s.len() - 1] == b'.'
+            }
+            None => h == "*" || h == host,
+        };
+        let (_, route) = self.tcp.iter().find(|(hosts, r)| {
+            hosts.iter().any(covers) && r.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
         })?;
         let d = self.pick(&route.destinations, route.total)?;
         let (p, plan) = d.plan(port)?;
