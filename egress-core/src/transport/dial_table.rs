@@ -22,11 +22,26 @@ pub struct DialEntry {
     pub proxy: Option<Arc<super::UpstreamProxy>>,
 }
 
+impl DialEntry {
+    fn same_as(&self, other: &DialEntry) -> bool {
+        self.addrs == other.addrs && same(&self.tls, &other.tls) && same(&self.proxy, &other.proxy)
+    }
+}
+
+fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
 /// Shared between the Upstream (writes before sending) and the connector (reads to dial).
 #[derive(Clone, Debug, Default)]
 pub struct DialTable {
-    // Held only to copy an entry in or out, never across an await.
-    entries: Arc<Mutex<HashMap<(String, u16), DialEntry>>>,
+    // Held only to copy an entry in or out, never across an await. Keyed by host, then
+    // port, so that lookups and unchanged updates need no allocation.
+    entries: Arc<Mutex<HashMap<String, Vec<(u16, DialEntry)>>>>,
 }
 
 impl DialTable {
@@ -34,20 +49,63 @@ impl DialTable {
     /// from configured TLS destinations, so it stays small; it is emptied if it ever grows
     /// past 10,000 keys.
     pub fn set(&self, host: &str, port: u16, entry: DialEntry) {
-        if let Ok(mut m) = self.entries.lock() {
-            if m.len() >= 10_000 && !m.contains_key(&(host.to_owned(), port)) {
-                m.clear();
+        let Ok(mut m) = self.entries.lock() else {
+            return;
+        };
+        if let Some(ports) = m.get_mut(host) {
+            match ports.iter_mut().find(|(p, _)| *p == port) {
+                // The common case on the request path: the same addresses and settings again.
+                Some((_, old)) if old.same_as(&entry) => {}
+                Some((_, old)) => *old = entry,
+                None => ports.push((port, entry)),
             }
-            m.insert((host.to_owned(), port), entry);
+            return;
         }
+        if m.len() >= 10_000 {
+            m.clear();
+        }
+        m.insert(host.to_owned(), vec![(port, entry)]);
     }
 
     /// The entry for `host:port`.
     pub fn get(&self, host: &str, port: u16) -> Option<DialEntry> {
-        self.entries
-            .lock()
-            .ok()?
-            .get(&(host.to_owned(), port))
-            .cloned()
+        let m = self.entries.lock().ok()?;
+        m.get(host)?
+            .iter()
+            .find(|(p, _)| *p == port)
+            .map(|(_, e)| e.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_and_replace() {
+        let t = DialTable::default();
+        let tls = Arc::new(TlsSettings::default());
+        let entry = |a: &str| DialEntry {
+            addrs: vec![a.parse().unwrap()],
+            tls: Some(tls.clone()),
+            proxy: None,
+        };
+        assert!(t.get("a.test", 443).is_none());
+        t.set("a.test", 443, entry("127.0.0.1:1"));
+        t.set("a.test", 8443, entry("127.0.0.1:2"));
+        assert_eq!(
+            t.get("a.test", 443).unwrap().addrs,
+            entry("127.0.0.1:1").addrs
+        );
+        assert_eq!(
+            t.get("a.test", 8443).unwrap().addrs,
+            entry("127.0.0.1:2").addrs
+        );
+        t.set("a.test", 443, entry("127.0.0.1:3"));
+        assert_eq!(
+            t.get("a.test", 443).unwrap().addrs,
+            entry("127.0.0.1:3").addrs
+        );
+        assert!(t.get("b.test", 443).is_none());
     }
 }

@@ -108,9 +108,17 @@ where
                 future: self.inner.call(req),
             };
         }
-        let host = dst.host().to_string();
-        let authority = dst.host_header().to_str().unwrap_or("").to_owned();
-        let Some(found) = table.route(&host, dst.port(), dst.scheme().as_str(), &authority, &req)
+        // Borrowed, not copied: most requests of a gateway with routes are for other hosts.
+        let ip_host;
+        let host: &str = match dst.host() {
+            egress_core::ctx::Host::Name(n) => n,
+            egress_core::ctx::Host::Ip(_) => {
+                ip_host = dst.host().to_string();
+                &ip_host
+            }
+        };
+        let authority = dst.host_header().to_str().unwrap_or("");
+        let Some(found) = table.route(host, dst.port(), dst.scheme().as_str(), authority, &req)
         else {
             return RouteFuture::Passthrough {
                 future: self.inner.call(req),
