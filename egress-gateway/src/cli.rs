@@ -117,10 +117,15 @@ pub struct RunArgs {
     /// allow-lists); by default the kernel chooses.
     #[arg(long, value_name = "IP")]
     pub egress_source_ip: Option<std::net::IpAddr>,
-    /// Send upstream traffic through this HTTP proxy (`http://[user:password@]host:port`),
-    /// with CONNECT: for a company's mandatory outbound proxy. The proxy resolves names.
+    /// Send upstream traffic through this HTTP proxy (`http://[user:password@]host:port`,
+    /// or `https://…` to speak TLS to the proxy), with CONNECT: for a company's mandatory
+    /// outbound proxy. The proxy resolves names.
     #[arg(long, value_name = "URL")]
     pub upstream_proxy: Option<String>,
+    /// PEM roots trusted for an `https://` --upstream-proxy (default: SSL_CERT_FILE, else
+    /// the webpki roots).
+    #[arg(long, value_name = "FILE")]
+    pub upstream_proxy_ca: Option<std::path::PathBuf>,
     /// Only these destinations go through --upstream-proxy (exact or `*.suffix`);
     /// repeatable; default: all.
     #[arg(long, value_name = "HOST")]

@@ -113,11 +113,17 @@ impl Gateway {
             .collect();
         let upstream_proxy = match &args.upstream_proxy {
             None => None,
-            Some(url) => Some(
-                UpstreamProxy::parse(url)
+            Some(url) => {
+                let mut proxy = UpstreamProxy::parse(url)
                     .map_err(|e| StartError(e.to_string()))?
-                    .only_for(args.upstream_proxy_for.clone()),
-            ),
+                    .only_for(args.upstream_proxy_for.clone());
+                if proxy.is_https() {
+                    let tls = egress_tls::ProxyTlsClient::new(args.upstream_proxy_ca.clone())
+                        .map_err(|e| StartError(format!("--upstream-proxy-ca: {e}")))?;
+                    proxy = proxy.with_tls(Arc::new(tls));
+                }
+                Some(proxy)
+            }
         };
         let dialer = Arc::new(Dialer::new(
             DialerConfig::default()

@@ -1,20 +1,20 @@
 //! Splicing a `CONNECT` tunnel, with an idle timeout so that no tunnel is held forever.
 
 use egress_core::ctx::Destination;
+use egress_core::transport::UpstreamStream;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Copies bytes both ways until both sides have closed, or until neither has sent anything
 /// for `idle`.
 pub(crate) async fn splice<C>(
     client: C,
-    mut upstream: TcpStream,
+    mut upstream: UpstreamStream,
     initial: Vec<u8>,
     idle: Duration,
     dst: &Destination,
@@ -31,7 +31,33 @@ where
         return (0, 0);
     }
     let (cr, cw) = tokio::io::split(client);
-    let (ur, uw) = upstream.into_split();
+    let (sent, received) = match upstream {
+        UpstreamStream::Tcp(tcp) => {
+            let (ur, uw) = tcp.into_split();
+            both_ways(cr, cw, ur, uw, idle, dst).await
+        }
+        UpstreamStream::Tunnel(io) => {
+            let (ur, uw) = tokio::io::split(io);
+            both_ways(cr, cw, ur, uw, idle, dst).await
+        }
+    };
+    (sent + initial.len() as u64, received)
+}
+
+async fn both_ways<CR, CW, UR, UW>(
+    cr: CR,
+    cw: CW,
+    ur: UR,
+    uw: UW,
+    idle: Duration,
+    dst: &Destination,
+) -> (u64, u64)
+where
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
+{
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let (sent, received) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -41,10 +67,7 @@ where
         Ok(_) => tracing::debug!(%dst, "tunnel closed"),
         Err(error) => tracing::debug!(%dst, %error, "tunnel ended"),
     }
-    (
-        sent.into_inner() + initial.len() as u64,
-        received.into_inner(),
-    )
+    (sent.into_inner(), received.into_inner())
 }
 
 /// Checks the `ClientHello` of a tunnel to a TLS port: present, TLS, and naming the

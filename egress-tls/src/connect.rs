@@ -9,7 +9,7 @@
 use egress_core::BoxError;
 use egress_core::ctx::TlsSettings;
 use egress_core::error::{UpstreamError, UpstreamErrorKind};
-use egress_core::transport::DialTable;
+use egress_core::transport::{DialTable, UpstreamStream};
 use http::Uri;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
@@ -76,7 +76,7 @@ impl EgressConnector {
         &self,
         host: &str,
         settings: &Arc<TlsSettings>,
-        tcp: TcpStream,
+        tcp: UpstreamStream,
         t: Duration,
     ) -> Result<Conn, BoxError> {
         let config = self.config(settings)?;
@@ -93,7 +93,7 @@ impl EgressConnector {
         })?;
         let peer = tcp
             .peer_addr()
-            .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            .map_or_else(|| "the upstream proxy".to_owned(), |a| a.to_string());
         let tls = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(t, tls.connect(name, tcp)).await {
             Ok(Ok(stream)) => Ok(Conn::tls(stream)),
@@ -154,7 +154,7 @@ impl tower::Service<Uri> for EgressConnector {
                 let tcp = tokio::time::timeout(t, this.tcp(addr))
                     .await
                     .map_err(|_| timeout(addr, t))??;
-                return Ok(Conn::plain(tcp));
+                return Ok(Conn::plain(UpstreamStream::Tcp(tcp)));
             }
             let entry = entry
                 .ok_or_else(|| format!("connector: no validated address for {host}:{port}"))?;
@@ -175,7 +175,9 @@ impl tower::Service<Uri> for EgressConnector {
                         continue;
                     }
                 };
-                return this.handshake(host, &settings, tcp, t).await;
+                return this
+                    .handshake(host, &settings, UpstreamStream::Tcp(tcp), t)
+                    .await;
             }
             Err(last.unwrap_or_else(|| "connector: no address".into()))
         })
@@ -194,11 +196,11 @@ fn timeout(addr: SocketAddr, t: Duration) -> std::io::Error {
 pub struct Conn(TokioIo<Stream>);
 
 impl Conn {
-    fn plain(tcp: TcpStream) -> Self {
+    fn plain(tcp: UpstreamStream) -> Self {
         Conn(TokioIo::new(Stream::Plain(tcp)))
     }
 
-    fn tls(tls: TlsStream<TcpStream>) -> Self {
+    fn tls(tls: TlsStream<UpstreamStream>) -> Self {
         Conn(TokioIo::new(Stream::Tls(Box::new(tls))))
     }
 }
@@ -240,10 +242,10 @@ impl hyper::rt::Write for Conn {
 /// The byte stream under a [`Conn`].
 #[derive(Debug)]
 pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<TlsStream<TcpStream>>),
+    /// Plain TCP (directly, or a tunnel through an upstream proxy).
+    Plain(UpstreamStream),
+    /// TLS over TCP (directly, or through an upstream proxy's tunnel).
+    Tls(Box<TlsStream<UpstreamStream>>),
 }
 
 impl AsyncRead for Stream {

@@ -4,16 +4,19 @@
 //!   apps send plain HTTP, the gateway speaks TLS upstream as `DestinationRule` `tls`
 //!   (`SIMPLE`, `MUTUAL`, `caCertificates`, `sni`, `subjectAltNames`, `insecureSkipVerify`)
 //!   says, pooling connections per SNI and port.
+//! - [`ProxyTlsClient`]: TLS to an `https://` upstream proxy.
 //! - [`probe`]: telling a TLS handshake from other bytes at the start of a stream (for the
 //!   `CONNECT` and passthrough inspection still to come).
 
 mod config;
 mod connect;
+mod proxy;
 mod server;
 pub mod sni;
 
 pub use config::client_config;
 pub use connect::{Conn, EgressConnector, Stream};
+pub use proxy::ProxyTlsClient;
 pub use server::{certificate_principal, server_config};
 
 /// What the first bytes of a stream say about TLS.

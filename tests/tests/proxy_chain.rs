@@ -16,15 +16,47 @@ struct Proxy {
 }
 
 async fn proxy(routes: HashMap<String, SocketAddr>) -> Proxy {
+    proxy_with(routes, None).await
+}
+
+/// The proxy, behind TLS when `tls` is given (an `https://` proxy).
+async fn proxy_with(
+    routes: HashMap<String, SocketAddr>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Proxy {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let asked: Arc<Mutex<Vec<(String, Option<String>)>>> = Arc::default();
     let log = asked.clone();
     tokio::spawn(async move {
-        while let Ok((mut io, _)) = listener.accept().await {
+        while let Ok((io, _)) = listener.accept().await {
             let routes = routes.clone();
             let log = log.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
+                match tls {
+                    None => serve(io, routes, log).await,
+                    Some(acceptor) => {
+                        if let Ok(io) = acceptor.accept(io).await {
+                            serve(io, routes, log).await
+                        }
+                    }
+                }
+            });
+        }
+    });
+    Proxy { addr, asked }
+}
+
+type Asked = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+async fn serve<S>(mut io: S, routes: HashMap<String, SocketAddr>, log: Asked)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    {
+        {
+            {
                 let mut head = Vec::new();
                 let mut b = [0u8; 1];
                 while !head.ends_with(b"\r\n\r\n") {
@@ -55,10 +87,9 @@ async fn proxy(routes: HashMap<String, SocketAddr>) -> Proxy {
                     .await
                     .unwrap();
                 let _ = tokio::io::copy_bidirectional(&mut io, &mut up).await;
-            });
+            }
         }
-    });
-    Proxy { addr, asked }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,4 +204,82 @@ async fn http_tunnels_and_tls_origination_go_through_the_upstream_proxy() {
     .await;
     assert_eq!(r.status, 502, "{r:?}");
     assert!(r.body.contains("407"), "{}", r.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_upstream_proxy_is_spoken_to_over_verified_tls() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let ca = TestCa::new();
+    let leaf = ca.leaf(&["localhost"]);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let routes = HashMap::from([(format!("api.corp.test:{port}"), origin.addr)]);
+    let proxy = proxy_with(routes, Some(acceptor)).await;
+    let yaml = service_entry("api", "api.corp.test", port, "HTTP", "  resolution: DNS\n");
+    let url = format!(
+        "--upstream-proxy=https://user:secret@localhost:{}",
+        proxy.addr.port()
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &url,
+            &format!("--upstream-proxy-ca={}", ca.pem_path.display()),
+        ],
+    );
+    for path in ["/one", "/two"] {
+        let r = curl_async(&[
+            "-x",
+            &gw.proxy_url(),
+            &format!("http://api.corp.test:{port}{path}"),
+        ])
+        .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello from origin"),
+            "{r:?}\n{}",
+            gw.log()
+        );
+    }
+    assert!(
+        proxy
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(t, a)| t == &format!("api.corp.test:{port}")
+                && a.as_deref() == Some("Basic dXNlcjpzZWNyZXQ=")),
+        "{:?}",
+        proxy.asked.lock().unwrap()
+    );
+    // The tunnel is pooled like any upstream connection: two requests, one CONNECT.
+    assert_eq!(proxy.asked.lock().unwrap().len(), 1);
+
+    // A proxy whose certificate is not trusted is never sent the credentials.
+    let before = proxy.asked.lock().unwrap().len();
+    let other = TestCa::new();
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &url,
+            &format!("--upstream-proxy-ca={}", other.pem_path.display()),
+        ],
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.corp.test:{port}/"),
+    ])
+    .await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert!(r.body.contains("TLS handshake"), "{}", r.body);
+    assert!(!gw.log().contains("secret"), "{}", gw.log());
+    assert_eq!(proxy.asked.lock().unwrap().len(), before);
 }

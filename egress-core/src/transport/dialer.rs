@@ -5,12 +5,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 use crate::ctx::{Balance, Destination, Host, Target, UpstreamPlan};
 use crate::error::{UpstreamError, UpstreamErrorKind};
 use crate::ip::classify;
-use crate::transport::{Overrides, Resolve, SystemResolver, UpstreamProxy};
+use crate::transport::{Overrides, Resolve, SystemResolver, UpstreamProxy, UpstreamStream};
 
 /// Settings of a [`Dialer`].
 #[derive(Clone, Debug)]
@@ -375,7 +374,7 @@ impl Dialer {
         &self,
         dst: &Destination,
         plan: Option<&UpstreamPlan>,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<UpstreamStream, UpstreamError> {
         if let Some(proxy) = self.proxy_for(dst, plan)? {
             let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
             let target = format!("{}:{port}", dst.host());
@@ -394,7 +393,7 @@ impl Dialer {
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    return Ok(UpstreamStream::Tcp(stream));
                 }
                 Ok(Err(e)) => {
                     last = Some(

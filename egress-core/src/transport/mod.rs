@@ -17,7 +17,7 @@ mod upstream;
 
 pub use dial_table::{DialEntry, DialTable};
 pub use dialer::{Dialer, DialerConfig, InFlight};
-pub use proxy::{ProxyParseError, UpstreamProxy};
+pub use proxy::{Io, ProxyParseError, ProxyTls, UpstreamProxy, UpstreamStream};
 pub use resolve::{OverrideAddr, OverrideParseError, Overrides, Resolve, SystemResolver};
 pub use upstream::{Upstream, UpstreamConfig};
 

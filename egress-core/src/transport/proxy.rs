@@ -4,14 +4,123 @@
 //! When a destination is sent through the proxy, the gateway does not resolve it: the proxy
 //! does, and the gateway asks it for `CONNECT host:port` with the validated name. IP-literal
 //! destinations still pass the SSRF guard first.
+//!
+//! An `https://` proxy is spoken to over TLS (the credentials and the `CONNECT` target never
+//! cross the network in clear). This crate does no TLS itself: the handshake comes from a
+//! [`ProxyTls`] given with [`UpstreamProxy::with_tls`] (`egress-tls` has one).
 
 use base64::Engine as _;
+use std::fmt;
+use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::error::{UpstreamError, UpstreamErrorKind};
+
+/// A byte stream that can sit under an upstream connection.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// The TLS client for `https://` upstream proxies.
+pub trait ProxyTls: Send + Sync + fmt::Debug {
+    /// Negotiates TLS with the proxy named `server_name` over `tcp`.
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        server_name: &str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Io>>> + Send>>;
+}
+
+/// An upstream byte stream: a direct TCP connection, or a tunnel through a TLS proxy.
+pub enum UpstreamStream {
+    /// TCP to the destination, or to a plain `http://` proxy.
+    Tcp(TcpStream),
+    /// A tunnel inside a TLS connection to an `https://` proxy.
+    Tunnel(Box<dyn Io>),
+}
+
+impl fmt::Debug for UpstreamStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(s) => s.fmt(f),
+            Self::Tunnel(_) => f.write_str("UpstreamStream::Tunnel"),
+        }
+    }
+}
+
+impl UpstreamStream {
+    /// The peer address of a direct connection (`None` through a TLS proxy).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Tcp(s) => s.peer_addr().ok(),
+            Self::Tunnel(_) => None,
+        }
+    }
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tunnel(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tunnel(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tunnel(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Tunnel(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tunnel(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tunnel(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
 
 /// An upstream proxy and the destinations it is used for.
 #[derive(Clone, Debug)]
@@ -21,6 +130,9 @@ pub struct UpstreamProxy {
     authorization: Option<String>,
     /// Exact hosts and `*.suffix` wildcards; empty means every destination.
     only: Vec<String>,
+    /// `https://`: TLS to the proxy is required.
+    https: bool,
+    tls: Option<Arc<dyn ProxyTls>>,
 }
 
 /// A `--upstream-proxy` value that does not parse.
@@ -29,15 +141,24 @@ pub struct UpstreamProxy {
 pub struct ProxyParseError(String, &'static str);
 
 impl UpstreamProxy {
-    /// Parses `http://[user:password@]host:port`. (`https://` proxies are not supported yet.)
+    /// Parses `http://[user:password@]host:port` or `https://…`; an `https://` proxy needs
+    /// a TLS client given with [`with_tls`](Self::with_tls) before it can be used.
     pub fn parse(url: &str) -> Result<Self, ProxyParseError> {
-        let err = |why| ProxyParseError(url.to_owned(), why);
-        let rest = match url.strip_prefix("http://") {
-            Some(r) => r,
-            None if url.starts_with("https://") => {
-                return Err(err("https:// proxies are not supported yet; use http://"));
-            }
-            None => return Err(err("expected http://")),
+        // Messages never repeat the credentials.
+        let shown = match url.split_once("://") {
+            Some((scheme, rest)) => match rest.rsplit_once('@') {
+                Some((_, host)) => format!("{scheme}://***@{host}"),
+                None => url.to_owned(),
+            },
+            None => url.to_owned(),
+        };
+        let err = |why| ProxyParseError(shown.clone(), why);
+        let (rest, https) = match url.strip_prefix("http://") {
+            Some(r) => (r, false),
+            None => match url.strip_prefix("https://") {
+                Some(r) => (r, true),
+                None => return Err(err("expected http:// or https://")),
+            },
         };
         let rest = rest.trim_end_matches('/');
         let (auth, hostport) = match rest.rsplit_once('@') {
@@ -63,7 +184,25 @@ impl UpstreamProxy {
             port,
             authorization,
             only: Vec::new(),
+            https,
+            tls: None,
         })
+    }
+
+    /// The TLS client used for an `https://` proxy (ignored for `http://`).
+    pub fn with_tls(mut self, tls: Arc<dyn ProxyTls>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Whether the proxy is spoken to over TLS.
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    /// The proxy's host name, as in its URL (the SNI of an `https://` proxy).
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     /// Restricts the proxy to these hosts (`*.suffix` allowed); empty: all.
@@ -85,9 +224,14 @@ impl UpstreamProxy {
             })
     }
 
-    /// `host:port` of the proxy, for messages.
+    /// `scheme://host:port` of the proxy, for messages (never the credentials).
     pub fn address(&self) -> String {
-        format!("{}:{}", self.host, self.port)
+        let scheme = if self.https { "https" } else { "http" };
+        if self.host.contains(':') {
+            format!("{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            format!("{scheme}://{}:{}", self.host, self.port)
+        }
     }
 
     /// Opens a tunnel to `target` (`host:port`) through the proxy, within `timeout`.
@@ -96,19 +240,50 @@ impl UpstreamProxy {
         target: &str,
         timeout: Duration,
         source: Option<std::net::IpAddr>,
-    ) -> Result<TcpStream, UpstreamError> {
+    ) -> Result<UpstreamStream, UpstreamError> {
         let fail = |kind, what: String| {
             UpstreamError::new(kind, format!("upstream proxy {}: {what}", self.address()))
         };
         let work = async {
-            let addr: SocketAddr = tokio::net::lookup_host((self.host.as_str(), self.port))
+            // The proxy is operator configuration, not a request's destination: it is
+            // resolved here and every address is tried in turn.
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
                 .await
                 .map_err(|e| fail(UpstreamErrorKind::DnsFailed, format!("cannot resolve: {e}")))?
-                .next()
-                .ok_or_else(|| fail(UpstreamErrorKind::DnsFailed, "no address".into()))?;
-            let mut stream = super::tcp_connect(addr, source)
-                .await
-                .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, format!("connecting: {e}")))?;
+                .collect();
+            let mut tcp = Err(fail(UpstreamErrorKind::DnsFailed, "no address".into()));
+            for addr in addrs {
+                match super::tcp_connect(addr, source).await {
+                    Ok(s) => {
+                        tcp = Ok(s);
+                        break;
+                    }
+                    Err(e) => {
+                        tcp = Err(fail(
+                            UpstreamErrorKind::ConnectFailed,
+                            format!("connecting to {addr}: {e}"),
+                        ))
+                    }
+                }
+            }
+            let tcp = tcp?;
+            let mut stream = if self.https {
+                let tls = self.tls.as_ref().ok_or_else(|| {
+                    fail(
+                        UpstreamErrorKind::TlsHandshake,
+                        "an https:// proxy needs a TLS client and none is configured".into(),
+                    )
+                })?;
+                let io = tls.handshake(tcp, &self.host).await.map_err(|e| {
+                    fail(
+                        UpstreamErrorKind::TlsHandshake,
+                        format!("TLS handshake: {e}"),
+                    )
+                })?;
+                UpstreamStream::Tunnel(io)
+            } else {
+                UpstreamStream::Tcp(tcp)
+            };
             let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
             if let Some(a) = &self.authorization {
                 head.push_str("Proxy-Authorization: ");
@@ -170,16 +345,22 @@ mod tests {
     #[test]
     fn parses_and_scopes() {
         let p = UpstreamProxy::parse("http://user:pw@proxy.corp:3128").unwrap();
-        assert_eq!(p.address(), "proxy.corp:3128");
+        assert_eq!(p.address(), "http://proxy.corp:3128");
         assert_eq!(p.authorization.as_deref(), Some("Basic dXNlcjpwdw=="));
         assert!(p.applies_to("anything.example"));
         let p = p.only_for(vec!["*.example.com".into(), "api.test".into()]);
         assert!(p.applies_to("a.example.com") && p.applies_to("api.test"));
         assert!(!p.applies_to("example.com") && !p.applies_to("other.test"));
+        let p = UpstreamProxy::parse("https://proxy.corp:8443").unwrap();
+        assert!(p.is_https());
+        assert_eq!(p.address(), "https://proxy.corp:8443");
+        let e = UpstreamProxy::parse("http://user:hunter2@proxy").unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
         for bad in [
             "proxy:3128",
             "http://proxy",
-            "https://proxy:443",
+            "https://proxy",
+            "socks5://proxy:1080",
             "http://:80",
         ] {
             assert!(UpstreamProxy::parse(bad).is_err(), "{bad}");

@@ -1,0 +1,59 @@
+//! TLS to an `https://` upstream proxy.
+
+use egress_core::ctx::TlsSettings;
+use egress_core::transport::{Io, ProxyTls};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
+use std::future::Future;
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+use crate::config::client_config;
+
+/// The TLS client the gateway uses to reach an `https://` upstream proxy: the proxy's
+/// certificate is verified against `ca` (else `SSL_CERT_FILE`, else the webpki roots) for the
+/// host name in the proxy URL, and HTTP/1.1 is the only protocol offered (a `CONNECT` is
+/// HTTP/1.1).
+#[derive(Debug)]
+pub struct ProxyTlsClient {
+    config: Arc<ClientConfig>,
+}
+
+impl ProxyTlsClient {
+    /// Builds the client; `ca` is a PEM file of roots trusted for the proxy.
+    pub fn new(ca: Option<PathBuf>) -> Result<Self, String> {
+        let settings = TlsSettings {
+            mutual: false,
+            ca_certificates: ca,
+            ca_crl: None,
+            client_certificate: None,
+            private_key: None,
+            sni: None,
+            subject_alt_names: Vec::new(),
+            insecure_skip_verify: false,
+            origin: Arc::from("upstream proxy"),
+        };
+        Ok(Self {
+            config: Arc::new(client_config(&settings)?),
+        })
+    }
+}
+
+impl ProxyTls for ProxyTlsClient {
+    fn handshake(
+        &self,
+        tcp: TcpStream,
+        server_name: &str,
+    ) -> Pin<Box<dyn Future<Output = io::Result<Box<dyn Io>>> + Send>> {
+        let connector = tokio_rustls::TlsConnector::from(self.config.clone());
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e));
+        Box::pin(async move {
+            let tls = connector.connect(name?, tcp).await?;
+            Ok(Box::new(tls) as Box<dyn Io>)
+        })
+    }
+}
