@@ -5,6 +5,10 @@
 //! (Istio's wildcard task routes every `*.wikipedia.org` to `www.wikipedia.org`), or, without
 //! a route, to the SNI's own registration. Nothing matched under REGISTRY_ONLY: the
 //! connection is closed without dialling anything (Istio's BlackHole), logged and counted.
+//!
+//! TCP servers (`protocol: TCP`) are served here too: a TCP connection names nothing, so it
+//! goes where the `tcp` route of a VirtualService hosted by the server sends its port, and
+//! is closed when there is none.
 
 use arc_swap::ArcSwap;
 use egress_core::ctx::{Destination, Host, RequestForm, Scheme, UpstreamPlan};
@@ -31,6 +35,8 @@ pub(crate) struct Passthrough {
     pub(crate) tunnels: TaskTracker,
     pub(crate) idle: Duration,
     pub(crate) limit: Arc<Semaphore>,
+    /// A `protocol: TCP` server (routed by port) rather than TLS passthrough (by SNI).
+    pub(crate) tcp: bool,
 }
 
 pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
@@ -51,9 +57,18 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
         let p = p.clone();
         p.tunnels.clone().spawn(async move {
             let _permit = permit;
-            if let Err((reason, why)) = handle(&p, io).await {
+            let result = if p.tcp {
+                handle_tcp(&p, io).await
+            } else {
+                handle(&p, io).await
+            };
+            if let Err((reason, why)) = result {
                 p.metrics.refused(reason);
-                tracing::info!(%peer, port = p.port, reason, why, "TLS passthrough connection closed");
+                if p.tcp {
+                    tracing::info!(%peer, port = p.port, reason, why, "TCP gateway connection closed");
+                } else {
+                    tracing::info!(%peer, port = p.port, reason, why, "TLS passthrough connection closed");
+                }
             }
         });
     }
@@ -121,6 +136,33 @@ async fn handle(p: &Passthrough, mut io: TcpStream) -> Result<(), (&'static str,
         .map_err(|e| (e.kind().token(), e.to_string()))?;
     let tcp = p.metrics.tunnel_opened(None);
     let (sent, received) = crate::tunnel::splice(io, upstream, hello, p.idle, &dst).await;
+    tcp.closed(sent, received);
+    Ok(())
+}
+
+async fn handle_tcp(p: &Passthrough, io: TcpStream) -> Result<(), (&'static str, String)> {
+    let _ = io.set_nodelay(true);
+    let Some((host, port, plan)) = p.routes.load().tcp_route_for_server(&p.hosts, p.port) else {
+        return Err((
+            "no-route",
+            format!(
+                "no VirtualService tcp route covers port {} of this Gateway server",
+                p.port
+            ),
+        ));
+    };
+    let host = match parse_host(&host) {
+        Ok(h) => h,
+        Err(e) => return Err(("malformed", format!("route destination {host:?}: {e}"))),
+    };
+    let dst = Destination::new(host, port, Scheme::Http, RequestForm::Connect);
+    let upstream = p
+        .dialer
+        .connect(&dst, Some(&plan))
+        .await
+        .map_err(|e| (e.kind().token(), e.to_string()))?;
+    let tcp = p.metrics.tunnel_opened(None);
+    let (sent, received) = crate::tunnel::splice(io, upstream, Vec::new(), p.idle, &dst).await;
     tcp.closed(sent, received);
     Ok(())
 }

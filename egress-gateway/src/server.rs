@@ -42,8 +42,18 @@ struct ServerListener {
     gateway: String,
     port: u16,
     passthrough: bool,
+    /// A `protocol: TCP` server, served like passthrough but routed by port.
+    tcp: bool,
     /// TLS termination (`SIMPLE`/`MUTUAL` servers).
     tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// What a Gateway server's listener speaks.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Kind {
+    Http,
+    Passthrough,
+    Tcp,
 }
 
 /// Why the gateway could not start.
@@ -255,8 +265,8 @@ impl Gateway {
             None,
         ));
         for server in self.servers {
-            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, "Gateway server listener open");
-            if server.passthrough {
+            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, tcp = server.tcp, "Gateway server listener open");
+            if server.passthrough || server.tcp {
                 tasks.spawn(crate::passthrough::serve(
                     server.listener,
                     crate::passthrough::Passthrough {
@@ -269,6 +279,7 @@ impl Gateway {
                         tunnels: tunnels.clone(),
                         idle: args.tunnel_idle_timeout,
                         limit: limit.clone(),
+                        tcp: server.tcp,
                     },
                 ));
                 continue;
@@ -372,7 +383,7 @@ async fn shutdown_signal() {
 /// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
 /// serves every route.
 async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
-    let mut by_port: Vec<(u16, Vec<String>, String, bool, Option<ServerTlsFiles>)> = Vec::new();
+    let mut by_port: Vec<(u16, Vec<String>, String, Kind, Option<ServerTlsFiles>)> = Vec::new();
     for gw in &loaded.config.gateways {
         if !loaded.binding.selected.contains(&gw.meta.id()) {
             continue;
@@ -385,35 +396,56 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
                     server.port.protocol,
                     Protocol::Https | Protocol::Http | Protocol::Http2
                 );
+            let tcp = server.tls_mode.is_none()
+                && matches!(
+                    server.port.protocol,
+                    Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis
+                );
             if !passthrough
                 && !terminate
+                && !tcp
                 && (!server.port.protocol.is_http() || server.tls_mode.is_some())
             {
                 tracing::warn!(
                     gateway = %gw.meta.id(),
                     port = server.port.number,
                     protocol = ?server.port.protocol,
-                    "Gateway server not opened: plain HTTP and TLS PASSTHROUGH servers are served so far"
+                    tls_mode = ?server.tls_mode,
+                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL) servers are served; this combination is not"
                 );
                 continue;
             }
+            let kind = if passthrough {
+                Kind::Passthrough
+            } else if tcp {
+                Kind::Tcp
+            } else {
+                Kind::Http
+            };
             match by_port
                 .iter_mut()
                 .find(|(p, _, _, _, _)| *p == server.port.number)
             {
+                Some((_, _, _, other, _)) if *other != kind => {
+                    tracing::warn!(
+                        gateway = %gw.meta.id(),
+                        port = server.port.number,
+                        "Gateway server not opened: another server on this port speaks another protocol"
+                    );
+                }
                 Some((_, hosts, _, _, _)) => hosts.extend(server.hosts.iter().cloned()),
                 None => by_port.push((
                     server.port.number,
                     server.hosts.clone(),
                     gw.meta.id(),
-                    passthrough,
+                    kind,
                     terminate.then(|| server.tls_files.clone()),
                 )),
             }
         }
     }
     let mut out = Vec::new();
-    for (port, hosts, gateway, passthrough, tls_files) in by_port {
+    for (port, hosts, gateway, kind, tls_files) in by_port {
         let tls = match tls_files {
             None => None,
             Some(files) => {
@@ -449,7 +481,8 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
                     hosts: ServerHosts::new(hosts.iter().map(String::as_str), port),
                     gateway,
                     port,
-                    passthrough,
+                    passthrough: kind == Kind::Passthrough,
+                    tcp: kind == Kind::Tcp,
                     tls,
                 });
             }

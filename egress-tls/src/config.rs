@@ -13,7 +13,8 @@ use std::sync::Arc;
 /// Builds the client configuration for these settings: trusted roots from
 /// `caCertificates` (else `SSL_CERT_FILE` when set, else the webpki roots), the client
 /// certificate for `MUTUAL`, `subjectAltNames` accepted in place of the SNI, or no
-/// verification at all for `insecureSkipVerify`. ALPN offers HTTP/1.1.
+/// verification at all for `insecureSkipVerify`. ALPN offers HTTP/2 and HTTP/1.1; the origin
+/// picks.
 pub fn client_config(s: &TlsSettings) -> Result<ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -75,7 +76,7 @@ pub fn client_config(s: &TlsSettings) -> Result<ClientConfig, String> {
     } else {
         builder.with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
 

@@ -132,9 +132,13 @@ impl tower::Service<Uri> for EgressConnector {
         let this = self.clone();
         Box::pin(async move {
             let host = uri.host().ok_or("connector: URI without a host")?;
-            let port = uri.port_u16().ok_or("connector: URI without a port")?;
-            let t = this.connect_timeout;
             let https = uri.scheme_str() == Some("https");
+            let port = match uri.port_u16() {
+                Some(p) => p,
+                None if https => 443,
+                None => return Err("connector: URI without a port".into()),
+            };
+            let t = this.connect_timeout;
             let entry = this.table.get(host, port);
             if let Some(proxy) = entry.as_ref().and_then(|e| e.proxy.clone()) {
                 let target = format!("{host}:{port}");
@@ -207,7 +211,14 @@ impl Conn {
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // The origin picked HTTP/2 in ALPN: the pool then multiplexes requests over this one
+        // connection instead of opening one per request in flight.
+        match self.0.inner() {
+            Stream::Tls(tls) if tls.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                Connected::new().negotiated_h2()
+            }
+            _ => Connected::new(),
+        }
     }
 }
 

@@ -36,8 +36,10 @@ impl ProxyTlsClient {
             insecure_skip_verify: false,
             origin: Arc::from("upstream proxy"),
         };
+        let mut config = client_config(&settings)?;
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
-            config: Arc::new(client_config(&settings)?),
+            config: Arc::new(config),
         })
     }
 }

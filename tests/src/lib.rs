@@ -50,17 +50,27 @@ pub struct Gateway {
 impl Gateway {
     /// Starts the gateway with `yaml` as its only config file plus `args`.
     pub fn start(yaml: &str, args: &[&str]) -> Gateway {
+        Self::start_with_env(yaml, args, &[])
+    }
+
+    /// [`start`](Self::start), with these environment variables set for the process.
+    pub fn start_with_env(yaml: &str, args: &[&str], env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.yaml");
         std::fs::write(&path, yaml).unwrap();
         let mut all = vec!["--config".to_owned(), path.display().to_string()];
         all.extend(args.iter().map(|s| s.to_string()));
-        Self::start_raw(&all, dir)
+        Self::start_inner(&all, dir, env)
     }
 
     /// Starts the gateway with exactly these arguments (plus ephemeral listeners).
     pub fn start_raw(args: &[String], dir: tempfile::TempDir) -> Gateway {
+        Self::start_inner(args, dir, &[])
+    }
+
+    fn start_inner(args: &[String], dir: tempfile::TempDir, env: &[(&str, &str)]) -> Gateway {
         let mut cmd = Command::new(gateway_bin());
+        cmd.envs(env.iter().copied());
         if !args.iter().any(|a| a.starts_with("--listen")) {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }

@@ -125,11 +125,22 @@ pub struct TlsOrigin {
     pub handshakes: Arc<Mutex<Vec<Option<String>>>>,
     pub client_certs: Arc<AtomicUsize>,
     pub requests: Arc<AtomicUsize>,
+    /// The HTTP version of each request served.
+    pub versions: Arc<Mutex<Vec<http::Version>>>,
 }
 
 impl TlsOrigin {
     /// Serves `leaf`; with `client_ca`, requires client certificates signed by it.
     pub async fn start(leaf: &Leaf, client_ca: Option<&TestCa>) -> TlsOrigin {
+        Self::start_alpn(leaf, client_ca, &[b"http/1.1"]).await
+    }
+
+    /// An origin that also offers HTTP/2 in ALPN (and prefers it).
+    pub async fn start_h2(leaf: &Leaf) -> TlsOrigin {
+        Self::start_alpn(leaf, None, &[b"h2", b"http/1.1"]).await
+    }
+
+    async fn start_alpn(leaf: &Leaf, client_ca: Option<&TestCa>, alpn: &[&[u8]]) -> TlsOrigin {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -153,7 +164,7 @@ impl TlsOrigin {
         let mut config = builder
             .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
             .unwrap();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let origin = TlsOrigin {
@@ -161,6 +172,7 @@ impl TlsOrigin {
             handshakes: Arc::default(),
             client_certs: Arc::default(),
             requests: Arc::default(),
+            versions: Arc::default(),
         };
         let o = origin.clone();
         tokio::spawn(async move {
@@ -181,8 +193,10 @@ impl TlsOrigin {
                         o.client_certs.fetch_add(1, Ordering::SeqCst);
                     }
                     let requests = o.requests.clone();
-                    let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    let versions = o.versions.clone();
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         requests.fetch_add(1, Ordering::SeqCst);
+                        versions.lock().unwrap().push(req.version());
                         async {
                             Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                                 Bytes::from_static(b"hello over tls"),

@@ -63,6 +63,50 @@ async fn plain_http_in_tls_out_with_pooling() {
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
 
+/// ALPN offers h2 and http/1.1: an origin that picks h2 gets HTTP/2, and concurrent
+/// requests share one multiplexed connection; an HTTP/1.1-only origin (the test above) keeps
+/// HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_that_pick_h2_get_one_multiplexed_connection() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start_h2(&ca.leaf(&["secure.test"])).await;
+    let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&origin)]);
+    let first = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/warm"]).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (200, "hello over tls"),
+        "{first:?}\n{}",
+        gw.log()
+    );
+    let proxy = gw.proxy_url();
+    let mut all = Vec::new();
+    for i in 0..8 {
+        let proxy = proxy.clone();
+        all.push(tokio::spawn(async move {
+            curl_async(&["-x", &proxy, &format!("http://secure.test/n{i}")]).await
+        }));
+    }
+    for r in all {
+        let r = r.await.unwrap();
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello over tls"),
+            "{r:?}"
+        );
+    }
+    assert_eq!(
+        origin.snis(),
+        [Some("secure.test".to_owned())],
+        "one connection"
+    );
+    let versions = origin.versions.lock().unwrap().clone();
+    assert_eq!(versions.len(), 9);
+    assert!(
+        versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "{versions:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn untrusted_certificates_fail_clearly_unless_verification_is_off() {
     let ca = TestCa::new();
@@ -553,4 +597,85 @@ async fn revoked_server_certificates_are_refused_with_ca_crl() {
     let gw = Gateway::start(&config(&ca.pem_path, ""), &[&resolve(&origin)]);
     let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
     assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// ASM's `ASMEgressTrafficPolicy` with `httpsUpgrade`: plain HTTP on port 80 leaves the
+/// gateway as TLS to port 443, verified against the trust store (`SSL_CERT_FILE` here, as
+/// the policy names no CA); a destination without the upgrade stays plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn asm_egress_traffic_policy_https_upgrade() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["www.httpbin.test"]), None).await;
+    let plain = egress_tests::Origin::start().await;
+    let yaml = format!(
+        r#"apiVersion: istio.alibabacloud.com/v1beta1
+kind: ASMEgressTrafficPolicy
+metadata:
+  name: egressgateway-a
+  namespace: istio-egress
+spec:
+  byEgressGateway:
+    name: egressgateway-a
+  egressRules:
+  - from:
+    - namespace: mytest
+      workloadSelector:
+        app: sleep-a
+    to:
+    - name: httpbin-service-http
+      hosts:
+      - www.httpbin.test
+      port:
+        name: http
+        number: 80
+        protocol: HTTP
+      byEgressGateway:
+        port: 80
+      httpsUpgrade:
+        enabled: true
+        port: 443
+    - name: plain-http
+      hosts: [plain.test]
+      port: {{name: http, number: {port}, protocol: HTTP}}
+      byEgressGateway: {{port: 8080}}
+"#,
+        port = plain.port()
+    );
+    let ca_file = ca.pem_path.display().to_string();
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            &format!("--resolve=www.httpbin.test:443:127.0.0.1:{}", origin.port()),
+            &format!("--resolve=plain.test:{}:127.0.0.1", plain.port()),
+        ],
+        &[("SSL_CERT_FILE", &ca_file)],
+    );
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://www.httpbin.test/get"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis(), [Some("www.httpbin.test".to_owned())]);
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://plain.test:{}/x", plain.port()),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{r:?}"
+    );
+    // Anything the policy does not name is refused (REGISTRY_ONLY).
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://other.test/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    // `from` cannot be enforced here, and the gateway says so.
+    assert!(
+        gw.log().contains("sources are not enforced"),
+        "{}",
+        gw.log()
+    );
 }

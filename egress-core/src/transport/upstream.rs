@@ -221,7 +221,7 @@ where
                         proxy: Some(proxy),
                     },
                 );
-                let authority = Authority::try_from(format!("{sni}:{port}"))?;
+                let authority = pool_authority(&sni, port, scheme == Scheme::HTTPS)?;
                 let req = prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::new(b, idle));
                 let send = client.request(req);
                 let result = match timeout {
@@ -269,7 +269,7 @@ where
                             proxy: None,
                         },
                     );
-                    Authority::try_from(format!("{sni}:{port}"))?
+                    pool_authority(&sni, port, true)?
                 }
             };
             let scheme = if plan.is_some_and(|p| p.tls.is_some()) {
@@ -335,6 +335,17 @@ fn prepare<B>(
     req.headers_mut()
         .insert(header::HOST, dst.host_header().clone());
     Ok(req)
+}
+
+/// The pool key of a named upstream: `sni:port`, with 443 left implicit for TLS so that an
+/// HTTP/2 connection's `:authority` is the name itself, as the `Host` header usually is
+/// (RFC 9113 section 8.3.1 wants the two equal).
+fn pool_authority(sni: &str, port: u16, tls: bool) -> Result<Authority, http::uri::InvalidUri> {
+    if tls && port == 443 {
+        Authority::try_from(sni)
+    } else {
+        Authority::try_from(format!("{sni}:{port}"))
+    }
 }
 
 /// `IP:PORT` as a URI authority, without the formatting machinery for the common IPv4 case.

@@ -1,9 +1,11 @@
 //! Istio's own YAML: the resources users already have, read with positions and validated.
 //!
 //! Accepted: `networking.istio.io` `v1`, `v1beta1` and `v1alpha3` `ServiceEntry` and
-//! `Sidecar` (its `outboundTrafficPolicy`). Other Istio kinds are reported once per kind as
+//! `Sidecar` (its `outboundTrafficPolicy`), `VirtualService`, `DestinationRule`, `Gateway`,
+//! and ASM's `ASMEgressTrafficPolicy` (as the resources it stands for). Other Istio kinds are reported once per kind as
 //! "not yet supported, ignored", never silently. `kind: List` documents are unpacked.
 
+mod asm;
 mod gateway;
 mod model;
 mod reader;
@@ -237,6 +239,12 @@ impl ConfigSet {
             "DestinationRule" => {
                 if let Some(dr) = virtual_service::read_destination_rule(&mut r, meta, spec) {
                     self.destination_rules.push(dr);
+                }
+            }
+            "ASMEgressTrafficPolicy" if asm::ASM_VERSIONS.contains(&api.as_str()) => {
+                if let Some(g) = asm::read(&mut r, &meta, spec) {
+                    self.service_entries.extend(g.service_entries);
+                    self.destination_rules.extend(g.destination_rules);
                 }
             }
             _ => {

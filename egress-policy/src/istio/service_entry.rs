@@ -207,7 +207,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
 }
 
 /// Validates one host: `*.suffix` or a name; `*` alone is refused, as Istio does.
-fn check_host(r: &mut Reader<'_>, node: &Node, path: &str, s: &str) -> Option<String> {
+pub(super) fn check_host(r: &mut Reader<'_>, node: &Node, path: &str, s: &str) -> Option<String> {
     if s == "*" {
         r.error(node, path, "the wildcard host \"*\" is not allowed in a ServiceEntry (it would register everything)");
         return None;
@@ -243,7 +243,7 @@ fn check_host(r: &mut Reader<'_>, node: &Node, path: &str, s: &str) -> Option<St
     }
 }
 
-fn read_port(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Port> {
+pub(super) fn read_port(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Port> {
     let mut f = r.map(node, path)?;
     let number = match f.take("number") {
         Some(n) => r

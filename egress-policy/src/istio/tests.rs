@@ -332,3 +332,85 @@ fn destination_rule_load_balancers() {
         assert!(err.contains(want), "{tp}: {err}");
     }
 }
+
+const ASM: &str = r#"apiVersion: istio.alibabacloud.com/v1beta1
+kind: ASMEgressTrafficPolicy
+metadata: {name: egressgateway-a, namespace: istio-egress}
+spec:
+  byEgressGateway: {name: egressgateway-a}
+  egressRules:
+  - to:
+    - name: up
+      hosts: [www.httpbin.org, httpbin.org]
+      port: {name: http, number: 80, protocol: HTTP}
+      byEgressGateway:
+        port: 80
+        httpsUpgrade: {enabled: true}
+    - name: direct
+      hosts: ["*.aliyun.com"]
+      port: {name: https, number: 443, protocol: HTTPS}
+      byEgressGateway: {port: 445}
+"#;
+
+#[test]
+fn asm_egress_traffic_policy_becomes_service_entries_and_tls_rules() {
+    let set = load(ASM);
+    assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
+    assert_eq!(set.service_entries.len(), 2);
+    let up = &set.service_entries[0];
+    assert_eq!(up.meta.id(), "istio-egress/egressgateway-a-up");
+    assert_eq!(up.hosts, ["www.httpbin.org", "httpbin.org"]);
+    assert_eq!(up.ports[0].target_port, Some(443));
+    assert_eq!(up.resolution, Resolution::Dns);
+    let direct = &set.service_entries[1];
+    assert_eq!(direct.ports[0].target_port, None);
+    assert_eq!(direct.resolution, Resolution::None);
+    let hosts: Vec<_> = set
+        .destination_rules
+        .iter()
+        .map(|d| d.host.as_str())
+        .collect();
+    assert_eq!(hosts, ["www.httpbin.org", "httpbin.org"]);
+    let tls = set.destination_rules[0].tls_for(80, None).unwrap();
+    assert_eq!((tls.mode.as_str(), tls.sni.as_deref()), ("SIMPLE", None));
+}
+
+#[test]
+fn asm_egress_traffic_policy_errors_name_the_field() {
+    let tcp = ASM.replace("protocol: HTTP}", "protocol: TCP}");
+    let e = errors(&tcp);
+    assert!(
+        e.iter()
+            .any(|e| e.contains("spec.egressRules[0].to[0].httpsUpgrade")
+                && e.contains("upgrades plain HTTP")),
+        "{e:?}"
+    );
+    let twice = ASM.replace(
+        "      byEgressGateway:\n        port: 80\n",
+        "      httpsUpgrade: {enabled: true}\n      byEgressGateway:\n        port: 80\n",
+    );
+    assert!(
+        errors(&twice).iter().any(|e| e.contains("set twice")),
+        "{:?}",
+        errors(&twice)
+    );
+    let no_gw = ASM.replace("  byEgressGateway: {name: egressgateway-a}\n", "");
+    assert!(
+        errors(&no_gw)
+            .iter()
+            .any(|e| e.contains("spec.byEgressGateway.name")),
+        "{:?}",
+        errors(&no_gw)
+    );
+    let typo = ASM.replace(
+        "httpsUpgrade: {enabled: true}",
+        "httpsUpgrade: {enabled: true, prot: 443}",
+    );
+    assert!(
+        warnings(&typo)
+            .iter()
+            .any(|w| w.contains("httpsUpgrade.prot") && w.contains("unknown field")),
+        "{:?}",
+        warnings(&typo)
+    );
+}

@@ -312,6 +312,23 @@ impl RouteTable {
         Some((d.host.clone(), p, plan))
     }
 
+    /// The destination of the first `tcp` route for a TCP `Gateway` server: its
+    /// VirtualService's hosts must be among the server's `hosts` and a match must cover the
+    /// server's port. A TCP connection names no host, so the server's hosts stand for it.
+    pub fn tcp_route_for_server(
+        &self,
+        server: &ServerHosts,
+        port: u16,
+    ) -> Option<(Arc<str>, u16, UpstreamPlan)> {
+        let (_, route) = self.tcp.iter().find(|(hosts, r)| {
+            hosts.iter().any(|h| server.contains(h))
+                && r.matches.iter().any(|m| m.port.is_none_or(|p| p == port))
+        })?;
+        let d = self.pick(&route.destinations, route.total)?;
+        let (p, plan) = d.plan(port)?;
+        Some((d.host.clone(), p, plan))
+    }
+
     /// Whether any host has routes.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.wildcard.is_empty() && self.any.is_none()

@@ -1,0 +1,104 @@
+//! TCP `Gateway` servers: Istio's TCP egress-gateway pattern (a `protocol: TCP` server, a
+//! VirtualService `tcp` route bound to the gateway, a registered TCP ServiceEntry), through
+//! the real binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::{Gateway, Origin, curl_async};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_gateway_servers_follow_tcp_routes_and_close_without_one() {
+    let origin = Origin::start().await;
+    // Port 7777 of the manifest is served at `routed`, the second server's at `unrouted`:
+    // one offset moves both, so pick ports it can move.
+    let (routed, unrouted, offset) = loop {
+        let (a, b) = (free_port(), free_port());
+        if b > a - 7777 && b - (a - 7777) != 7777 {
+            break (a, b, a - 7777);
+        }
+    };
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-db}}
+spec:
+  hosts: [my-db.tcp.test]
+  ports:
+  - {{number: {db}, name: tcp, protocol: TCP}}
+  location: MESH_EXTERNAL
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector:
+    istio: egressgateway
+  servers:
+  - port: {{number: 7777, name: tcp, protocol: TCP}}
+    hosts: [my-db.tcp.test]
+  - port: {{number: {other}, name: tcp-other, protocol: TCP}}
+    hosts: [unrouted.tcp.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: direct-db-through-egress-gateway}}
+spec:
+  hosts: [my-db.tcp.test]
+  gateways: [mesh, istio-egressgateway]
+  tcp:
+  - match:
+    - gateways: [mesh]
+      port: {db}
+    route:
+    - destination:
+        host: istio-egressgateway.istio-system.svc.cluster.local
+        port: {{number: 7777}}
+  - match:
+    - gateways: [istio-egressgateway]
+      port: 7777
+    route:
+    - destination:
+        host: my-db.tcp.test
+        port: {{number: {db}}}
+"#,
+        db = origin.port(),
+        other = unrouted - offset,
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!("--resolve=my-db.tcp.test:{}:127.0.0.1", origin.port()),
+            "--gateway-port-offset",
+            &offset.to_string(),
+        ],
+    );
+    // The bytes are opaque to the gateway; HTTP is just a convenient protocol to check them.
+    let r = curl_async(&[&format!("http://127.0.0.1:{routed}/over-tcp")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.requests()[0].uri, "/over-tcp");
+
+    let r = curl_async(&[&format!("http://127.0.0.1:{unrouted}/nowhere")]).await;
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(gw.wait_log("TCP gateway connection closed"), "{}", gw.log());
+    assert_eq!(origin.requests().len(), 1);
+    let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        metrics.contains("egress_refusals_total{reason=\"no-route\"} 1"),
+        "{metrics}"
+    );
+}
