@@ -430,6 +430,16 @@ pub enum RejectionKind {
     Unsupported,
     /// A `VirtualService` covers the host but none of its routes matches (Envoy's `NR`).
     NoRoute,
+    /// An `AuthorizationPolicy` denied the request (403 `RBAC: access denied`).
+    RbacDenied,
+    /// A JWT was present and did not validate (401), or its audience is not allowed (403).
+    JwtInvalid,
+    /// The external authorizer denied the request.
+    ExtAuthzDenied,
+    /// The external authorizer could not be asked (unreachable, timeout, 5xx, overloaded).
+    ExtAuthzError,
+    /// A body that must be buffered (for the external authorizer) is over its limit (413).
+    BodyTooLarge,
 }
 
 impl RejectionKind {
@@ -444,6 +454,11 @@ impl RejectionKind {
             RejectionKind::LoopDetected => "loop-detected",
             RejectionKind::Unsupported => "unsupported",
             RejectionKind::NoRoute => "no-route",
+            RejectionKind::RbacDenied => "rbac-denied",
+            RejectionKind::JwtInvalid => "jwt-invalid",
+            RejectionKind::ExtAuthzDenied => "ext-authz-denied",
+            RejectionKind::ExtAuthzError => "ext-authz-error",
+            RejectionKind::BodyTooLarge => "body-too-large",
         }
     }
 }

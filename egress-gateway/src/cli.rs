@@ -53,6 +53,36 @@ pub struct ConfigArgs {
     /// them apply; with none, the gateway acts for the mesh.
     #[arg(long = "gateway-label", default_value = "istio=egressgateway", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub gateway_labels: Vec<(String, String)>,
+    /// Path normalisation before authorization and routing (default: MeshConfig's
+    /// `pathNormalization`, else BASE).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub path_normalization: Option<NormalizationArg>,
+}
+
+/// `--path-normalization` values (Istio's `pathNormalization.normalization`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum NormalizationArg {
+    /// The path as received.
+    None,
+    /// RFC 3986 normalisation (dot segments, unreserved percent-encodings, `\`).
+    Base,
+    /// BASE, and runs of `/` merged.
+    MergeSlashes,
+    /// `%2F`/`%5C` decoded, then MERGE_SLASHES.
+    DecodeAndMergeSlashes,
+}
+
+impl From<NormalizationArg> for egress_policy::authz::path::Normalization {
+    fn from(a: NormalizationArg) -> Self {
+        use egress_policy::authz::path::Normalization as N;
+        match a {
+            NormalizationArg::None => N::None,
+            NormalizationArg::Base => N::Base,
+            NormalizationArg::MergeSlashes => N::MergeSlashes,
+            NormalizationArg::DecodeAndMergeSlashes => N::DecodeAndMergeSlashes,
+        }
+    }
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -122,6 +152,19 @@ pub struct RunArgs {
     /// outbound proxy. The proxy resolves names.
     #[arg(long, value_name = "URL")]
     pub upstream_proxy: Option<String>,
+    /// Proxies in front of the gateway that append to `X-Forwarded-For` and are trusted:
+    /// `remote.ip` / `remoteIpBlocks` read the address this many entries from the right.
+    /// 0 (the default): the header is never trusted and the remote address is the peer.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub xff_num_trusted_hops: usize,
+    /// At most this many external authorization checks at once; more are refused with the
+    /// provider's statusOnError (or let through with failOpen).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub ext_authz_max_in_flight: usize,
+    /// How often keys of `jwksUri`s are fetched again (a failed fetch is retried sooner;
+    /// the last good keys are kept meanwhile).
+    #[arg(long, default_value = "20m", value_parser = parse_duration, value_name = "DURATION")]
+    pub jwks_refresh_interval: Duration,
     /// PEM roots trusted for an `https://` --upstream-proxy (default: SSL_CERT_FILE, else
     /// the webpki roots).
     #[arg(long, value_name = "FILE")]

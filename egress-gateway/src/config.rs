@@ -1,8 +1,11 @@
 //! The only place that reads configuration files.
 
 use egress_policy::Registry;
+use egress_policy::authz::path::Normalization;
+use egress_policy::authz::{AuthzPolicies, Identity};
 use egress_policy::diag::Diagnostics;
 use egress_policy::istio::{Binding, ConfigSet};
+use egress_policy::jwt::JwtPolicy;
 use egress_policy::routes::RouteTable;
 use std::fmt;
 
@@ -22,6 +25,12 @@ pub struct Loaded {
     pub routes: RouteTable,
     /// Which `Gateway` resources select this gateway.
     pub binding: Binding,
+    /// The `AuthorizationPolicy` resources that apply to this gateway.
+    pub authz: AuthzPolicies,
+    /// The `RequestAuthentication` rules that apply to this gateway.
+    pub jwt: JwtPolicy,
+    /// Path normalisation (flag, else MeshConfig, else `BASE`).
+    pub normalization: Normalization,
     /// Everything that was read.
     pub config: ConfigSet,
     /// Warnings (errors would have failed the load).
@@ -66,10 +75,27 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
             let (routes, route_diags) =
                 RouteTable::compile(&config, &registry, &binding).map_err(LoadError::Invalid)?;
             diagnostics.extend(route_diags);
+            let mut identity = Identity::new(&args.gateway_name, &args.gateway_labels, &binding);
+            if let Some(root) = config.mesh.as_ref().and_then(|m| m.root_namespace.clone()) {
+                identity.root_namespace = root;
+            }
+            let (authz, authz_diags) =
+                AuthzPolicies::compile(&config, &identity).map_err(LoadError::Invalid)?;
+            diagnostics.extend(authz_diags);
+            let (jwt, jwt_diags) = JwtPolicy::compile(&config, &identity);
+            diagnostics.extend(jwt_diags);
+            let normalization = args
+                .path_normalization
+                .map(Into::into)
+                .or_else(|| config.mesh.as_ref().and_then(|m| m.path_normalization))
+                .unwrap_or_default();
             Ok(Loaded {
                 registry,
                 routes,
                 binding,
+                authz,
+                jwt,
+                normalization,
                 config,
                 diagnostics,
             })
@@ -89,6 +115,7 @@ mod tests {
             outbound_policy: None,
             gateway_name: "istio-system/istio-egressgateway".into(),
             gateway_labels: vec![("istio".into(), "egressgateway".into())],
+            path_normalization: None,
         })
         .unwrap();
         assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);

@@ -12,6 +12,7 @@ pub mod server;
 pub mod stack;
 
 mod admin;
+mod jwks;
 mod passthrough;
 mod reload;
 mod tunnel;

@@ -16,6 +16,7 @@ use egress_core::host::parse_host;
 use egress_core::telemetry::Metrics;
 use egress_core::transport::Dialer;
 use egress_policy::Registry;
+use egress_policy::authz::{Attributes, AuthzPolicies};
 use egress_policy::istio::OutboundPolicy;
 use egress_policy::routes::{RouteTable, ServerHosts};
 use std::sync::Arc;
@@ -37,6 +38,55 @@ pub(crate) struct Passthrough {
     pub(crate) limit: Arc<Semaphore>,
     /// A `protocol: TCP` server (routed by port) rather than TLS passthrough (by SNI).
     pub(crate) tcp: bool,
+    /// `AuthorizationPolicy`, checked at L4.
+    pub(crate) authz: Arc<ArcSwap<AuthzPolicies>>,
+}
+
+/// Authorises a connection at L4 (source, destination host, port, SNI). A CUSTOM policy
+/// cannot be asked about bytes that are not HTTP: when one matches, the connection is
+/// refused (fail closed).
+fn authorize(
+    p: &Passthrough,
+    peer: std::net::SocketAddr,
+    host: &str,
+    port: u16,
+    sni: Option<&str>,
+) -> Result<(), (&'static str, String)> {
+    let policies = p.authz.load();
+    if policies.is_empty() {
+        return Ok(());
+    }
+    let attrs = Attributes {
+        http: None,
+        source_ip: Some(peer.ip()),
+        remote_ip: Some(peer.ip()),
+        principal: None,
+        namespace: None,
+        host,
+        port,
+        destination_ip: host.parse().ok(),
+        sni,
+    };
+    if let Some((provider, policy)) = policies.custom_match(&attrs) {
+        return Err((
+            "ext-authz-error",
+            format!(
+                "CUSTOM policy {policy} (provider {provider}) matches, and an HTTP authorizer cannot check an opaque connection"
+            ),
+        ));
+    }
+    let d = policies.evaluate(&attrs);
+    if d.allowed {
+        return Ok(());
+    }
+    Err((
+        "rbac-denied",
+        format!(
+            "RBAC: access denied (policy {}, rule {})",
+            d.policy.as_deref().unwrap_or("-"),
+            d.rule.map_or(-1, |r| r as i64)
+        ),
+    ))
 }
 
 pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
@@ -58,9 +108,9 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
         p.tunnels.clone().spawn(async move {
             let _permit = permit;
             let result = if p.tcp {
-                handle_tcp(&p, io).await
+                handle_tcp(&p, io, peer).await
             } else {
-                handle(&p, io).await
+                handle(&p, io, peer).await
             };
             if let Err((reason, why)) = result {
                 p.metrics.refused(reason);
@@ -74,7 +124,11 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
     }
 }
 
-async fn handle(p: &Passthrough, mut io: TcpStream) -> Result<(), (&'static str, String)> {
+async fn handle(
+    p: &Passthrough,
+    mut io: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Result<(), (&'static str, String)> {
     use egress_tls::sni::{HelloError, read_client_hello};
     let _ = io.set_nodelay(true);
     let (hello, sni) = read_client_hello(&mut io, Duration::from_secs(10))
@@ -129,6 +183,7 @@ async fn handle(p: &Passthrough, mut io: TcpStream) -> Result<(), (&'static str,
                 }
             }
         };
+    authorize(p, peer, &sni, p.port, Some(&sni))?;
     let upstream = p
         .dialer
         .connect(&dst, plan.as_ref())
@@ -140,7 +195,11 @@ async fn handle(p: &Passthrough, mut io: TcpStream) -> Result<(), (&'static str,
     Ok(())
 }
 
-async fn handle_tcp(p: &Passthrough, io: TcpStream) -> Result<(), (&'static str, String)> {
+async fn handle_tcp(
+    p: &Passthrough,
+    io: TcpStream,
+    peer: std::net::SocketAddr,
+) -> Result<(), (&'static str, String)> {
     let _ = io.set_nodelay(true);
     let Some((host, port, plan)) = p.routes.load().tcp_route_for_server(&p.hosts, p.port) else {
         return Err((
@@ -155,6 +214,7 @@ async fn handle_tcp(p: &Passthrough, io: TcpStream) -> Result<(), (&'static str,
         Ok(h) => h,
         Err(e) => return Err(("malformed", format!("route destination {host:?}: {e}"))),
     };
+    authorize(p, peer, &host.to_string(), p.port, None)?;
     let dst = Destination::new(host, port, Scheme::Http, RequestForm::Connect);
     let upstream = p
         .dialer

@@ -31,6 +31,7 @@ pub(crate) struct Reloader {
     pub(crate) resources: ArcSwap<egress_policy::istio::ConfigSet>,
     registry: Arc<ArcSwap<Registry>>,
     routes: Arc<ArcSwap<RouteTable>>,
+    security: crate::stack::Security,
     pub(crate) successes: AtomicU64,
     pub(crate) failures: AtomicU64,
     // Held only to copy or replace the status, never across an await.
@@ -43,12 +44,14 @@ impl Reloader {
         resources: egress_policy::istio::ConfigSet,
         registry: Arc<ArcSwap<Registry>>,
         routes: Arc<ArcSwap<RouteTable>>,
+        security: crate::stack::Security,
     ) -> Self {
         Self {
             args,
             resources: ArcSwap::from_pointee(resources),
             registry,
             routes,
+            security,
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             status: Mutex::default(),
@@ -70,6 +73,12 @@ impl Reloader {
                 // Routes first: they were compiled against the new registry, and a request
                 // that meets new routes and the old registry only skips the registry check
                 // for destinations the new routes chose.
+                // Security before routes: a request never meets new routes under old policies.
+                self.security.authz.store(Arc::new(loaded.authz));
+                self.security.jwt.store(Arc::new(loaded.jwt));
+                self.security
+                    .normalization
+                    .store(Arc::new(loaded.normalization));
                 self.routes.store(Arc::new(loaded.routes));
                 self.registry.store(Arc::new(loaded.registry));
                 self.resources.store(Arc::new(loaded.config));

@@ -156,9 +156,35 @@ impl Gateway {
             registry,
             routes,
             binding,
+            authz,
+            jwt,
+            normalization,
             config,
             diagnostics,
         } = self.loaded;
+        let authz = Arc::new(ArcSwap::from_pointee(authz));
+        let security = crate::stack::Security {
+            ext_authz: egress_policy::ext_authz::ExtAuthzLayer::new(
+                authz.clone(),
+                args.ext_authz_max_in_flight,
+                args.xff_num_trusted_hops,
+            ),
+            authz,
+            jwt: Arc::new(ArcSwap::from_pointee(jwt)),
+            jwks: egress_policy::jwt::JwksStore::default(),
+            normalization: Arc::new(ArcSwap::from_pointee(normalization)),
+            xff_hops: args.xff_num_trusted_hops,
+        };
+        {
+            // Keys of jwksUris: fetched now, then kept fresh in the background.
+            let fetcher: Arc<dyn egress_policy::jwt::FetchJwks> = Arc::new(
+                crate::jwks::Fetcher::new().map_err(|e| StartError(format!("JWKS client: {e}")))?,
+            );
+            let store = security.jwks.clone();
+            let policy = security.jwt.clone();
+            let interval = args.jwks_refresh_interval;
+            tokio::spawn(store.run(policy, fetcher, interval));
+        }
         for w in diagnostics.warnings() {
             tracing::warn!("{w}");
         }
@@ -197,6 +223,7 @@ impl Gateway {
             tunnel_idle_timeout: args.tunnel_idle_timeout,
             tunnels: tunnels.clone(),
             metrics: metrics.clone(),
+            security: security.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
@@ -208,6 +235,7 @@ impl Gateway {
                 config.clone(),
                 registry.clone(),
                 routes.clone(),
+                security.clone(),
             )),
             registry,
             routes,
@@ -280,6 +308,7 @@ impl Gateway {
                         idle: args.tunnel_idle_timeout,
                         limit: limit.clone(),
                         tcp: server.tcp,
+                        authz: stack_config.security.authz.clone(),
                     },
                 ));
                 continue;

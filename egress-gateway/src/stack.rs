@@ -12,6 +12,10 @@ use egress_core::retry::RetryLayer;
 use egress_core::telemetry::{Metrics, TelemetryLayer};
 use egress_core::transport::{DialTable, Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
+use egress_policy::authz::path::{Normalization, PathNormalizeLayer};
+use egress_policy::authz::{AuthzLayer, AuthzPolicies};
+use egress_policy::ext_authz::ExtAuthzLayer;
+use egress_policy::jwt::{JwksStore, JwtLayer, JwtPolicy};
 use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
 use egress_policy::{Registry, RegistryOnlyLayer};
 use egress_tls::EgressConnector;
@@ -49,6 +53,25 @@ pub struct StackConfig {
     pub metrics: Arc<Metrics>,
     /// Spliced tunnels, so that a drain can wait for them.
     pub tunnels: TaskTracker,
+    /// Authentication and authorization.
+    pub security: Security,
+}
+
+/// The swappable security configuration and what it shares across listeners.
+#[derive(Clone)]
+pub struct Security {
+    /// `AuthorizationPolicy` (CUSTOM, DENY, ALLOW).
+    pub authz: Arc<ArcSwap<AuthzPolicies>>,
+    /// `RequestAuthentication`.
+    pub jwt: Arc<ArcSwap<JwtPolicy>>,
+    /// Keys of `jwksUri`s.
+    pub jwks: JwksStore,
+    /// Path normalisation.
+    pub normalization: Arc<ArcSwap<Normalization>>,
+    /// Trusted `X-Forwarded-For` hops.
+    pub xff_hops: usize,
+    /// The external authorizer client (pooled, bounded), shared by every listener.
+    pub ext_authz: ExtAuthzLayer,
 }
 
 /// Builds the request stack. The first layer listed sees the request first.
@@ -92,8 +115,19 @@ pub fn build(
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
         .layer(DestinationLayer::new())
+        // One path for everything below: what is authorised is what goes upstream.
+        .layer(PathNormalizeLayer::from_swap(config.security.normalization))
         // On a Gateway server's listener: only the hosts that server declares (404 else).
         .option_layer(server_hosts.map(ServerHostsLayer::new))
+        // RequestAuthentication: 401 for a bad token, identity for the policies below.
+        .layer(JwtLayer::new(config.security.jwt, config.security.jwks))
+        // CUSTOM policies: the external authorizer decides first.
+        .layer(config.security.ext_authz)
+        // DENY, then ALLOW: 403 `RBAC: access denied`.
+        .layer(AuthzLayer::new(
+            config.security.authz,
+            config.security.xff_hops,
+        ))
         // VirtualService routes: choose the destination (checked against the registry when
         // compiled), or answer directly, redirect, or 404 when no route matches.
         .layer(RouteLayer::from_swap(config.routes))
@@ -118,9 +152,10 @@ pub struct Dispatch<H> {
     metrics: Arc<Metrics>,
 }
 
-impl<H> Service<Request<Incoming>> for Dispatch<H>
+impl<H, B> Service<Request<B>> for Dispatch<H>
 where
-    H: Service<Request<Incoming>, Response = Response<BoxBody>, Error = BoxError>,
+    H: Service<Request<B>, Response = Response<BoxBody>, Error = BoxError>,
+    B: Send + 'static,
 {
     type Response = Response<BoxBody>;
     type Error = BoxError;
@@ -131,7 +166,7 @@ where
         self.http.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let Some(dst) = req.extensions().get::<Destination>() else {
             return DispatchFuture::Ready {
                 response: Some(Rejection::new(RejectionKind::MissingDestination).respond(
@@ -172,8 +207,8 @@ where
 /// Dials the destination, answers 200, and splices the upgraded connection to it. A failed
 /// dial answers with the failure and `Connection: close`: hyper would otherwise read the
 /// bytes the client sent after `CONNECT` as a new request.
-async fn connect(
-    mut req: Request<Incoming>,
+async fn connect<B>(
+    mut req: Request<B>,
     dialer: Arc<Dialer>,
     idle: Duration,
     tunnels: TaskTracker,

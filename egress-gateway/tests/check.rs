@@ -37,7 +37,7 @@ fn good_and_broken_files() {
     let good = dir.path().join("good.yaml");
     std::fs::write(
         &good,
-        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: api, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n  resolution: DNS\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: later}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api-routes, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route:\n    - destination: {host: api.example.com}\n",
+        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: api, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n  resolution: DNS\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: later}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api-routes, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route:\n    - destination: {host: api.example.com}\n",
     )
     .unwrap();
     let (code, out, err) = check(&[
@@ -53,7 +53,7 @@ fn good_and_broken_files() {
         "{out}"
     );
     assert!(
-        err.contains("AuthorizationPolicy (security.istio.io/v1) is not yet supported, ignored")
+        err.contains("PeerAuthentication (security.istio.io/v1) is not yet supported, ignored")
             && out.contains(
                 "VirtualService prod/api-routes: hosts [api.example.com] 1 http route(s)"
             ),

@@ -6,6 +6,11 @@
 //!   provides [`RegistryOnlyLayer`], which refuses unregistered destinations under
 //!   `REGISTRY_ONLY`.
 //!
+//! - [`authz`] compiles `AuthorizationPolicy` into [`authz::AuthzPolicies`] with
+//!   [`authz::AuthzLayer`] (DENY/ALLOW) and [`authz::path::PathNormalizeLayer`];
+//!   [`ext_authz::ExtAuthzLayer`] runs CUSTOM policies against an HTTP authorizer; [`jwt`]
+//!   validates tokens as `RequestAuthentication` says ([`jwt::JwtLayer`]).
+//!
 //! Mechanisms (destination parsing, transport) live in `egress-core`; this crate only decides.
 //!
 //! ```
@@ -25,9 +30,12 @@
 //! assert!(registry.lookup_name("example.com", 80).is_none());
 //! ```
 
+pub mod authz;
 pub mod diag;
 pub mod duration;
+pub mod ext_authz;
 pub mod istio;
+pub mod jwt;
 pub mod registry;
 pub mod routes;
 pub mod yaml;

@@ -7,8 +7,10 @@
 
 mod asm;
 mod gateway;
+pub mod mesh;
 mod model;
 mod reader;
+pub mod security;
 mod service_entry;
 mod virtual_service;
 
@@ -43,8 +45,6 @@ const KNOWN_LATER: &[&str] = &[
     "WorkloadGroup",
     "EnvoyFilter",
     "ProxyConfig",
-    "AuthorizationPolicy",
-    "RequestAuthentication",
     "PeerAuthentication",
     "Telemetry",
     "WasmPlugin",
@@ -63,6 +63,12 @@ pub struct ConfigSet {
     pub destination_rules: Vec<DestinationRule>,
     /// The `Gateway` resources.
     pub gateways: Vec<Gateway>,
+    /// The `AuthorizationPolicy` resources.
+    pub authorization_policies: Vec<security::AuthorizationPolicy>,
+    /// The `RequestAuthentication` resources.
+    pub request_authentications: Vec<security::RequestAuthentication>,
+    /// MeshConfig, from the `istio` ConfigMap or an `IstioOperator`.
+    pub mesh: Option<mesh::MeshConfig>,
     /// Resources read but not applied: `Kind namespace/name (file:line)`.
     pub ignored: Vec<String>,
     /// The files read.
@@ -166,6 +172,7 @@ impl ConfigSet {
         }
         let mut name = String::new();
         let mut namespace = "default".to_owned();
+        let mut namespace_given = false;
         match f.take("metadata") {
             None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
             Some(m) => {
@@ -179,6 +186,7 @@ impl ConfigSet {
                         .and_then(|n| r.string(n, "metadata.namespace"))
                     {
                         namespace = ns;
+                        namespace_given = true;
                     }
                     // Kubernetes metadata carries many server-set fields; none matter here.
                     mf.ignore_rest();
@@ -195,7 +203,17 @@ impl ConfigSet {
         r.resource = Some(id.clone());
         let spec = f.take("spec");
         let _status = f.take("status");
-        f.finish(&mut r, &[]);
+        let data = if kind == "ConfigMap" {
+            f.take("data")
+        } else {
+            None
+        };
+        if kind == "ConfigMap" {
+            // `binaryData`, `immutable`: nothing a gateway reads.
+            f.ignore_rest();
+        } else {
+            f.finish(&mut r, &[]);
+        }
         let networking = NETWORKING_VERSIONS.contains(&api.as_str());
         let empty = Node {
             value: crate::yaml::Value::Null,
@@ -247,6 +265,51 @@ impl ConfigSet {
                     self.destination_rules.extend(g.destination_rules);
                 }
             }
+            "AuthorizationPolicy" | "RequestAuthentication"
+                if !security::SECURITY_VERSIONS.contains(&api.as_str()) =>
+            {
+                r.error(
+                    doc,
+                    "apiVersion",
+                    format!(
+                        "unsupported apiVersion {api:?} for {kind} (expected one of {})",
+                        security::SECURITY_VERSIONS.join(", ")
+                    ),
+                );
+            }
+            "AuthorizationPolicy" => {
+                if let Some(p) =
+                    security::read_authorization_policy(&mut r, meta, spec, namespace_given)
+                {
+                    self.authorization_policies.push(p);
+                }
+            }
+            "RequestAuthentication" => {
+                if let Some(p) =
+                    security::read_request_authentication(&mut r, meta, spec, namespace_given)
+                {
+                    self.request_authentications.push(p);
+                }
+            }
+            "ConfigMap" if api == "v1" && meta.name == "istio" => {
+                let data = data.unwrap_or(&empty);
+                if let Some(m) = mesh::read_config_map(&mut r, meta, data) {
+                    set_mesh(&mut self.mesh, &mut r, doc, m);
+                }
+            }
+            "IstioOperator" if api.starts_with("install.istio.io/") => {
+                let mut sf = r.map(spec, "spec");
+                let mc = sf.as_mut().and_then(|f| f.take("meshConfig"));
+                if let Some(f) = sf {
+                    // The rest of an IstioOperator installs Istio; nothing here for a gateway.
+                    f.ignore_rest();
+                }
+                if let Some(mc) = mc
+                    && let Some(m) = mesh::read_mesh(&mut r, meta, mc, "spec.meshConfig")
+                {
+                    set_mesh(&mut self.mesh, &mut r, doc, m);
+                }
+            }
             _ => {
                 let what = if KNOWN_LATER.contains(&kind.as_str()) && api.contains(".istio.io/") {
                     format!("{kind} ({api})")
@@ -272,7 +335,32 @@ impl ConfigSet {
             }
         }
     }
+}
 
+fn set_mesh(
+    slot: &mut Option<mesh::MeshConfig>,
+    r: &mut Reader<'_>,
+    doc: &Node,
+    m: mesh::MeshConfig,
+) {
+    {
+        match slot {
+            Some(first) => r.error(
+                doc,
+                "",
+                format!(
+                    "MeshConfig is already given by {} ({}:{}); one source only",
+                    first.meta.id(),
+                    first.meta.file,
+                    first.meta.line
+                ),
+            ),
+            None => *slot = Some(m),
+        }
+    }
+}
+
+impl ConfigSet {
     fn report_ignored(&mut self, ignored: BTreeMap<String, (Diagnostic, usize)>) {
         for (what, (mut d, n)) in ignored {
             let more = if n > 1 {

@@ -197,7 +197,7 @@ fn validation_errors_name_file_line_resource_field() {
 #[test]
 fn unknown_fields_warn_and_other_kinds_are_reported_once() {
     let text = format!(
-        "{}  ports: [{{number: 80, name: http, protocl: HTTP}}]\n  hostz: [x]\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: a}}\nspec: {{}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: b}}\nspec: {{}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n",
+        "{}  ports: [{{number: 80, name: http, protocl: HTTP}}]\n  hostz: [x]\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: a}}\nspec: {{}}\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: b}}\nspec: {{}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\n",
         se("  hosts: [a.com]\n").trim_end_matches('\n').to_owned() + "\n"
     );
     let set = load(&text);
@@ -214,7 +214,7 @@ fn unknown_fields_warn_and_other_kinds_are_reported_once() {
     );
     let vs: Vec<_> = w
         .iter()
-        .filter(|w| w.contains("AuthorizationPolicy ("))
+        .filter(|w| w.contains("PeerAuthentication ("))
         .collect();
     assert_eq!(vs.len(), 1, "{w:#?}");
     assert!(

@@ -429,7 +429,10 @@ fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<Outboun
             None => found = Some((mode, sc)),
         }
     }
-    found.map(|(m, _)| m)
+    // MeshConfig's mode is below any Sidecar's.
+    found
+        .map(|(m, _)| m)
+        .or_else(|| config.mesh.as_ref().and_then(|m| m.outbound))
 }
 
 #[cfg(test)]

@@ -1,0 +1,735 @@
+//! `AuthorizationPolicy` compiled into an immutable [`AuthzPolicies`] set and evaluated as
+//! Istio documents: CUSTOM first (see [`ext_authz`](crate::ext_authz)), then DENY, then
+//! ALLOW (no ALLOW policy: allow; one matches: allow; else deny). AUDIT never changes the
+//! outcome.
+//!
+//! A request is described once, as [`Attributes`], by whoever sees it (the HTTP layer, the
+//! `CONNECT` dispatcher, a passthrough listener). For traffic that is not HTTP (a `CONNECT`
+//! tunnel, TLS passthrough, TCP) the HTTP-only fields follow Istio: an ALLOW (or AUDIT,
+//! CUSTOM) rule that uses one is dropped, and in a DENY rule the field is ignored, so that a
+//! DENY never becomes narrower because the traffic is opaque.
+
+pub(crate) mod layer;
+pub mod path;
+
+pub use layer::{AuthzLayer, AuthzService, BadForwardedFor, remote_ip};
+
+use ipnet::IpNet;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::istio::mesh::ExtAuthzHttp;
+use crate::istio::security::{
+    AuthorizationPolicy, AuthzAction, Condition, Operation, Rule, Scope, Source, bracketed,
+    parse_ip_block, when_key_is_http_only,
+};
+use crate::istio::{Binding, ConfigSet};
+use crate::jwt::RequestAuth;
+
+/// Who this gateway is, for deciding which security resources apply to it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Its namespace (from `--gateway-name ns/name`).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// The mesh root namespace (`istio-system`): resources there apply to every proxy.
+    pub root_namespace: String,
+    /// The `Gateway` resources that select it.
+    pub selected: Vec<String>,
+}
+
+impl Identity {
+    /// From `ns/name`, labels and the Gateway binding.
+    pub fn new(gateway: &str, labels: &[(String, String)], binding: &Binding) -> Self {
+        let (namespace, name) = gateway.split_once('/').unwrap_or(("istio-system", gateway));
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: labels.to_vec(),
+            root_namespace: "istio-system".to_owned(),
+            selected: binding.selected.clone(),
+        }
+    }
+
+    /// Whether a resource with this scope, in this namespace, applies to this gateway; the
+    /// reason when it does not.
+    pub fn applies(&self, scope: &Scope, namespace: &str) -> Result<(), String> {
+        if !scope.target_refs.is_empty() {
+            let hit = scope.target_refs.iter().any(|t| {
+                let ns = t.namespace.as_deref().unwrap_or(namespace);
+                (t.name == self.name && ns == self.namespace)
+                    || (t.kind == "Gateway" && self.selected.contains(&format!("{ns}/{}", t.name)))
+            });
+            return if hit {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its targetRefs name neither this gateway ({}/{}) nor a Gateway selecting it",
+                    self.namespace, self.name
+                ))
+            };
+        }
+        if scope.namespace_given && namespace != self.root_namespace && namespace != self.namespace
+        {
+            return Err(format!(
+                "it is in namespace {namespace:?}, and this gateway is in {:?} (root namespace {:?})",
+                self.namespace, self.root_namespace
+            ));
+        }
+        if let Some(sel) = &scope.selector
+            && !sel.iter().all(|l| self.labels.contains(l))
+        {
+            return Err(format!(
+                "its selector {sel:?} does not match this gateway's labels {:?}",
+                self.labels
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One Istio string match: exact, `prefix*`, `*suffix`, or `*` (present and non-empty).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    /// The whole value.
+    Exact(Box<str>),
+    /// `prefix*`.
+    Prefix(Box<str>),
+    /// `*suffix`.
+    Suffix(Box<str>),
+    /// `*`.
+    Present,
+}
+
+impl Pattern {
+    /// Compiles a validated pattern.
+    pub fn new(s: &str) -> Self {
+        if s == "*" {
+            Pattern::Present
+        } else if let Some(p) = s.strip_suffix('*') {
+            Pattern::Prefix(p.into())
+        } else if let Some(p) = s.strip_prefix('*') {
+            Pattern::Suffix(p.into())
+        } else {
+            Pattern::Exact(s.into())
+        }
+    }
+
+    /// Whether `v` matches.
+    pub fn matches(&self, v: &str) -> bool {
+        match self {
+            Pattern::Exact(e) => v == &**e,
+            Pattern::Prefix(p) => v.starts_with(&**p),
+            Pattern::Suffix(s) => v.ends_with(&**s),
+            Pattern::Present => !v.is_empty(),
+        }
+    }
+}
+
+fn compile(v: &[String]) -> Vec<Pattern> {
+    v.iter().map(|s| Pattern::new(s)).collect()
+}
+
+fn any(p: &[Pattern], v: Option<&str>) -> bool {
+    v.is_some_and(|v| p.iter().any(|p| p.matches(v)))
+}
+
+/// A `hosts` entry: the host pattern and, when written `host:port`, the port.
+#[derive(Clone, Debug)]
+struct HostPattern {
+    host: Pattern,
+    port: Option<Option<u16>>,
+}
+
+impl HostPattern {
+    fn new(s: &str) -> Self {
+        // `host:port` (not an IPv6 literal without brackets): the port must match too.
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.ends_with(']') => HostPattern {
+                host: Pattern::new(h),
+                port: Some(if p == "*" { None } else { p.parse().ok() }),
+            },
+            _ => HostPattern {
+                host: Pattern::new(s),
+                port: None,
+            },
+        }
+    }
+
+    fn matches(&self, host: &str, port: u16) -> bool {
+        self.host.matches(host)
+            && match self.port {
+                None | Some(None) => true,
+                Some(Some(p)) => p == port,
+            }
+    }
+}
+
+/// What a request or connection is, as policies see it. Built once per request.
+#[derive(Clone, Copy, Debug)]
+pub struct Attributes<'a> {
+    /// HTTP request facts; `None` for `CONNECT` tunnels, TLS passthrough and TCP.
+    pub http: Option<HttpAttributes<'a>>,
+    /// The peer address.
+    pub source_ip: Option<IpAddr>,
+    /// The original client, from `X-Forwarded-For` with trusted hops (else the peer).
+    pub remote_ip: Option<IpAddr>,
+    /// The client certificate's identity without `spiffe://`.
+    pub principal: Option<&'a str>,
+    /// The namespace in that identity (`…/ns/NAME/…`).
+    pub namespace: Option<&'a str>,
+    /// The destination host (lower case; the `CONNECT` host or SNI for L4 traffic).
+    pub host: &'a str,
+    /// The destination port.
+    pub port: u16,
+    /// The destination IP, when the destination is an IP literal.
+    pub destination_ip: Option<IpAddr>,
+    /// The TLS server name (passthrough, terminating servers).
+    pub sni: Option<&'a str>,
+}
+
+/// The HTTP part of [`Attributes`].
+#[derive(Clone, Copy, Debug)]
+pub struct HttpAttributes<'a> {
+    /// The method.
+    pub method: &'a str,
+    /// The normalised path, without the query.
+    pub path: &'a str,
+    /// The request headers.
+    pub headers: &'a http::HeaderMap,
+    /// The validated JWT, if any.
+    pub auth: Option<&'a RequestAuth>,
+}
+
+impl<'a> Attributes<'a> {
+    /// The principal without `spiffe://`, and its namespace.
+    pub fn split_principal(uri_san: &'a str) -> (&'a str, Option<&'a str>) {
+        let p = uri_san.strip_prefix("spiffe://").unwrap_or(uri_san);
+        let ns = p
+            .split('/')
+            .skip_while(|s| *s != "ns")
+            .nth(1)
+            .filter(|s| !s.is_empty());
+        (p, ns)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CSource {
+    principals: Vec<Pattern>,
+    not_principals: Vec<Pattern>,
+    request_principals: Vec<Pattern>,
+    not_request_principals: Vec<Pattern>,
+    namespaces: Vec<Pattern>,
+    not_namespaces: Vec<Pattern>,
+    ip_blocks: Vec<IpNet>,
+    not_ip_blocks: Vec<IpNet>,
+    remote_ip_blocks: Vec<IpNet>,
+    not_remote_ip_blocks: Vec<IpNet>,
+}
+
+fn ip_in(nets: &[IpNet], ip: Option<IpAddr>) -> bool {
+    ip.is_some_and(|ip| {
+        // An IPv4-mapped IPv6 peer is the IPv4 address it carries.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        nets.iter().any(|n| n.contains(&ip))
+    })
+}
+
+impl CSource {
+    fn new(s: &Source) -> Self {
+        Self {
+            principals: compile(&s.principals),
+            not_principals: compile(&s.not_principals),
+            request_principals: compile(&s.request_principals),
+            not_request_principals: compile(&s.not_request_principals),
+            namespaces: compile(&s.namespaces),
+            not_namespaces: compile(&s.not_namespaces),
+            ip_blocks: s.ip_blocks.clone(),
+            not_ip_blocks: s.not_ip_blocks.clone(),
+            remote_ip_blocks: s.remote_ip_blocks.clone(),
+            not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),
+        }
+    }
+
+    fn http_only(&self) -> bool {
+        !self.request_principals.is_empty()
+            || !self.not_request_principals.is_empty()
+            || !self.remote_ip_blocks.is_empty()
+            || !self.not_remote_ip_blocks.is_empty()
+    }
+
+    fn matches(&self, a: &Attributes<'_>) -> bool {
+        let field = |pos: &[Pattern], neg: &[Pattern], v: Option<&str>| {
+            (pos.is_empty() || any(pos, v)) && !any(neg, v)
+        };
+        let ips = |pos: &[IpNet], neg: &[IpNet], v: Option<IpAddr>| {
+            (pos.is_empty() || ip_in(pos, v)) && !ip_in(neg, v)
+        };
+        let l4 = field(&self.principals, &self.not_principals, a.principal)
+            && field(&self.namespaces, &self.not_namespaces, a.namespace)
+            && ips(&self.ip_blocks, &self.not_ip_blocks, a.source_ip);
+        let Some(h) = &a.http else {
+            // Only DENY rules get here with HTTP-only fields: those fields are ignored.
+            return l4;
+        };
+        let rp = h.auth.map(|x| &*x.principal);
+        l4 && field(&self.request_principals, &self.not_request_principals, rp)
+            && ips(
+                &self.remote_ip_blocks,
+                &self.not_remote_ip_blocks,
+                a.remote_ip,
+            )
+    }
+}
+
+#[derive(Clone, Debug)]
+struct COperation {
+    hosts: Vec<HostPattern>,
+    not_hosts: Vec<HostPattern>,
+    ports: Vec<u16>,
+    not_ports: Vec<u16>,
+    methods: Vec<Pattern>,
+    not_methods: Vec<Pattern>,
+    paths: Vec<Pattern>,
+    not_paths: Vec<Pattern>,
+}
+
+impl COperation {
+    fn new(o: &Operation) -> Self {
+        Self {
+            hosts: o.hosts.iter().map(|h| HostPattern::new(h)).collect(),
+            not_hosts: o.not_hosts.iter().map(|h| HostPattern::new(h)).collect(),
+            ports: o.ports.clone(),
+            not_ports: o.not_ports.clone(),
+            methods: compile(&o.methods),
+            not_methods: compile(&o.not_methods),
+            paths: compile(&o.paths),
+            not_paths: compile(&o.not_paths),
+        }
+    }
+
+    fn http_only(&self) -> bool {
+        !self.methods.is_empty()
+            || !self.not_methods.is_empty()
+            || !self.paths.is_empty()
+            || !self.not_paths.is_empty()
+    }
+
+    fn matches(&self, a: &Attributes<'_>) -> bool {
+        let host = |ps: &[HostPattern]| ps.iter().any(|p| p.matches(a.host, a.port));
+        let l4 = (self.hosts.is_empty() || host(&self.hosts))
+            && !host(&self.not_hosts)
+            && (self.ports.is_empty() || self.ports.contains(&a.port))
+            && !self.not_ports.contains(&a.port);
+        let Some(h) = &a.http else { return l4 };
+        let field = |pos: &[Pattern], neg: &[Pattern], v: &str| {
+            (pos.is_empty() || any(pos, Some(v))) && !any(neg, Some(v))
+        };
+        l4 && field(&self.methods, &self.not_methods, h.method)
+            && field(&self.paths, &self.not_paths, h.path)
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Key {
+    Header(http::HeaderName),
+    SourceIp,
+    RemoteIp,
+    SourcePrincipal,
+    SourceNamespace,
+    AuthPrincipal,
+    AuthAudiences,
+    AuthPresenter,
+    AuthClaim(Vec<String>),
+    DestinationIp,
+    DestinationPort,
+    Sni,
+}
+
+#[derive(Clone, Debug)]
+struct CCondition {
+    key: Key,
+    values: Vec<Pattern>,
+    not_values: Vec<Pattern>,
+    nets: Vec<IpNet>,
+    not_nets: Vec<IpNet>,
+}
+
+impl CCondition {
+    fn new(c: &Condition) -> Option<Self> {
+        let key = match c.key.as_str() {
+            "source.ip" => Key::SourceIp,
+            "remote.ip" => Key::RemoteIp,
+            "source.principal" => Key::SourcePrincipal,
+            "source.namespace" => Key::SourceNamespace,
+            "request.auth.principal" => Key::AuthPrincipal,
+            "request.auth.audiences" => Key::AuthAudiences,
+            "request.auth.presenter" => Key::AuthPresenter,
+            "destination.ip" => Key::DestinationIp,
+            "destination.port" => Key::DestinationPort,
+            "connection.sni" => Key::Sni,
+            k => {
+                if let Some(h) = bracketed(k, "request.headers") {
+                    Key::Header(http::HeaderName::from_bytes(h.as_bytes()).ok()?)
+                } else {
+                    let inner = bracketed(k, "request.auth.claims").or_else(|| {
+                        bracketed(k, "experimental.envoy.filters.http.jwt_authn.claims")
+                    })?;
+                    Key::AuthClaim(inner.split("][").map(str::to_owned).collect())
+                }
+            }
+        };
+        let ip = matches!(key, Key::SourceIp | Key::RemoteIp | Key::DestinationIp);
+        let nets = |v: &[String]| -> Vec<IpNet> {
+            if ip {
+                v.iter().filter_map(|s| parse_ip_block(s)).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        Some(Self {
+            nets: nets(&c.values),
+            not_nets: nets(&c.not_values),
+            values: compile(&c.values),
+            not_values: compile(&c.not_values),
+            key,
+        })
+    }
+
+    fn http_only(&self) -> bool {
+        matches!(
+            self.key,
+            Key::Header(_)
+                | Key::RemoteIp
+                | Key::AuthPrincipal
+                | Key::AuthAudiences
+                | Key::AuthPresenter
+                | Key::AuthClaim(_)
+        )
+    }
+
+    fn matches(&self, a: &Attributes<'_>) -> bool {
+        let strs = |v: Option<&str>| {
+            (self.values.is_empty() || any(&self.values, v)) && !any(&self.not_values, v)
+        };
+        let ips = |v: Option<IpAddr>| {
+            (self.nets.is_empty() && self.values.is_empty() || ip_in(&self.nets, v))
+                && !ip_in(&self.not_nets, v)
+        };
+        match &self.key {
+            Key::SourceIp => ips(a.source_ip),
+            Key::DestinationIp => ips(a.destination_ip),
+            Key::SourcePrincipal => strs(a.principal),
+            Key::SourceNamespace => strs(a.namespace),
+            Key::DestinationPort => strs(Some(&a.port.to_string())),
+            Key::Sni => strs(a.sni),
+            key => {
+                // HTTP-only keys; without HTTP only DENY rules get here, and ignore them.
+                let Some(h) = &a.http else { return true };
+                match key {
+                    Key::RemoteIp => ips(a.remote_ip),
+                    Key::Header(name) => {
+                        let mut values = h.headers.get_all(name).iter();
+                        match (values.next(), values.next()) {
+                            (None, _) => strs(None),
+                            (Some(v), None) => strs(v.to_str().ok()),
+                            (Some(_), Some(_)) => {
+                                // Several lines: matched as Envoy does, joined with ",".
+                                let joined: Vec<&str> = h
+                                    .headers
+                                    .get_all(name)
+                                    .iter()
+                                    .filter_map(|v| v.to_str().ok())
+                                    .collect();
+                                strs(Some(&joined.join(",")))
+                            }
+                        }
+                    }
+                    Key::AuthPrincipal => strs(h.auth.map(|x| &*x.principal)),
+                    Key::AuthPresenter => strs(h.auth.and_then(|x| x.presenter.as_deref())),
+                    Key::AuthAudiences => match h.auth {
+                        None => strs(None),
+                        Some(x) => {
+                            (self.values.is_empty()
+                                || x.audiences.iter().any(|v| any(&self.values, Some(v))))
+                                && !x.audiences.iter().any(|v| any(&self.not_values, Some(v)))
+                        }
+                    },
+                    Key::AuthClaim(path) => {
+                        let vals = h.auth.map(|x| x.claim_strings(path)).unwrap_or_default();
+                        (self.values.is_empty() || vals.iter().any(|v| any(&self.values, Some(v))))
+                            && !vals.iter().any(|v| any(&self.not_values, Some(v)))
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct CRule {
+    from: Vec<CSource>,
+    to: Vec<COperation>,
+    when: Vec<CCondition>,
+    http_only: bool,
+}
+
+impl CRule {
+    fn new(r: &Rule) -> Self {
+        let from: Vec<CSource> = r.from.iter().map(CSource::new).collect();
+        let to: Vec<COperation> = r.to.iter().map(COperation::new).collect();
+        let when: Vec<CCondition> = r.when.iter().filter_map(CCondition::new).collect();
+        let http_only = from.iter().any(CSource::http_only)
+            || to.iter().any(COperation::http_only)
+            || when.iter().any(CCondition::http_only)
+            || r.when.iter().any(|c| when_key_is_http_only(&c.key));
+        Self {
+            from,
+            to,
+            when,
+            http_only,
+        }
+    }
+
+    fn matches(&self, a: &Attributes<'_>, action: AuthzAction) -> bool {
+        if a.http.is_none() && self.http_only && action != AuthzAction::Deny {
+            return false;
+        }
+        (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
+            && (self.to.is_empty() || self.to.iter().any(|o| o.matches(a)))
+            && self.when.iter().all(|c| c.matches(a))
+    }
+}
+
+/// A compiled policy.
+#[derive(Clone, Debug)]
+struct CPolicy {
+    name: Arc<str>,
+    provider: Option<Arc<str>>,
+    rules: Vec<CRule>,
+}
+
+impl CPolicy {
+    /// The index of the first matching rule.
+    fn matching_rule(&self, a: &Attributes<'_>, action: AuthzAction) -> Option<usize> {
+        self.rules.iter().position(|r| r.matches(a, action))
+    }
+}
+
+/// The outcome of DENY and ALLOW evaluation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthzDecision {
+    /// Allowed or not.
+    pub allowed: bool,
+    /// The policy that decided (`ns/name`), if one did.
+    pub policy: Option<Arc<str>>,
+    /// The index of its matching rule.
+    pub rule: Option<usize>,
+    /// The action of that policy.
+    pub action: Option<AuthzAction>,
+}
+
+/// The `AuthorizationPolicy` resources that apply to this gateway, compiled. Immutable:
+/// a reload builds a new set and swaps it in whole.
+#[derive(Clone, Debug, Default)]
+pub struct AuthzPolicies {
+    custom: Vec<CPolicy>,
+    deny: Vec<CPolicy>,
+    allow: Vec<CPolicy>,
+    audit: Vec<CPolicy>,
+    providers: Vec<(Arc<str>, Arc<ExtAuthzHttp>)>,
+    summary: Vec<PolicySummary>,
+}
+
+/// One policy, as `/config_dump` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PolicySummary {
+    /// `ns/name`.
+    pub name: String,
+    /// The action.
+    pub action: AuthzAction,
+    /// Whether it applies to this gateway, and why not.
+    pub applies: Result<usize, String>,
+}
+
+impl AuthzPolicies {
+    /// Compiles the policies of `config` that apply to `identity`; the ones that do not are
+    /// reported as warnings. A CUSTOM policy must name one of MeshConfig's
+    /// `extensionProviders`.
+    pub fn compile(
+        config: &ConfigSet,
+        identity: &Identity,
+    ) -> Result<(Self, Diagnostics), Diagnostics> {
+        let mut set = AuthzPolicies::default();
+        if let Some(mesh) = &config.mesh {
+            set.providers = mesh
+                .extension_providers
+                .iter()
+                .map(|p| (Arc::from(p.name.as_str()), Arc::new(p.http.clone())))
+                .collect();
+        }
+        let providers: Vec<&str> = set.providers.iter().map(|(n, _)| &**n).collect();
+        let providers = providers.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut diags = Diagnostics::default();
+        let mut errors = Diagnostics::default();
+        for p in &config.authorization_policies {
+            let id = p.meta.id();
+            let diag = |severity, message: String| Diagnostic {
+                severity,
+                file: p.meta.file.clone(),
+                line: p.meta.line,
+                col: 1,
+                resource: Some(format!("AuthorizationPolicy {id}").into()),
+                field: String::new(),
+                message,
+            };
+            if let Err(why) = identity.applies(&p.scope, &p.meta.namespace) {
+                diags.push(diag(
+                    Severity::Warning,
+                    format!("does not apply to this gateway: {why}"),
+                ));
+                set.summary.push(PolicySummary {
+                    name: id,
+                    action: p.action,
+                    applies: Err(why),
+                });
+                continue;
+            }
+            if p.action == AuthzAction::Custom
+                && let Some(name) = &p.provider
+                && !providers.contains(name)
+            {
+                let mut d = diag(
+                    Severity::Error,
+                    format!(
+                        "provider {name:?} is not among meshConfig.extensionProviders (known: {providers:?})"
+                    ),
+                );
+                d.field = "spec.provider.name".into();
+                errors.push(d);
+                continue;
+            }
+            let compiled = compile_policy(p);
+            set.summary.push(PolicySummary {
+                name: id,
+                action: p.action,
+                applies: Ok(compiled.rules.len()),
+            });
+            match p.action {
+                AuthzAction::Custom => set.custom.push(compiled),
+                AuthzAction::Deny => set.deny.push(compiled),
+                AuthzAction::Allow => set.allow.push(compiled),
+                AuthzAction::Audit => set.audit.push(compiled),
+            }
+        }
+        if errors.has_errors() {
+            return Err(errors);
+        }
+        Ok((set, diags))
+    }
+
+    /// Whether no CUSTOM policy applies.
+    pub fn custom_is_empty(&self) -> bool {
+        self.custom.is_empty()
+    }
+
+    /// The configuration of a CUSTOM provider.
+    pub fn provider(&self, name: &str) -> Option<Arc<ExtAuthzHttp>> {
+        self.providers
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, p)| p.clone())
+    }
+
+    /// Whether no policy applies (the layer then costs nothing).
+    pub fn is_empty(&self) -> bool {
+        self.custom.is_empty()
+            && self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
+    }
+
+    /// The policies and whether each applies.
+    pub fn summary(&self) -> &[PolicySummary] {
+        &self.summary
+    }
+
+    /// The CUSTOM provider to ask, and the policy that asks, when a CUSTOM policy matches.
+    pub fn custom_match(&self, a: &Attributes<'_>) -> Option<(&Arc<str>, &Arc<str>)> {
+        self.custom.iter().find_map(|p| {
+            p.matching_rule(a, AuthzAction::Custom)
+                .and_then(|_| p.provider.as_ref().map(|prov| (prov, &p.name)))
+        })
+    }
+
+    /// DENY, then ALLOW. AUDIT matches are logged.
+    pub fn evaluate(&self, a: &Attributes<'_>) -> AuthzDecision {
+        for p in &self.audit {
+            if let Some(rule) = p.matching_rule(a, AuthzAction::Audit) {
+                tracing::info!(target: "egress::audit", policy = %p.name, rule, host = a.host, port = a.port, "AUDIT policy matched");
+            }
+        }
+        for p in &self.deny {
+            if let Some(rule) = p.matching_rule(a, AuthzAction::Deny) {
+                return AuthzDecision {
+                    allowed: false,
+                    policy: Some(p.name.clone()),
+                    rule: Some(rule),
+                    action: Some(AuthzAction::Deny),
+                };
+            }
+        }
+        if self.allow.is_empty() {
+            return AuthzDecision {
+                allowed: true,
+                policy: None,
+                rule: None,
+                action: None,
+            };
+        }
+        for p in &self.allow {
+            if let Some(rule) = p.matching_rule(a, AuthzAction::Allow) {
+                return AuthzDecision {
+                    allowed: true,
+                    policy: Some(p.name.clone()),
+                    rule: Some(rule),
+                    action: Some(AuthzAction::Allow),
+                };
+            }
+        }
+        AuthzDecision {
+            allowed: false,
+            policy: None,
+            rule: None,
+            action: Some(AuthzAction::Allow),
+        }
+    }
+}
+
+fn compile_policy(p: &AuthorizationPolicy) -> CPolicy {
+    CPolicy {
+        name: p.meta.id().into(),
+        provider: p.provider.as_deref().map(Arc::from),
+        // `rules` absent: nothing matches.
+        rules: p
+            .rules
+            .as_deref()
+            .unwrap_or(&[])
+            .iter()
+            .map(CRule::new)
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

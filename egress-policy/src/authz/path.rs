@@ -1,0 +1,308 @@
+//! Path normalisation before authorization and routing, as Istio configures Envoy
+//! (`meshConfig.pathNormalization`): what a policy checks is what goes upstream.
+//!
+//! - `NONE`: the path as received.
+//! - `BASE` (the default): RFC 3986 section 6 normalisation: percent-encoded unreserved
+//!   characters decoded, percent-encodings upper-cased, `\` read as `/`, dot segments
+//!   removed (never above the root).
+//! - `MERGE_SLASHES`: `BASE`, then runs of `/` merged.
+//! - `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` decoded to `/` and `\` first, then
+//!   `MERGE_SLASHES`.
+//!
+//! A path that cannot be normalised without guessing (a bad percent-encoding, an encoded
+//! NUL, a fragment, a non-ASCII byte) is refused: two parsers could read it differently.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use egress_core::ctx::{Rejection, RejectionKind};
+use egress_core::respond::RefuseOr;
+use http::{Method, Request, Response, StatusCode, Uri};
+use serde::Serialize;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+/// `pathNormalization.normalization`.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Normalization {
+    /// As received.
+    None,
+    /// RFC 3986 normalisation.
+    #[default]
+    Base,
+    /// `BASE` and merged slashes.
+    MergeSlashes,
+    /// Decoded `%2F`/`%5C`, then `MERGE_SLASHES`.
+    DecodeAndMergeSlashes,
+}
+
+impl Normalization {
+    /// From Istio's names (`DEFAULT` is `BASE`).
+    pub fn from_istio(s: &str) -> Self {
+        match s {
+            "NONE" => Normalization::None,
+            "MERGE_SLASHES" => Normalization::MergeSlashes,
+            "DECODE_AND_MERGE_SLASHES" => Normalization::DecodeAndMergeSlashes,
+            _ => Normalization::Base,
+        }
+    }
+}
+
+/// Why a path was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PathError(pub &'static str);
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Normalises `path` (no query). Returns `None` when it is already normal (the common case
+/// costs no allocation).
+pub fn normalize(path: &str, mode: Normalization) -> Result<Option<String>, PathError> {
+    let bytes = path.as_bytes();
+    if !path.starts_with('/') {
+        // `*` (OPTIONS) and authority-form have no path to normalise.
+        return Ok(None);
+    }
+    if bytes.iter().any(|b| !b.is_ascii_graphic()) {
+        return Err(PathError("the path has a byte that is not visible ASCII"));
+    }
+    if path.contains('#') {
+        return Err(PathError("the path has a fragment"));
+    }
+    if mode == Normalization::None {
+        return Ok(None);
+    }
+    // Fast path: nothing any mode would change.
+    let suspicious = bytes.iter().any(|b| matches!(b, b'%' | b'\\' | b'.'))
+        || (mode != Normalization::Base && path.contains("//"));
+    if !suspicious {
+        return Ok(None);
+    }
+    // 1. Percent-encodings: decode unreserved ones (and, for DECODE_AND_MERGE_SLASHES,
+    //    %2F and %5C), upper-case the rest, refuse broken ones and NUL.
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError("the path has an invalid percent-encoding"));
+            };
+            let c = h * 16 + l;
+            if c == 0 {
+                return Err(PathError("the path has an encoded NUL"));
+            }
+            let slash = matches!(c, b'/' | b'\\');
+            if unreserved(c) || (slash && mode == Normalization::DecodeAndMergeSlashes) {
+                decoded.push(c);
+            } else {
+                decoded.push(b'%');
+                decoded.push(bytes[i + 1].to_ascii_uppercase());
+                decoded.push(bytes[i + 2].to_ascii_uppercase());
+            }
+            i += 3;
+        } else {
+            decoded.push(b);
+            i += 1;
+        }
+    }
+    // 2. `\` is a separator, as browsers and Envoy's canonicaliser read it.
+    for b in decoded.iter_mut() {
+        if *b == b'\\' {
+            *b = b'/';
+        }
+    }
+    // 3. Merge slashes, for the modes that ask.
+    if mode != Normalization::Base {
+        decoded.dedup_by(|a, b| *a == b'/' && *b == b'/');
+    }
+    // 4. Remove dot segments (RFC 3986 section 5.2.4), never climbing above the root.
+    let text = String::from_utf8(decoded).map_err(|_| PathError("the path is not UTF-8"))?;
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = text[1..].split('/').collect();
+    let last = segments.len() - 1;
+    let mut trailing_slash = false;
+    for (n, seg) in segments.iter().enumerate() {
+        match *seg {
+            "." => trailing_slash = n == last,
+            ".." => {
+                out.pop();
+                trailing_slash = n == last;
+            }
+            s => {
+                out.push(s);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut normal = String::with_capacity(text.len());
+    for s in &out {
+        normal.push('/');
+        normal.push_str(s);
+    }
+    if trailing_slash || normal.is_empty() {
+        normal.push('/');
+    }
+    Ok((normal != path).then_some(normal))
+}
+
+/// Normalises each request's path before anything reads it; refuses, with **400** and a
+/// closed connection, a path that cannot be normalised unambiguously.
+#[derive(Clone, Debug, Default)]
+pub struct PathNormalizeLayer {
+    mode: Arc<ArcSwap<Normalization>>,
+}
+
+impl PathNormalizeLayer {
+    /// A layer normalising with `mode`.
+    pub fn new(mode: Normalization) -> Self {
+        Self::from_swap(Arc::new(ArcSwap::from_pointee(mode)))
+    }
+
+    /// A layer whose mode can be swapped at run time (a reload of MeshConfig).
+    pub fn from_swap(mode: Arc<ArcSwap<Normalization>>) -> Self {
+        Self { mode }
+    }
+}
+
+impl<S> Layer<S> for PathNormalizeLayer {
+    type Service = PathNormalize<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PathNormalize {
+            inner,
+            mode: self.mode.clone(),
+        }
+    }
+}
+
+/// The service of [`PathNormalizeLayer`].
+#[derive(Clone, Debug)]
+pub struct PathNormalize<S> {
+    inner: S,
+    mode: Arc<ArcSwap<Normalization>>,
+}
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for PathNormalize<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    RspB: From<Bytes>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RefuseOr<S::Future, S::Response>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        if req.method() == Method::CONNECT {
+            return RefuseOr::inner(self.inner.call(req));
+        }
+        let mode = **self.mode.load();
+        match normalize(req.uri().path(), mode) {
+            Ok(None) => RefuseOr::inner(self.inner.call(req)),
+            Ok(Some(path)) => {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path,
+                };
+                let mut parts = req.uri().clone().into_parts();
+                match pq.parse() {
+                    Ok(pq) => parts.path_and_query = Some(pq),
+                    Err(_) => {
+                        return RefuseOr::refused(refuse(
+                            "the normalised path is not a valid URI path",
+                        ));
+                    }
+                }
+                match Uri::from_parts(parts) {
+                    Ok(uri) => *req.uri_mut() = uri,
+                    Err(_) => {
+                        return RefuseOr::refused(refuse(
+                            "the normalised path is not a valid URI path",
+                        ));
+                    }
+                }
+                RefuseOr::inner(self.inner.call(req))
+            }
+            Err(e) => RefuseOr::refused(refuse(e.0)),
+        }
+    }
+}
+
+fn refuse<RspB: From<Bytes>>(why: &str) -> Response<RspB> {
+    Rejection::new(RejectionKind::Malformed).respond(
+        StatusCode::BAD_REQUEST,
+        true,
+        format!("egress: {why}\n"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Normalization::*;
+    use super::*;
+
+    fn n(p: &str, m: Normalization) -> String {
+        normalize(p, m).unwrap().unwrap_or_else(|| p.to_owned())
+    }
+
+    #[test]
+    fn base_normalisation() {
+        for (input, want) in [
+            ("/admin", "/admin"),
+            ("/./admin", "/admin"),
+            ("/x/../admin", "/admin"),
+            ("/../admin", "/admin"),
+            ("/%61dmin", "/admin"),
+            ("/a/b/../../admin", "/admin"),
+            ("/admin/.", "/admin/"),
+            ("/admin/..", "/"),
+            ("/admin%2F..", "/admin%2F.."),
+            ("/admin%2f", "/admin%2F"),
+            ("/a\\..\\admin", "/admin"),
+            ("//admin", "//admin"),
+            ("/%7euser", "/~user"),
+            ("/.%2e/admin", "/admin"),
+        ] {
+            assert_eq!(n(input, Base), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn merge_and_decode_slashes() {
+        assert_eq!(n("//admin", MergeSlashes), "/admin");
+        assert_eq!(n("/a///b//", MergeSlashes), "/a/b/");
+        assert_eq!(n("/admin%2F..", MergeSlashes), "/admin%2F..");
+        assert_eq!(n("/admin%2F..", DecodeAndMergeSlashes), "/");
+        assert_eq!(n("/x%2F%2Fadmin", DecodeAndMergeSlashes), "/x/admin");
+        assert_eq!(n("/x%5c..%5cadmin", DecodeAndMergeSlashes), "/admin");
+        assert_eq!(n("//admin/./", None), "//admin/./");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for bad in ["/a%zz", "/a%2", "/%00x", "/a#frag", "/caf\u{e9}", "/a b"] {
+            assert!(normalize(bad, Base).is_err(), "{bad}");
+        }
+        assert_eq!(normalize("/plain/path", Base), Ok(Option::None));
+    }
+}

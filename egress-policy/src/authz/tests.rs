@@ -1,0 +1,550 @@
+use super::*;
+use crate::istio::{Binding, ConfigSet};
+use http::HeaderMap;
+
+fn identity() -> Identity {
+    Identity::new(
+        "istio-system/istio-egressgateway",
+        &[("istio".into(), "egressgateway".into())],
+        &Binding::default(),
+    )
+}
+
+fn policies(yaml: &str) -> AuthzPolicies {
+    let set = ConfigSet::load_str("t.yaml", yaml);
+    assert!(!set.diagnostics.has_errors(), "{}", set.diagnostics);
+    AuthzPolicies::compile(&set, &identity())
+        .expect("compiles")
+        .0
+}
+
+fn policy(action: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p-{}, namespace: istio-system}}\nspec:\n  action: {action}\n{rules}",
+        action.to_lowercase()
+    )
+}
+
+struct Req {
+    method: &'static str,
+    path: &'static str,
+    host: &'static str,
+    port: u16,
+    peer: &'static str,
+    principal: Option<&'static str>,
+    headers: Vec<(&'static str, &'static str)>,
+    http: bool,
+    auth: Option<RequestAuth>,
+}
+
+impl Default for Req {
+    fn default() -> Self {
+        Req {
+            method: "GET",
+            path: "/",
+            host: "api.example.com",
+            port: 80,
+            peer: "10.0.0.5",
+            principal: None,
+            headers: Vec::new(),
+            http: true,
+            auth: None,
+        }
+    }
+}
+
+fn decide(p: &AuthzPolicies, r: &Req) -> bool {
+    let mut headers = HeaderMap::new();
+    for (k, v) in &r.headers {
+        headers.append(
+            http::HeaderName::from_static(k),
+            http::HeaderValue::from_static(v),
+        );
+    }
+    let (principal, namespace) = match r.principal {
+        Some(p) => {
+            let (p, ns) = Attributes::split_principal(p);
+            (Some(p), ns)
+        }
+        None => (None, None),
+    };
+    let peer: IpAddr = r.peer.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let a = Attributes {
+        http: r.http.then_some(HttpAttributes {
+            method: r.method,
+            path: r.path,
+            headers: &headers,
+            auth: r.auth.as_ref(),
+        }),
+        source_ip: Some(peer),
+        remote_ip: Some(peer),
+        principal,
+        namespace,
+        host: r.host,
+        port: r.port,
+        destination_ip: r.host.parse().ok(),
+        sni: None,
+    };
+    p.evaluate(&a).allowed
+}
+
+#[test]
+fn evaluation_order_and_empty_rules() {
+    // No policy: allowed.
+    assert!(decide(&policies(""), &Req::default()));
+    // ALLOW with no rules matches nothing: everything denied.
+    let p = policies(&policy("ALLOW", ""));
+    assert!(!decide(&p, &Req::default()));
+    // `rules: [{}]` matches everything.
+    let p = policies(&policy("ALLOW", "  rules: [{}]\n"));
+    assert!(decide(&p, &Req::default()));
+    // DENY wins over ALLOW.
+    let both = policy("ALLOW", "  rules: [{}]\n")
+        + "---\n"
+        + &policy(
+            "DENY",
+            "  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n",
+        );
+    let p = policies(&both);
+    assert!(decide(&p, &Req::default()));
+    assert!(!decide(
+        &p,
+        &Req {
+            path: "/admin/x",
+            ..Req::default()
+        }
+    ));
+    // AUDIT never changes the outcome.
+    let p = policies(&policy("AUDIT", "  rules: [{}]\n"));
+    assert!(decide(&p, &Req::default()));
+    // DENY with no rules denies nothing.
+    let p = policies(&policy("DENY", ""));
+    assert!(decide(&p, &Req::default()));
+}
+
+#[test]
+fn every_field_and_its_not_form() {
+    let cases: &[(&str, Req, bool)] = &[
+        (
+            "  - to: [{operation: {hosts: [API.example.com]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - to: [{operation: {hosts: [\"*.example.com\"]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - to: [{operation: {hosts: [\"api.example.com:80\"]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - to: [{operation: {hosts: [\"api.example.com:443\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {notHosts: [\"api.*\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {ports: [\"80\"]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - to: [{operation: {notPorts: [\"80\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {methods: [GET, HEAD]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - to: [{operation: {methods: [POST]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {notMethods: [GET]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {paths: [\"/ok\"]}}]\n",
+            Req {
+                path: "/ok",
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - to: [{operation: {paths: [\"/OK\"]}}]\n",
+            Req {
+                path: "/ok",
+                ..Req::default()
+            },
+            false,
+        ),
+        (
+            "  - to: [{operation: {paths: [\"*.json\"]}}]\n",
+            Req {
+                path: "/a.json",
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - to: [{operation: {notPaths: [\"/a*\"]}}]\n",
+            Req {
+                path: "/a.json",
+                ..Req::default()
+            },
+            false,
+        ),
+        (
+            "  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - from: [{source: {ipBlocks: [\"10.0.0.5\"]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - from: [{source: {notIpBlocks: [10.0.0.0/8]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - from: [{source: {ipBlocks: [192.168.0.0/16]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - from: [{source: {principals: [\"cluster.local/ns/apps/sa/client\"]}}]\n",
+            Req {
+                principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - from: [{source: {principals: [\"*\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - from: [{source: {notPrincipals: [\"*/sa/client\"]}}]\n",
+            Req {
+                principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+                ..Req::default()
+            },
+            false,
+        ),
+        (
+            "  - from: [{source: {namespaces: [apps]}}]\n",
+            Req {
+                principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - from: [{source: {notNamespaces: [apps]}}]\n",
+            Req {
+                principal: Some("spiffe://cluster.local/ns/apps/sa/client"),
+                ..Req::default()
+            },
+            false,
+        ),
+        (
+            "  - from: [{source: {requestPrincipals: [\"*\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - from: [{source: {remoteIpBlocks: [10.0.0.0/8]}}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - when: [{key: \"request.headers[x-team]\", values: [blue]}]\n",
+            Req {
+                headers: vec![("x-team", "blue")],
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - when: [{key: \"request.headers[x-team]\", values: [blue]}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - when: [{key: \"request.headers[x-team]\", notValues: [red]}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - when: [{key: \"request.headers[x-team]\", notValues: [red]}]\n",
+            Req {
+                headers: vec![("x-team", "red")],
+                ..Req::default()
+            },
+            false,
+        ),
+        (
+            "  - when: [{key: source.ip, values: [10.0.0.0/24]}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - when: [{key: destination.port, values: [\"80\"]}]\n",
+            Req::default(),
+            true,
+        ),
+        (
+            "  - when: [{key: destination.port, values: [\"443\"]}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - when: [{key: destination.ip, values: [203.0.113.0/24]}]\n",
+            Req {
+                host: "203.0.113.7",
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - when: [{key: source.namespace, values: [apps]}]\n",
+            Req {
+                principal: Some("spiffe://td/ns/apps/sa/x"),
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - when: [{key: source.principal, values: [\"td/ns/apps/sa/x\"]}]\n",
+            Req {
+                principal: Some("spiffe://td/ns/apps/sa/x"),
+                ..Req::default()
+            },
+            true,
+        ),
+        // Fields of one rule are ANDed; entries of a list are ORed.
+        (
+            "  - to: [{operation: {methods: [GET], paths: [\"/x\"]}}]\n",
+            Req::default(),
+            false,
+        ),
+        (
+            "  - to: [{operation: {methods: [POST]}}, {operation: {paths: [\"/\"]}}]\n",
+            Req::default(),
+            true,
+        ),
+    ];
+    for (rules, req, want) in cases {
+        let p = policies(&policy("ALLOW", &format!("  rules:\n{rules}")));
+        assert_eq!(decide(&p, req), *want, "{rules}");
+    }
+}
+
+#[test]
+fn jwt_fields() {
+    let auth = RequestAuth {
+        principal: "https://issuer.test/alice".into(),
+        audiences: vec!["egress".into()],
+        presenter: Some("cli".into()),
+        claims: serde_json::json!({"groups": ["dev", "ops"], "org": {"team": "blue"}, "level": 3}),
+    };
+    let with = || Req {
+        auth: Some(auth.clone()),
+        ..Req::default()
+    };
+    let cases: &[(&str, bool, bool)] = &[
+        (
+            "  - from: [{source: {requestPrincipals: [\"https://issuer.test/*\"]}}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - from: [{source: {notRequestPrincipals: [\"*\"]}}]\n",
+            false,
+            true,
+        ),
+        (
+            "  - when: [{key: request.auth.principal, values: [\"https://issuer.test/alice\"]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: request.auth.audiences, values: [egress]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: request.auth.presenter, values: [cli]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: \"request.auth.claims[groups]\", values: [ops]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: \"request.auth.claims[org][team]\", values: [blue]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: \"request.auth.claims[level]\", values: [\"3\"]}]\n",
+            true,
+            false,
+        ),
+        (
+            "  - when: [{key: \"request.auth.claims[groups]\", notValues: [ops]}]\n",
+            false,
+            true,
+        ),
+    ];
+    for (rules, with_token, without) in cases {
+        let p = policies(&policy("ALLOW", &format!("  rules:\n{rules}")));
+        assert_eq!(decide(&p, &with()), *with_token, "with token: {rules}");
+        assert_eq!(decide(&p, &Req::default()), *without, "without: {rules}");
+    }
+}
+
+#[test]
+fn http_only_fields_on_l4_traffic() {
+    let l4 = Req {
+        http: false,
+        port: 443,
+        ..Req::default()
+    };
+    // ALLOW: a rule with an HTTP-only field is dropped, so nothing matches.
+    let p = policies(&policy(
+        "ALLOW",
+        "  rules:\n  - to: [{operation: {hosts: [api.example.com], methods: [GET]}}]\n",
+    ));
+    assert!(!decide(&p, &l4));
+    // ...while the same host without the HTTP-only field matches.
+    let p = policies(&policy(
+        "ALLOW",
+        "  rules:\n  - to: [{operation: {hosts: [api.example.com], ports: [\"443\"]}}]\n",
+    ));
+    assert!(decide(&p, &l4));
+    // DENY: the HTTP-only field is ignored, so the rest still denies.
+    let p = policies(&policy(
+        "DENY",
+        "  rules:\n  - to: [{operation: {hosts: [api.example.com], paths: [\"/admin\"]}}]\n",
+    ));
+    assert!(!decide(&p, &l4));
+    let p = policies(&policy(
+        "DENY",
+        "  rules:\n  - when: [{key: \"request.headers[x-a]\", values: [b]}]\n    to: [{operation: {hosts: [other.com]}}]\n",
+    ));
+    assert!(decide(&p, &l4));
+}
+
+#[test]
+fn scope_decides_which_policies_apply() {
+    let yaml = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: other, namespace: apps}\nspec: {}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: wrong-labels, namespace: istio-system}\nspec: {selector: {matchLabels: {app: other}}}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: mine, namespace: istio-system}\nspec: {selector: {matchLabels: {istio: egressgateway}}, rules: [{}]}\n";
+    let set = ConfigSet::load_str("t.yaml", yaml);
+    let (p, warnings) = AuthzPolicies::compile(&set, &identity()).expect("compiles");
+    assert_eq!(
+        p.summary()
+            .iter()
+            .filter(|s| s.applies.is_ok())
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["istio-system/mine"]
+    );
+    assert_eq!(warnings.warnings().count(), 2, "{warnings}");
+    assert!(decide(&p, &Req::default()));
+    // No namespace written: meant for this gateway.
+    let p = policies(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: plain}\nspec: {}\n",
+    );
+    assert!(!decide(&p, &Req::default()));
+}
+
+#[test]
+fn invalid_policies_name_the_field() {
+    let bad: &[(&str, &str)] = &[
+        (
+            "  rules:\n  - to: [{operation: {paths: [\"/a*b\"]}}]\n",
+            "spec.rules[0].to[0].operation.paths[0]",
+        ),
+        (
+            "  rules:\n  - when: [{key: request.nope, values: [x]}]\n",
+            "unknown condition key",
+        ),
+        (
+            "  rules:\n  - when: [{key: source.ip, values: [not-an-ip]}]\n",
+            "not an IP address",
+        ),
+        (
+            "  rules:\n  - from: [{source: {ipBlocks: [300.1.1.1]}}]\n",
+            "spec.rules[0].from[0].source.ipBlocks[0]",
+        ),
+        (
+            "  rules:\n  - to: [{operation: {ports: [\"http\"]}}]\n",
+            "not a port number",
+        ),
+        (
+            "  rules:\n  - from: [{source: {}}]\n",
+            "a source needs at least one field",
+        ),
+        (
+            "  rules:\n  - when: [{key: source.ip}]\n",
+            "needs values or notValues",
+        ),
+    ];
+    for (rules, want) in bad {
+        let set = ConfigSet::load_str("t.yaml", &policy("ALLOW", rules));
+        let errs: Vec<String> = set.diagnostics.errors().map(|d| d.to_string()).collect();
+        assert!(errs.iter().any(|e| e.contains(want)), "{rules}\n{errs:#?}");
+    }
+    let set = ConfigSet::load_str("t.yaml", &policy("CUSTOM", "  rules: [{}]\n"));
+    assert!(
+        set.diagnostics
+            .errors()
+            .any(|d| d.to_string().contains("CUSTOM needs provider.name")),
+        "{}",
+        set.diagnostics
+    );
+    let set = ConfigSet::load_str(
+        "t.yaml",
+        &policy("CUSTOM", "  provider: {name: nowhere}\n  rules: [{}]\n"),
+    );
+    assert!(!set.diagnostics.has_errors());
+    let e = AuthzPolicies::compile(&set, &identity()).unwrap_err();
+    assert!(e.to_string().contains("nowhere"), "{e}");
+}
+
+#[test]
+fn remote_ip_uses_trusted_hops_only() {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "x-forwarded-for",
+        "1.1.1.1, 2.2.2.2"
+            .parse()
+            .unwrap_or_else(|_| http::HeaderValue::from_static("")),
+    );
+    let peer = Some(IpAddr::from([10, 0, 0, 1]));
+    assert_eq!(remote_ip(&h, peer, 0), Ok(peer));
+    assert_eq!(remote_ip(&h, peer, 1), Ok(Some(IpAddr::from([2, 2, 2, 2]))));
+    assert_eq!(remote_ip(&h, peer, 2), Ok(Some(IpAddr::from([1, 1, 1, 1]))));
+    assert_eq!(remote_ip(&h, peer, 3), Ok(peer));
+    h.insert("x-forwarded-for", http::HeaderValue::from_static("junk"));
+    assert!(remote_ip(&h, peer, 1).is_err());
+}

@@ -1,0 +1,415 @@
+//! `ExtAuthzLayer`: the CUSTOM action. When a CUSTOM `AuthorizationPolicy` matches, the
+//! request is checked with the provider's HTTP authorizer (Istio's `envoyExtAuthzHttp`)
+//! before anything else decides.
+//!
+//! - The check is an HTTP request to `service:port` with the original method, the path
+//!   `pathPrefix + path`, the original `Host`, `Content-Length`, the client headers named by
+//!   `includeRequestHeadersInCheck`, `includeAdditionalHeadersInCheck`, and the body (up to
+//!   `maxRequestBytes`) when `includeRequestBodyInCheck` is set.
+//! - `200`: allowed; `headersToUpstreamOnAllow` are copied to the upstream request and
+//!   `headersToDownstreamOnAllow` to the response.
+//! - Another status below 500: denied with the authorizer's status, body and the headers
+//!   `headersToDownstreamOnDeny` names (all when empty).
+//! - Unreachable, timeout, 5xx, or too many checks in flight: `statusOnError` (403),
+//!   unless `failOpen`.
+//! - A body over `maxRequestBytes` without `allowPartialMessage`: **413**.
+//!
+//! Checks reuse pooled connections, have the provider's timeout, and are bounded in number:
+//! a slow authorizer cannot hold the gateway's memory or tasks.
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use egress_core::ctx::{Rejection, RejectionKind};
+use egress_core::{BoxBody, BoxError};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+use crate::authz::layer::{Facts, bad_xff};
+use crate::authz::{AuthzPolicies, Pattern};
+use crate::istio::mesh::ExtAuthzHttp;
+
+/// The request body below this layer: the original, or the bytes read for the check
+/// followed by the rest.
+pub type CheckedBody<B> = Either<B, Prefixed<B>>;
+
+pin_project_lite::pin_project! {
+    /// A body whose first bytes were already read: those, then the rest of the stream.
+    pub struct Prefixed<B> {
+        prefix: Option<Bytes>,
+        #[pin]
+        rest: B,
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        if let Some(p) = this.prefix.take()
+            && !p.is_empty()
+        {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(p))));
+        }
+        this.rest.poll_frame(cx).map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.as_ref().is_none_or(Bytes::is_empty) && self.rest.is_end_stream()
+    }
+}
+
+/// Checks matching requests with the CUSTOM provider of a swappable [`AuthzPolicies`].
+#[derive(Clone)]
+pub struct ExtAuthzLayer {
+    policies: Arc<ArcSwap<AuthzPolicies>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    limit: Arc<Semaphore>,
+    xff_hops: usize,
+}
+
+impl std::fmt::Debug for ExtAuthzLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExtAuthzLayer").finish_non_exhaustive()
+    }
+}
+
+impl ExtAuthzLayer {
+    /// A layer with at most `max_in_flight` checks at once.
+    pub fn new(
+        policies: Arc<ArcSwap<AuthzPolicies>>,
+        max_in_flight: usize,
+        xff_hops: usize,
+    ) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(http);
+        Self {
+            policies,
+            client,
+            limit: Arc::new(Semaphore::new(max_in_flight.max(1))),
+            xff_hops,
+        }
+    }
+}
+
+impl<S> Layer<S> for ExtAuthzLayer {
+    type Service = ExtAuthz<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ExtAuthz {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`ExtAuthzLayer`].
+#[derive(Clone, Debug)]
+pub struct ExtAuthz<S> {
+    inner: S,
+    layer: ExtAuthzLayer,
+}
+
+/// Either the inner future directly, or the boxed check-then-call.
+pub type ExtAuthzFuture = Pin<Box<dyn Future<Output = Result<Response<BoxBody>, BoxError>> + Send>>;
+
+impl<S, B> Service<Request<B>> for ExtAuthz<S>
+where
+    S: Service<Request<CheckedBody<B>>, Response = Response<BoxBody>> + Clone + Send + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<BoxBody>;
+    type Error = BoxError;
+    type Future = egress_core::respond::InnerOrBoxed<ErrInto<S::Future>, BoxBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        use egress_core::respond::InnerOrBoxed;
+        let policies = self.layer.policies.load();
+        if policies.custom_is_empty() {
+            return InnerOrBoxed::inner(ErrInto(self.inner.call(req.map(Either::Left))));
+        }
+        let facts = match Facts::of(&req, self.layer.xff_hops) {
+            Ok(Some(f)) => f,
+            Ok(None) => return InnerOrBoxed::boxed(Box::pin(async { Ok(error_response(403)) })),
+            Err(_) => return InnerOrBoxed::boxed(Box::pin(async { Ok(bad_xff()) })),
+        };
+        let provider = {
+            let attrs = facts.attributes(&req);
+            policies
+                .custom_match(&attrs)
+                .map(|(name, policy)| (policies.provider(name), name.clone(), policy.clone()))
+        };
+        let Some((provider, provider_name, policy)) = provider else {
+            return InnerOrBoxed::inner(ErrInto(self.inner.call(req.map(Either::Left))));
+        };
+        let Some(provider) = provider else {
+            // Compilation refuses unknown providers; fail closed if one slips through.
+            return InnerOrBoxed::boxed(Box::pin(async { Ok(error_response(403)) }));
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        InnerOrBoxed::boxed(Box::pin(async move {
+            let (mut parts, body) = req.into_parts();
+            // 1. The body, when the provider wants it.
+            let (body, check_body) = match &provider.include_request_body_in_check {
+                None => (Either::Left(body), (Bytes::new(), false)),
+                Some(cfg) => {
+                    let max = cfg.max_request_bytes as usize;
+                    let mut body = body;
+                    let (read, complete) = read_up_to(&mut body, max).await?;
+                    if !complete && !cfg.allow_partial_message {
+                        return Ok(Rejection::new(RejectionKind::BodyTooLarge).respond(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            true,
+                            format!("egress: the request body is over the {max} bytes the authorizer accepts\n"),
+                        ));
+                    }
+                    // The authorizer sees at most `max` bytes; upstream gets the whole body.
+                    let check = read.slice(..read.len().min(max));
+                    (
+                        Either::Right(Prefixed {
+                            prefix: Some(read),
+                            rest: body,
+                        }),
+                        (check, !complete),
+                    )
+                }
+            };
+            // 2. The check, bounded in number and time.
+            let verdict = match layer.limit.clone().try_acquire_owned() {
+                Err(_) => Err("too many authorization checks in flight".to_owned()),
+                Ok(_permit) => {
+                    let check = build_check(&provider, &parts, check_body);
+                    match tokio::time::timeout(provider.timeout, layer.client.request(check)).await
+                    {
+                        Err(_) => Err(format!("no answer within {:?}", provider.timeout)),
+                        Ok(Err(e)) => Err(format!("{e}")),
+                        Ok(Ok(rsp)) => {
+                            let (rparts, rbody) = rsp.into_parts();
+                            match tokio::time::timeout(
+                                provider.timeout,
+                                Limited::new(rbody, 64 * 1024).collect(),
+                            )
+                            .await
+                            {
+                                Ok(Ok(b)) => Ok((rparts, b.to_bytes())),
+                                Ok(Err(e)) => Err(format!("reading the answer: {e}")),
+                                Err(_) => Err("the answer's body did not arrive in time".into()),
+                            }
+                        }
+                    }
+                }
+            };
+            match verdict {
+                Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
+                    for (name, value) in rparts.headers.iter() {
+                        if matches_any(&provider.headers_to_upstream_on_allow, name) {
+                            parts.headers.insert(name.clone(), value.clone());
+                        }
+                    }
+                    drop(rbody);
+                    let req = Request::from_parts(parts, body);
+                    let mut rsp = inner.call(req).await.map_err(Into::into)?;
+                    for (name, value) in rparts.headers.iter() {
+                        if matches_any(&provider.headers_to_downstream_on_allow, name) {
+                            rsp.headers_mut().append(name.clone(), value.clone());
+                        }
+                    }
+                    Ok(rsp)
+                }
+                Ok((rparts, rbody)) if rparts.status.as_u16() < 500 => {
+                    tracing::info!(provider = %provider_name, %policy, status = rparts.status.as_u16(), "external authorization denied");
+                    let mut rsp = Response::new(BoxBody::from(rbody));
+                    *rsp.status_mut() = rparts.status;
+                    for (name, value) in rparts.headers.iter() {
+                        let pass = if provider.headers_to_downstream_on_deny.is_empty() {
+                            !is_framing(name)
+                        } else {
+                            matches_any(&provider.headers_to_downstream_on_deny, name)
+                        };
+                        if pass {
+                            rsp.headers_mut().append(name.clone(), value.clone());
+                        }
+                    }
+                    rsp.headers_mut().insert(
+                        egress_core::ctx::DENIED_HEADER,
+                        HeaderValue::from_static("ext-authz-denied"),
+                    );
+                    rsp.extensions_mut()
+                        .insert(Rejection::new(RejectionKind::ExtAuthzDenied));
+                    Ok(rsp)
+                }
+                other => {
+                    let why = match other {
+                        Ok((rparts, _)) => format!("the authorizer answered {}", rparts.status),
+                        Err(e) => e,
+                    };
+                    if provider.fail_open {
+                        tracing::warn!(provider = %provider_name, %policy, error = %why, "external authorization failed; failOpen lets the request through");
+                        let req = Request::from_parts(parts, body);
+                        return inner.call(req).await.map_err(Into::into);
+                    }
+                    tracing::warn!(provider = %provider_name, %policy, error = %why, "external authorization failed; refused");
+                    Ok(error_response(provider.status_on_error))
+                }
+            }
+        }))
+    }
+}
+
+fn error_response(status: u16) -> Response<BoxBody> {
+    Rejection::new(RejectionKind::ExtAuthzError).respond(
+        StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+        false,
+        "egress: the external authorization check failed\n".into(),
+    )
+}
+
+fn is_framing(name: &HeaderName) -> bool {
+    name == header::CONTENT_LENGTH
+        || name == header::TRANSFER_ENCODING
+        || name == header::CONNECTION
+        || name == header::HOST
+        || name.as_str() == "keep-alive"
+}
+
+fn matches_any(patterns: &[String], name: &HeaderName) -> bool {
+    patterns
+        .iter()
+        .any(|p| Pattern::new(p).matches(name.as_str()))
+}
+
+/// Reads at most `max` bytes; `complete` says whether that was the whole body.
+async fn read_up_to<B>(body: &mut B, max: usize) -> Result<(Bytes, bool), BoxError>
+where
+    B: Body<Data = Bytes> + Send + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Into::into)?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            if buf.len() > max {
+                return Ok((buf.freeze(), false));
+            }
+        }
+    }
+    Ok((buf.freeze(), true))
+}
+
+fn build_check(
+    p: &ExtAuthzHttp,
+    parts: &http::request::Parts,
+    (body, partial): (Bytes, bool),
+) -> Request<Full<Bytes>> {
+    let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let path = if parts.method == http::Method::CONNECT {
+        "/"
+    } else {
+        path
+    };
+    let uri = format!(
+        "http://{}:{}{}{}",
+        p.service,
+        p.port,
+        p.path_prefix.trim_end_matches('/'),
+        path
+    );
+    let mut req = Request::new(Full::new(body.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.uri_mut() = uri.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    let headers: &mut HeaderMap = req.headers_mut();
+    for (name, value) in parts.headers.iter() {
+        if name == header::CONTENT_LENGTH || name == header::HOST {
+            continue;
+        }
+        if matches_any(&p.include_request_headers_in_check, name) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if let Some(h) = host {
+        headers.insert(header::HOST, h);
+    }
+    for (k, v) in &p.include_additional_headers_in_check {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            headers.insert(k, v);
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    if partial {
+        headers.insert(
+            "x-envoy-auth-partial-body",
+            HeaderValue::from_static("true"),
+        );
+    }
+    req
+}
+
+pin_project_lite::pin_project! {
+    /// Maps an inner future's error into a [`BoxError`].
+    pub struct ErrInto<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+#[allow(
+    non_snake_case,
+    reason = "a tuple-like constructor for the pin-projected struct"
+)]
+fn ErrInto<F>(inner: F) -> ErrInto<F> {
+    ErrInto { inner }
+}
+
+impl<F, T, E> Future for ErrInto<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx).map_err(Into::into)
+    }
+}

@@ -1,0 +1,379 @@
+//! Istio's `MeshConfig`, from where Istio users already keep it: the `istio` `ConfigMap`
+//! (`data.mesh`, a YAML text) or an `IstioOperator`'s `spec.meshConfig`.
+//!
+//! Read: `extensionProviders[].envoyExtAuthzHttp` (the CUSTOM authorizers),
+//! `outboundTrafficPolicy.mode`, `pathNormalization.normalization` and `rootNamespace`.
+//! The many other MeshConfig fields configure other parts of a mesh and are left alone.
+
+use serde::Serialize;
+use std::time::Duration;
+
+use super::model::{Meta, OutboundPolicy};
+use super::reader::{Fields, Reader};
+use crate::authz::path::Normalization;
+use crate::yaml::{Node, Value};
+
+/// `extensionProviders[].envoyExtAuthzHttp`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzHttp {
+    /// `service`: the authorizer's host name (`ns/host` accepted; the namespace is dropped).
+    pub service: String,
+    /// `port`.
+    pub port: u16,
+    /// `timeout` (Istio's default is 600s; here 10s, so a stuck authorizer cannot hold
+    /// requests for ten minutes).
+    #[serde(skip)]
+    pub timeout: Duration,
+    /// `pathPrefix`, prepended to the request path in the check.
+    pub path_prefix: String,
+    /// `failOpen`: allow when the authorizer cannot be reached.
+    pub fail_open: bool,
+    /// `statusOnError` (default 403).
+    pub status_on_error: u16,
+    /// `includeRequestHeadersInCheck` (patterns).
+    pub include_request_headers_in_check: Vec<String>,
+    /// `includeAdditionalHeadersInCheck`.
+    pub include_additional_headers_in_check: Vec<(String, String)>,
+    /// `includeRequestBodyInCheck`.
+    pub include_request_body_in_check: Option<BodyInCheck>,
+    /// `headersToUpstreamOnAllow` (patterns).
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// `headersToDownstreamOnDeny` (patterns; empty: all).
+    pub headers_to_downstream_on_deny: Vec<String>,
+    /// `headersToDownstreamOnAllow` (patterns).
+    pub headers_to_downstream_on_allow: Vec<String>,
+}
+
+/// `includeRequestBodyInCheck`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BodyInCheck {
+    /// `maxRequestBytes`.
+    pub max_request_bytes: u32,
+    /// `allowPartialMessage`: send the first `maxRequestBytes` instead of refusing with 413.
+    pub allow_partial_message: bool,
+}
+
+/// An `extensionProviders[]` entry this gateway can use.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExtensionProvider {
+    /// `name`, as `AuthorizationPolicy.provider.name` refers to it.
+    pub name: String,
+    /// The HTTP authorizer.
+    #[serde(rename = "envoyExtAuthzHttp")]
+    pub http: ExtAuthzHttp,
+}
+
+/// The MeshConfig fields this gateway reads.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshConfig {
+    /// Where it was read.
+    pub meta: Meta,
+    /// `outboundTrafficPolicy.mode`.
+    pub outbound: Option<OutboundPolicy>,
+    /// `extensionProviders`.
+    pub extension_providers: Vec<ExtensionProvider>,
+    /// `pathNormalization.normalization`.
+    pub path_normalization: Option<Normalization>,
+    /// `rootNamespace`.
+    pub root_namespace: Option<String>,
+}
+
+/// Reads the `data` of a `ConfigMap` named `istio`: `data.mesh` is MeshConfig YAML.
+pub(crate) fn read_config_map(r: &mut Reader<'_>, meta: Meta, data: &Node) -> Option<MeshConfig> {
+    let mut f = r.map(data, "data")?;
+    let mesh = f.take("mesh");
+    f.ignore_rest();
+    let mesh = mesh?;
+    let text = r.string(mesh, "data.mesh")?;
+    let docs = match crate::yaml::parse_documents(&text) {
+        Ok(d) => d,
+        Err(e) => {
+            r.push(
+                crate::diag::Severity::Error,
+                mesh.line + e.line,
+                e.col,
+                "data.mesh",
+                format!("invalid YAML: {}", e.message),
+            );
+            return None;
+        }
+    };
+    let empty = Node {
+        value: Value::Null,
+        line: mesh.line,
+        col: mesh.col,
+    };
+    // A block scalar's text starts on the line after its indicator.
+    let mut doc = docs.into_iter().next().unwrap_or(empty);
+    shift(&mut doc, mesh.line);
+    read_mesh(r, meta, &doc, "data.mesh")
+}
+
+/// Moves the positions of a tree parsed from an embedded text to the enclosing file's.
+fn shift(node: &mut Node, by: u32) {
+    node.line += by;
+    match &mut node.value {
+        Value::Seq(items) => items.iter_mut().for_each(|n| shift(n, by)),
+        Value::Map(entries) => entries.iter_mut().for_each(|e| {
+            e.line += by;
+            shift(&mut e.value, by)
+        }),
+        _ => {}
+    }
+}
+
+/// Reads a MeshConfig mapping at `path`.
+pub(crate) fn read_mesh(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    node: &Node,
+    path: &str,
+) -> Option<MeshConfig> {
+    let mut f = r.map(node, path)?;
+    let errors_before = r.diags.errors().count();
+    let mut mesh = MeshConfig {
+        meta,
+        outbound: None,
+        extension_providers: Vec::new(),
+        path_normalization: None,
+        root_namespace: None,
+    };
+    if let Some(otp) = f.take("outboundTrafficPolicy") {
+        let p = format!("{path}.outboundTrafficPolicy");
+        if let Some(mut of) = r.map(otp, &p) {
+            if let Some(mode) = of.take("mode") {
+                mesh.outbound =
+                    match r.one_of(mode, &format!("{p}.mode"), &["ALLOW_ANY", "REGISTRY_ONLY"]) {
+                        Some("ALLOW_ANY") => Some(OutboundPolicy::AllowAny),
+                        Some(_) => Some(OutboundPolicy::RegistryOnly),
+                        None => None,
+                    };
+            }
+            of.finish(r, &["egressProxy"]);
+        }
+    }
+    if let Some(pn) = f.take("pathNormalization") {
+        let p = format!("{path}.pathNormalization");
+        if let Some(mut pf) = r.map(pn, &p) {
+            if let Some(n) = pf.take("normalization") {
+                mesh.path_normalization = r
+                    .one_of(
+                        n,
+                        &format!("{p}.normalization"),
+                        &[
+                            "DEFAULT",
+                            "NONE",
+                            "BASE",
+                            "MERGE_SLASHES",
+                            "DECODE_AND_MERGE_SLASHES",
+                        ],
+                    )
+                    .map(Normalization::from_istio);
+            }
+            pf.finish(r, &[]);
+        }
+    }
+    if let Some(n) = f.take("rootNamespace") {
+        mesh.root_namespace = r.string(n, &format!("{path}.rootNamespace"));
+    }
+    if let Some(n) = f.take("extensionProviders") {
+        let p = format!("{path}.extensionProviders");
+        for (i, item) in r.list(n, &p).unwrap_or(&[]).iter().enumerate() {
+            if let Some(provider) = read_provider(r, item, &format!("{p}[{i}]")) {
+                if mesh
+                    .extension_providers
+                    .iter()
+                    .any(|x| x.name == provider.name)
+                {
+                    r.error(
+                        item,
+                        format!("{p}[{i}].name"),
+                        format!("provider {:?} is declared twice", provider.name),
+                    );
+                }
+                mesh.extension_providers.push(provider);
+            }
+        }
+    }
+    // The rest of MeshConfig configures other parts of a mesh.
+    f.ignore_rest();
+    (r.diags.errors().count() == errors_before).then_some(mesh)
+}
+
+fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ExtensionProvider> {
+    let mut f = r.map(node, path)?;
+    let name = f
+        .take("name")
+        .and_then(|n| r.string(n, &format!("{path}.name")))
+        .unwrap_or_default();
+    if name.is_empty() {
+        r.error(
+            node,
+            format!("{path}.name"),
+            "an extension provider needs a name",
+        );
+    }
+    let http = match f.take("envoyExtAuthzHttp") {
+        Some(n) => read_ext_authz_http(r, n, &format!("{path}.envoyExtAuthzHttp")),
+        None => None,
+    };
+    if f.take("envoyExtAuthzGrpc").is_some() {
+        r.warn(node, format!("{path}.envoyExtAuthzGrpc"), "the gRPC authorizer is not supported by this gateway; policies naming this provider are refused");
+    }
+    // Tracing, logging and metrics providers are for other parts of the mesh.
+    f.ignore_rest();
+    Some(ExtensionProvider { name, http: http? })
+}
+
+fn patterns(r: &mut Reader<'_>, f: &mut Fields<'_>, key: &str) -> Vec<String> {
+    match f.take(key) {
+        None => Vec::new(),
+        Some(n) => r
+            .strings(n, &f.path(key))
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect(),
+    }
+}
+
+fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ExtAuthzHttp> {
+    let mut f = r.map(node, path)?;
+    let service = f
+        .take("service")
+        .and_then(|n| r.string(n, &format!("{path}.service")))
+        .unwrap_or_default();
+    if service.is_empty() {
+        r.error(
+            node,
+            format!("{path}.service"),
+            "the authorizer's service is required",
+        );
+    }
+    let service = service
+        .rsplit('/')
+        .next()
+        .unwrap_or(&service)
+        .to_ascii_lowercase();
+    let port = match f.take("port") {
+        Some(n) => r
+            .uint(n, &format!("{path}.port"), 1, 65535)
+            .map(|p| p as u16),
+        None => {
+            r.error(
+                node,
+                format!("{path}.port"),
+                "the authorizer's port is required",
+            );
+            None
+        }
+    };
+    let timeout = match f.take("timeout") {
+        None => Some(Duration::from_secs(10)),
+        Some(n) => r.string(n, &format!("{path}.timeout")).and_then(|s| {
+            match crate::duration::parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => {
+                    r.error(
+                        n,
+                        format!("{path}.timeout"),
+                        format!("{s:?} is not a positive duration"),
+                    );
+                    None
+                }
+            }
+        }),
+    };
+    let path_prefix = f
+        .take("pathPrefix")
+        .and_then(|n| r.string(n, &format!("{path}.pathPrefix")))
+        .unwrap_or_default();
+    if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
+        r.error(
+            node,
+            format!("{path}.pathPrefix"),
+            "pathPrefix must start with '/'",
+        );
+    }
+    let fail_open = f
+        .take("failOpen")
+        .and_then(|n| r.boolean(n, &format!("{path}.failOpen")))
+        .unwrap_or(false);
+    let status_on_error = match f.take("statusOnError") {
+        None => Some(403),
+        Some(n) => {
+            r.string(n, &format!("{path}.statusOnError"))
+                .and_then(|s| match s.parse::<u16>() {
+                    Ok(c) if (200..600).contains(&c) => Some(c),
+                    _ => {
+                        r.error(
+                            n,
+                            format!("{path}.statusOnError"),
+                            format!("{s:?} is not an HTTP status code"),
+                        );
+                        None
+                    }
+                })
+        }
+    };
+    let include_request_headers_in_check = patterns(r, &mut f, "includeRequestHeadersInCheck");
+    let include_additional_headers_in_check = match f.take("includeAdditionalHeadersInCheck") {
+        None => Vec::new(),
+        Some(n) => r
+            .string_map(n, &format!("{path}.includeAdditionalHeadersInCheck"))
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect(),
+    };
+    for (k, v) in &include_additional_headers_in_check {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            r.error(
+                node,
+                format!("{path}.includeAdditionalHeadersInCheck.{k}"),
+                "not a valid header",
+            );
+        }
+    }
+    let include_request_body_in_check = match f.take("includeRequestBodyInCheck") {
+        None => None,
+        Some(n) => {
+            let p = format!("{path}.includeRequestBodyInCheck");
+            let mut bf = r.map(n, &p)?;
+            let max = bf
+                .take("maxRequestBytes")
+                .and_then(|n| r.uint(n, &format!("{p}.maxRequestBytes"), 1, 64 * 1024 * 1024))
+                .unwrap_or(8192) as u32;
+            let partial = bf
+                .take("allowPartialMessage")
+                .and_then(|n| r.boolean(n, &format!("{p}.allowPartialMessage")))
+                .unwrap_or(false);
+            bf.finish(r, &["packAsBytes"]);
+            Some(BodyInCheck {
+                max_request_bytes: max,
+                allow_partial_message: partial,
+            })
+        }
+    };
+    let headers_to_upstream_on_allow = patterns(r, &mut f, "headersToUpstreamOnAllow");
+    let headers_to_downstream_on_deny = patterns(r, &mut f, "headersToDownstreamOnDeny");
+    let headers_to_downstream_on_allow = patterns(r, &mut f, "headersToDownstreamOnAllow");
+    f.finish(r, &[]);
+    Some(ExtAuthzHttp {
+        service,
+        port: port?,
+        timeout: timeout?,
+        path_prefix,
+        fail_open,
+        status_on_error: status_on_error?,
+        include_request_headers_in_check,
+        include_additional_headers_in_check,
+        include_request_body_in_check,
+        headers_to_upstream_on_allow,
+        headers_to_downstream_on_deny,
+        headers_to_downstream_on_allow,
+    })
+}

@@ -1,0 +1,839 @@
+//! Reading and validating `security.istio.io` resources: `AuthorizationPolicy` and
+//! `RequestAuthentication`.
+//!
+//! Istio's own validation is followed, and made stricter where Istio is silent: an unknown
+//! `when` key, a value with a `*` in the middle, or an HTTP-only key at the wrong place are
+//! errors naming the field, not rules that quietly never match.
+
+use ipnet::IpNet;
+use serde::Serialize;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::model::Meta;
+use super::reader::Reader;
+use crate::yaml::Node;
+
+/// The API versions of the security kinds read.
+pub(crate) const SECURITY_VERSIONS: &[&str] =
+    &["security.istio.io/v1", "security.istio.io/v1beta1"];
+
+/// `AuthorizationPolicy.action`.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AuthzAction {
+    /// Allow what matches; with any ALLOW policy, what matches none is denied.
+    Allow,
+    /// Deny what matches.
+    Deny,
+    /// Log what matches; never changes the outcome.
+    Audit,
+    /// Ask the external authorizer named by `provider.name` about what matches.
+    Custom,
+}
+
+impl AuthzAction {
+    /// Istio's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthzAction::Allow => "ALLOW",
+            AuthzAction::Deny => "DENY",
+            AuthzAction::Audit => "AUDIT",
+            AuthzAction::Custom => "CUSTOM",
+        }
+    }
+}
+
+/// `targetRefs[]` / `targetRef`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TargetRef {
+    /// `group` (empty for core).
+    pub group: String,
+    /// `kind`.
+    pub kind: String,
+    /// `name`.
+    pub name: String,
+    /// `namespace` (the policy's when absent).
+    pub namespace: Option<String>,
+}
+
+/// Which proxies a security resource applies to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Scope {
+    /// `selector.matchLabels`, when a selector is given.
+    pub selector: Option<Vec<(String, String)>>,
+    /// `targetRefs` (and the older `targetRef`).
+    #[serde(rename = "targetRefs")]
+    pub target_refs: Vec<TargetRef>,
+    /// Whether `metadata.namespace` was written (a resource without one is taken as meant
+    /// for this gateway, as `kubectl apply -n` would place it).
+    #[serde(rename = "namespaceGiven")]
+    pub namespace_given: bool,
+}
+
+/// `Source`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(
+    missing_docs,
+    reason = "each field is the Istio field of the same name"
+)]
+pub struct Source {
+    pub principals: Vec<String>,
+    pub not_principals: Vec<String>,
+    pub request_principals: Vec<String>,
+    pub not_request_principals: Vec<String>,
+    pub namespaces: Vec<String>,
+    pub not_namespaces: Vec<String>,
+    pub ip_blocks: Vec<IpNet>,
+    pub not_ip_blocks: Vec<IpNet>,
+    pub remote_ip_blocks: Vec<IpNet>,
+    pub not_remote_ip_blocks: Vec<IpNet>,
+}
+
+/// `Operation`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(
+    missing_docs,
+    reason = "each field is the Istio field of the same name"
+)]
+pub struct Operation {
+    pub hosts: Vec<String>,
+    pub not_hosts: Vec<String>,
+    pub ports: Vec<u16>,
+    pub not_ports: Vec<u16>,
+    pub methods: Vec<String>,
+    pub not_methods: Vec<String>,
+    pub paths: Vec<String>,
+    pub not_paths: Vec<String>,
+}
+
+/// `Condition` (`when[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// `key`, e.g. `request.headers[x-token]`.
+    pub key: String,
+    /// `values`.
+    pub values: Vec<String>,
+    /// `notValues`.
+    pub not_values: Vec<String>,
+}
+
+/// `Rule`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Rule {
+    /// `from[].source`.
+    pub from: Vec<Source>,
+    /// `to[].operation`.
+    pub to: Vec<Operation>,
+    /// `when`.
+    pub when: Vec<Condition>,
+}
+
+/// An `AuthorizationPolicy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct AuthorizationPolicy {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// Where it applies.
+    pub scope: Scope,
+    /// `action` (default `ALLOW`).
+    pub action: AuthzAction,
+    /// `provider.name`, for `CUSTOM`.
+    pub provider: Option<String>,
+    /// `rules`: `None` when absent (never matches), `Some(vec![Rule::default()])` for
+    /// `rules: [{}]` (matches everything).
+    pub rules: Option<Vec<Rule>>,
+}
+
+/// `JWTHeader` (`fromHeaders[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JwtHeader {
+    /// `name`.
+    pub name: String,
+    /// `prefix` (e.g. `Bearer `).
+    pub prefix: String,
+}
+
+/// `ClaimToHeader` (`outputClaimToHeaders[]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ClaimToHeader {
+    /// `header`.
+    pub header: String,
+    /// `claim` (dotted for nested claims).
+    pub claim: String,
+}
+
+/// `JWTRule`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtRule {
+    /// `issuer`.
+    pub issuer: String,
+    /// `audiences` (empty: any).
+    pub audiences: Vec<String>,
+    /// `jwks`: an inline JSON Web Key Set.
+    pub jwks: Option<String>,
+    /// `jwksUri`.
+    pub jwks_uri: Option<String>,
+    /// `fromHeaders` (default: `Authorization: Bearer …`).
+    pub from_headers: Vec<JwtHeader>,
+    /// `fromParams` (default: `access_token`, when no location is given).
+    pub from_params: Vec<String>,
+    /// `fromCookies`.
+    pub from_cookies: Vec<String>,
+    /// `forwardOriginalToken`.
+    pub forward_original_token: bool,
+    /// `outputPayloadToHeader`.
+    pub output_payload_to_header: Option<String>,
+    /// `outputClaimToHeaders`.
+    pub output_claim_to_headers: Vec<ClaimToHeader>,
+    /// `timeout`: for fetching `jwksUri`.
+    #[serde(skip)]
+    pub timeout: Option<Duration>,
+}
+
+/// A `RequestAuthentication`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RequestAuthentication {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// Where it applies.
+    pub scope: Scope,
+    /// `jwtRules`.
+    pub jwt_rules: Vec<JwtRule>,
+}
+
+/// Keys a `when` condition may use, and whether each needs HTTP.
+const WHEN_KEYS: &[(&str, bool)] = &[
+    ("source.ip", false),
+    ("remote.ip", true),
+    ("source.principal", false),
+    ("source.namespace", false),
+    ("request.auth.principal", true),
+    ("request.auth.audiences", true),
+    ("request.auth.presenter", true),
+    ("destination.ip", false),
+    ("destination.port", false),
+    ("connection.sni", false),
+];
+
+/// Whether a `when` key only has meaning for HTTP requests.
+pub fn when_key_is_http_only(key: &str) -> bool {
+    key.starts_with("request.") || WHEN_KEYS.iter().any(|(k, http)| *k == key && *http)
+}
+
+fn read_scope(
+    r: &mut Reader<'_>,
+    f: &mut super::reader::Fields<'_>,
+    namespace_given: bool,
+) -> Scope {
+    let mut scope = Scope {
+        namespace_given,
+        ..Scope::default()
+    };
+    if let Some(sel) = f.take("selector") {
+        let path = "spec.selector";
+        if let Some(mut sf) = r.map(sel, path) {
+            let labels = sf
+                .take("matchLabels")
+                .map(|n| r.string_map(n, "spec.selector.matchLabels"))
+                .unwrap_or_default();
+            sf.finish(r, &[]);
+            scope.selector = Some(labels);
+        }
+    }
+    let mut refs = Vec::new();
+    if let Some(n) = f.take("targetRef") {
+        refs.extend(read_target_ref(r, n, "spec.targetRef"));
+    }
+    if let Some(n) = f.take("targetRefs") {
+        for (i, t) in r
+            .list(n, "spec.targetRefs")
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            refs.extend(read_target_ref(r, t, &format!("spec.targetRefs[{i}]")));
+        }
+    }
+    if scope.selector.is_some()
+        && !refs.is_empty()
+        && let Some(n) = f.take("selector")
+    {
+        r.error(
+            n,
+            "spec.selector",
+            "selector and targetRefs cannot both be set",
+        );
+    }
+    scope.target_refs = refs;
+    scope
+}
+
+fn read_target_ref(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TargetRef> {
+    let mut f = r.map(node, path)?;
+    let s = |f: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, k: &str| {
+        f.take(k).and_then(|n| r.string(n, &format!("{path}.{k}")))
+    };
+    let group = s(&mut f, r, "group").unwrap_or_default();
+    let kind = s(&mut f, r, "kind");
+    let name = s(&mut f, r, "name");
+    let namespace = s(&mut f, r, "namespace");
+    f.finish(r, &[]);
+    match (kind, name) {
+        (Some(kind), Some(name)) if !kind.is_empty() && !name.is_empty() => Some(TargetRef {
+            group,
+            kind,
+            name,
+            namespace,
+        }),
+        _ => {
+            r.error(node, path, "a targetRef needs kind and name");
+            None
+        }
+    }
+}
+
+/// Reads `spec` of an `AuthorizationPolicy`.
+pub(crate) fn read_authorization_policy(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+    namespace_given: bool,
+) -> Option<AuthorizationPolicy> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let scope = read_scope(r, &mut f, namespace_given);
+    let action = match f.take("action") {
+        None => AuthzAction::Allow,
+        Some(n) => match r.one_of(n, "spec.action", &["ALLOW", "DENY", "AUDIT", "CUSTOM"]) {
+            Some("DENY") => AuthzAction::Deny,
+            Some("AUDIT") => AuthzAction::Audit,
+            Some("CUSTOM") => AuthzAction::Custom,
+            _ => AuthzAction::Allow,
+        },
+    };
+    let mut provider = None;
+    if let Some(n) = f.take("provider") {
+        if let Some(mut pf) = r.map(n, "spec.provider") {
+            provider = pf
+                .take("name")
+                .and_then(|n| r.string(n, "spec.provider.name"))
+                .filter(|s| !s.is_empty());
+            pf.finish(r, &[]);
+        }
+        if action != AuthzAction::Custom {
+            r.error(n, "spec.provider", "provider is only for action CUSTOM");
+        }
+    }
+    if action == AuthzAction::Custom && provider.is_none() {
+        r.error(
+            spec,
+            "spec.provider.name",
+            "action CUSTOM needs provider.name",
+        );
+    }
+    let rules = f.take("rules").map(|n| {
+        r.list(n, "spec.rules")
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+            .filter_map(|(i, rule)| read_rule(r, rule, &format!("spec.rules[{i}]"), action))
+            .collect::<Vec<_>>()
+    });
+    if action == AuthzAction::Custom
+        && rules.as_ref().is_some_and(|rs| {
+            rs.iter().any(|r| {
+                r.from.iter().any(|s| {
+                    !s.request_principals.is_empty() || !s.not_request_principals.is_empty()
+                })
+            })
+        })
+    {
+        r.error(spec, "spec.rules", "a CUSTOM policy cannot use requestPrincipals (the external authorizer runs before JWT claims are trusted)");
+    }
+    f.finish(r, &[]);
+    (r.diags.errors().count() == errors_before).then_some(AuthorizationPolicy {
+        meta,
+        scope,
+        action,
+        provider,
+        rules,
+    })
+}
+
+fn read_rule(r: &mut Reader<'_>, node: &Node, path: &str, action: AuthzAction) -> Option<Rule> {
+    let mut f = r.map(node, path)?;
+    let mut rule = Rule::default();
+    if let Some(n) = f.take("from") {
+        for (i, item) in r
+            .list(n, &format!("{path}.from"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.from[{i}]");
+            let Some(mut itf) = r.map(item, &p) else {
+                continue;
+            };
+            match itf.take("source") {
+                None => r.error(item, format!("{p}.source"), "from[] needs a source"),
+                Some(s) => {
+                    if let Some(src) = read_source(r, s, &format!("{p}.source")) {
+                        rule.from.push(src);
+                    }
+                }
+            }
+            itf.finish(r, &[]);
+        }
+    }
+    if let Some(n) = f.take("to") {
+        for (i, item) in r
+            .list(n, &format!("{path}.to"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.to[{i}]");
+            let Some(mut itf) = r.map(item, &p) else {
+                continue;
+            };
+            match itf.take("operation") {
+                None => r.error(item, format!("{p}.operation"), "to[] needs an operation"),
+                Some(o) => {
+                    if let Some(op) = read_operation(r, o, &format!("{p}.operation")) {
+                        rule.to.push(op);
+                    }
+                }
+            }
+            itf.finish(r, &[]);
+        }
+    }
+    if let Some(n) = f.take("when") {
+        for (i, item) in r
+            .list(n, &format!("{path}.when"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(c) = read_condition(r, item, &format!("{path}.when[{i}]"), action) {
+                rule.when.push(c);
+            }
+        }
+    }
+    f.finish(r, &[]);
+    Some(rule)
+}
+
+/// Checks Istio's string-match forms: exact, `prefix*`, `*suffix`, or `*`.
+fn check_pattern(r: &mut Reader<'_>, node: &Node, path: &str, s: &str) -> bool {
+    let inner = s.strip_prefix('*').unwrap_or(s);
+    let inner = inner.strip_suffix('*').unwrap_or(inner);
+    if s.len() > 1 && s.starts_with('*') && s.ends_with('*') || inner.contains('*') {
+        r.error(
+            node,
+            path,
+            format!("{s:?}: a '*' is only allowed alone, at the start (\"*suffix\") or at the end (\"prefix*\")"),
+        );
+        return false;
+    }
+    if s.is_empty() {
+        r.error(
+            node,
+            path,
+            "an empty string matches nothing; remove it or use \"*\"",
+        );
+        return false;
+    }
+    true
+}
+
+fn patterns(r: &mut Reader<'_>, f: &mut super::reader::Fields<'_>, key: &str) -> Vec<String> {
+    let Some(n) = f.take(key) else {
+        return Vec::new();
+    };
+    let path = f.path(key);
+    let items = r.list(n, &path).unwrap_or(&[]);
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if let Some(s) = r.string(item, &p)
+            && check_pattern(r, item, &p, &s)
+        {
+            out.push(s);
+        }
+    }
+    out
+}
+
+fn ip_blocks(r: &mut Reader<'_>, f: &mut super::reader::Fields<'_>, key: &str) -> Vec<IpNet> {
+    let Some(n) = f.take(key) else {
+        return Vec::new();
+    };
+    let path = f.path(key);
+    let mut out = Vec::new();
+    for (i, item) in r.list(n, &path).unwrap_or(&[]).iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if let Some(s) = r.string(item, &p) {
+            match parse_ip_block(&s) {
+                Some(net) => out.push(net),
+                None => r.error(item, &p, format!("{s:?} is not an IP address or CIDR")),
+            }
+        }
+    }
+    out
+}
+
+/// An IP address or CIDR, as `ipBlocks` and `source.ip` take them.
+pub fn parse_ip_block(s: &str) -> Option<IpNet> {
+    if s.contains('/') {
+        s.parse::<IpNet>().ok().map(|n| n.trunc())
+    } else {
+        s.parse::<IpAddr>().ok().map(IpNet::from)
+    }
+}
+
+fn read_source(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Source> {
+    let mut f = r.map(node, path)?;
+    let s = Source {
+        principals: patterns(r, &mut f, "principals"),
+        not_principals: patterns(r, &mut f, "notPrincipals"),
+        request_principals: patterns(r, &mut f, "requestPrincipals"),
+        not_request_principals: patterns(r, &mut f, "notRequestPrincipals"),
+        namespaces: patterns(r, &mut f, "namespaces"),
+        not_namespaces: patterns(r, &mut f, "notNamespaces"),
+        ip_blocks: ip_blocks(r, &mut f, "ipBlocks"),
+        not_ip_blocks: ip_blocks(r, &mut f, "notIpBlocks"),
+        remote_ip_blocks: ip_blocks(r, &mut f, "remoteIpBlocks"),
+        not_remote_ip_blocks: ip_blocks(r, &mut f, "notRemoteIpBlocks"),
+    };
+    f.finish(r, &["serviceAccounts", "notServiceAccounts"]);
+    if s == Source::default() {
+        r.error(node, path, "a source needs at least one field");
+        return None;
+    }
+    Some(s)
+}
+
+fn ports(r: &mut Reader<'_>, f: &mut super::reader::Fields<'_>, key: &str) -> Vec<u16> {
+    let Some(n) = f.take(key) else {
+        return Vec::new();
+    };
+    let path = f.path(key);
+    let mut out = Vec::new();
+    for (i, item) in r.list(n, &path).unwrap_or(&[]).iter().enumerate() {
+        let p = format!("{path}[{i}]");
+        if let Some(s) = r.string(item, &p) {
+            match s.parse::<u16>() {
+                Ok(port) => out.push(port),
+                Err(_) => r.error(item, &p, format!("{s:?} is not a port number (0-65535)")),
+            }
+        }
+    }
+    out
+}
+
+fn read_operation(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Operation> {
+    let mut f = r.map(node, path)?;
+    let mut o = Operation {
+        hosts: patterns(r, &mut f, "hosts"),
+        not_hosts: patterns(r, &mut f, "notHosts"),
+        ports: ports(r, &mut f, "ports"),
+        not_ports: ports(r, &mut f, "notPorts"),
+        methods: patterns(r, &mut f, "methods"),
+        not_methods: patterns(r, &mut f, "notMethods"),
+        paths: patterns(r, &mut f, "paths"),
+        not_paths: patterns(r, &mut f, "notPaths"),
+    };
+    f.finish(r, &[]);
+    for (i, p) in o.paths.iter().chain(o.not_paths.iter()).enumerate() {
+        if p.contains('{') {
+            r.error(
+                node,
+                format!("{path}.paths[{i}]"),
+                format!("{p:?}: path templates ({{*}}, {{**}}) are not supported"),
+            );
+        }
+    }
+    // Istio compares hosts case-insensitively.
+    for h in o.hosts.iter_mut().chain(o.not_hosts.iter_mut()) {
+        h.make_ascii_lowercase();
+    }
+    if o == Operation::default() {
+        r.error(node, path, "an operation needs at least one field");
+        return None;
+    }
+    Some(o)
+}
+
+fn read_condition(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    action: AuthzAction,
+) -> Option<Condition> {
+    let mut f = r.map(node, path)?;
+    let key = match f
+        .take("key")
+        .and_then(|n| r.string(n, &format!("{path}.key")))
+    {
+        Some(k) => k,
+        None => {
+            r.error(node, format!("{path}.key"), "a condition needs a key");
+            return None;
+        }
+    };
+    let values = patterns(r, &mut f, "values");
+    let not_values = patterns(r, &mut f, "notValues");
+    f.finish(r, &[]);
+    let known = WHEN_KEYS.iter().any(|(k, _)| *k == key)
+        || bracketed(&key, "request.headers").is_some()
+        || bracketed(&key, "request.auth.claims").is_some()
+        || bracketed(&key, "experimental.envoy.filters.http.jwt_authn.claims").is_some();
+    if !known {
+        r.error(
+            node,
+            format!("{path}.key"),
+            format!("unknown condition key {key:?} (expected request.headers[NAME], source.ip, remote.ip, source.principal, source.namespace, request.auth.principal, request.auth.audiences, request.auth.presenter, request.auth.claims[NAME], destination.ip, destination.port or connection.sni)"),
+        );
+        return None;
+    }
+    if values.is_empty() && not_values.is_empty() {
+        r.error(node, path, "a condition needs values or notValues");
+        return None;
+    }
+    let ip_key = matches!(key.as_str(), "source.ip" | "remote.ip" | "destination.ip");
+    for v in values.iter().chain(not_values.iter()) {
+        if ip_key && parse_ip_block(v).is_none() {
+            r.error(
+                node,
+                path,
+                format!("{key}: {v:?} is not an IP address or CIDR"),
+            );
+        }
+        if key == "destination.port" && v.parse::<u16>().is_err() {
+            r.error(
+                node,
+                path,
+                format!("destination.port: {v:?} is not a port number"),
+            );
+        }
+    }
+    let _ = action;
+    Some(Condition {
+        key,
+        values,
+        not_values,
+    })
+}
+
+/// `prefix[NAME]` → `NAME`.
+pub fn bracketed<'a>(key: &'a str, prefix: &str) -> Option<&'a str> {
+    let inner = key
+        .strip_prefix(prefix)?
+        .strip_prefix('[')?
+        .strip_suffix(']')?;
+    (!inner.is_empty()).then_some(inner)
+}
+
+/// Reads `spec` of a `RequestAuthentication`.
+pub(crate) fn read_request_authentication(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+    namespace_given: bool,
+) -> Option<RequestAuthentication> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let scope = read_scope(r, &mut f, namespace_given);
+    let mut jwt_rules = Vec::new();
+    if let Some(n) = f.take("jwtRules") {
+        for (i, item) in r.list(n, "spec.jwtRules").unwrap_or(&[]).iter().enumerate() {
+            if let Some(rule) = read_jwt_rule(r, item, &format!("spec.jwtRules[{i}]")) {
+                if jwt_rules.iter().any(|x: &JwtRule| x.issuer == rule.issuer) {
+                    r.error(
+                        item,
+                        format!("spec.jwtRules[{i}].issuer"),
+                        format!("issuer {:?} appears twice", rule.issuer),
+                    );
+                }
+                jwt_rules.push(rule);
+            }
+        }
+    }
+    f.finish(r, &[]);
+    (r.diags.errors().count() == errors_before).then_some(RequestAuthentication {
+        meta,
+        scope,
+        jwt_rules,
+    })
+}
+
+fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule> {
+    let mut f = r.map(node, path)?;
+    let string = |f: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, k: &str| {
+        f.take(k).and_then(|n| r.string(n, &format!("{path}.{k}")))
+    };
+    let issuer = string(&mut f, r, "issuer").unwrap_or_default();
+    if issuer.is_empty() {
+        r.error(node, format!("{path}.issuer"), "a JWT rule needs an issuer");
+    }
+    let audiences = f
+        .take("audiences")
+        .map(|n| r.strings(n, &format!("{path}.audiences")))
+        .unwrap_or_default();
+    let jwks_node = f.take("jwks");
+    let jwks = jwks_node.and_then(|n| r.string(n, &format!("{path}.jwks")));
+    if let (Some(n), Some(text)) = (jwks_node, &jwks)
+        && let Err(e) = crate::jwt::parse_jwks(text)
+    {
+        r.error(
+            n,
+            format!("{path}.jwks"),
+            format!("invalid JSON Web Key Set: {e}"),
+        );
+    }
+    let uri_node = f.take("jwksUri");
+    let jwks_uri = uri_node.and_then(|n| r.string(n, &format!("{path}.jwksUri")));
+    if let (Some(n), Some(u)) = (uri_node, &jwks_uri)
+        && u.parse::<http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+            .is_none()
+    {
+        r.error(
+            n,
+            format!("{path}.jwksUri"),
+            format!("{u:?} is not an http:// or https:// URL"),
+        );
+    }
+    if jwks.is_some() && jwks_uri.is_some() {
+        r.error(
+            node,
+            format!("{path}.jwks"),
+            "jwks and jwksUri cannot both be set",
+        );
+    }
+    if jwks.is_none() && jwks_uri.is_none() {
+        r.error(
+            node,
+            format!("{path}.jwksUri"),
+            "jwks or jwksUri is required (OpenID discovery from the issuer is not supported)",
+        );
+    }
+    let mut from_headers = Vec::new();
+    if let Some(n) = f.take("fromHeaders") {
+        for (i, h) in r
+            .list(n, &format!("{path}.fromHeaders"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.fromHeaders[{i}]");
+            let Some(mut hf) = r.map(h, &p) else { continue };
+            let name = hf
+                .take("name")
+                .and_then(|n| r.string(n, &format!("{p}.name")));
+            let prefix = hf
+                .take("prefix")
+                .and_then(|n| r.string(n, &format!("{p}.prefix")))
+                .unwrap_or_default();
+            hf.finish(r, &[]);
+            match name {
+                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => from_headers
+                    .push(JwtHeader {
+                        name: name.to_ascii_lowercase(),
+                        prefix,
+                    }),
+                _ => r.error(h, format!("{p}.name"), "a header name is required"),
+            }
+        }
+    }
+    let from_params = f
+        .take("fromParams")
+        .map(|n| r.strings(n, &format!("{path}.fromParams")))
+        .unwrap_or_default();
+    let from_cookies = f
+        .take("fromCookies")
+        .map(|n| r.strings(n, &format!("{path}.fromCookies")))
+        .unwrap_or_default();
+    let forward_original_token = f
+        .take("forwardOriginalToken")
+        .and_then(|n| r.boolean(n, &format!("{path}.forwardOriginalToken")))
+        .unwrap_or(false);
+    let output_payload_to_header =
+        string(&mut f, r, "outputPayloadToHeader").filter(|s| !s.is_empty());
+    let mut output_claim_to_headers = Vec::new();
+    if let Some(n) = f.take("outputClaimToHeaders") {
+        for (i, h) in r
+            .list(n, &format!("{path}.outputClaimToHeaders"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.outputClaimToHeaders[{i}]");
+            let Some(mut hf) = r.map(h, &p) else { continue };
+            let header = hf
+                .take("header")
+                .and_then(|n| r.string(n, &format!("{p}.header")));
+            let claim = hf
+                .take("claim")
+                .and_then(|n| r.string(n, &format!("{p}.claim")));
+            hf.finish(r, &[]);
+            match (header, claim) {
+                (Some(header), Some(claim))
+                    if http::HeaderName::from_bytes(header.as_bytes()).is_ok()
+                        && !claim.is_empty() =>
+                {
+                    output_claim_to_headers.push(ClaimToHeader {
+                        header: header.to_ascii_lowercase(),
+                        claim,
+                    })
+                }
+                _ => r.error(h, &p, "header (a valid header name) and claim are required"),
+            }
+        }
+    }
+    for h in output_payload_to_header.iter() {
+        if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+            r.error(
+                node,
+                format!("{path}.outputPayloadToHeader"),
+                format!("{h:?} is not a header name"),
+            );
+        }
+    }
+    let timeout = match f.take("timeout") {
+        None => None,
+        Some(n) => r.string(n, &format!("{path}.timeout")).and_then(|s| {
+            match crate::duration::parse_duration(&s) {
+                Ok(d) if !d.is_zero() => Some(d),
+                _ => {
+                    r.error(
+                        n,
+                        format!("{path}.timeout"),
+                        format!("{s:?} is not a positive duration"),
+                    );
+                    None
+                }
+            }
+        }),
+    };
+    f.finish(r, &[]);
+    Some(JwtRule {
+        issuer,
+        audiences,
+        jwks,
+        jwks_uri,
+        from_headers,
+        from_params,
+        from_cookies,
+        forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+        timeout,
+    })
+}
