@@ -8,6 +8,7 @@
     reason = "test support: a failed setup should fail the test loudly"
 )]
 
+pub mod jwt;
 pub mod tls;
 
 use bytes::Bytes;

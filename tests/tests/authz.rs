@@ -1,0 +1,208 @@
+//! Authorization through the real binary: AuthorizationPolicy (DENY/ALLOW, on HTTP and
+//! CONNECT), path normalisation, with real curl and a recording origin.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::{Gateway, Origin, curl_async, service_entry};
+
+fn registry(origin: &Origin) -> String {
+    let port = origin.port();
+    service_entry("api", "api.test", port, "HTTP", "  resolution: DNS\n")
+        + &service_entry("db", "db.test", port, "TCP", "  resolution: DNS\n")
+}
+
+fn resolve_args(origin: &Origin) -> Vec<String> {
+    let port = origin.port();
+    vec![
+        format!("--resolve=api.test:{port}:127.0.0.1"),
+        format!("--resolve=db.test:{port}:127.0.0.1"),
+    ]
+}
+
+const DENY_ADMIN: &str = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: deny-admin
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: egressgateway
+  action: DENY
+  rules:
+  - to:
+    - operation:
+        paths: ["/admin", "/admin/*"]
+"#;
+
+async fn get(gw: &Gateway, url: &str) -> egress_tests::CurlOutput {
+    curl_async(&["--path-as-is", "-x", &gw.proxy_url(), url]).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_policy_and_path_normalisation() {
+    let origin = Origin::start().await;
+    let yaml = registry(&origin);
+    let args = resolve_args(&origin);
+    let port = origin.port();
+    let base = format!("http://api.test:{port}");
+
+    // BASE (the default): dot segments and encoded unreserved characters cannot hide /admin.
+    let gw = Gateway::start(&(yaml.clone() + DENY_ADMIN), &[&args[0], &args[1]]);
+    for path in [
+        "/admin",
+        "/./admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/admin/",
+        "/a/..\\admin",
+    ] {
+        let r = get(&gw, &format!("{base}{path}")).await;
+        assert_eq!(r.status, 403, "{path}: {r:?}\n{}", gw.log());
+        assert_eq!(r.body, "RBAC: access denied\n", "{path}");
+        assert_eq!(r.header("x-egress-denied").as_deref(), Some("rbac-denied"));
+    }
+    assert_eq!(
+        origin.count(),
+        0,
+        "a denied request never reaches the origin"
+    );
+    // Paths are case-sensitive, as in Istio.
+    let r = get(&gw, &format!("{base}/ADMIN")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // BASE keeps `//` and `%2F`: the path that is forwarded is the path that was checked.
+    let r = get(&gw, &format!("{base}//admin")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(&gw, &format!("{base}/admin%2F..")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen: Vec<String> = origin.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/ADMIN", "//admin", "/admin%2F.."]);
+    // Ambiguous paths are refused before any policy or upstream.
+    let r = get(&gw, &format!("{base}/a%zz")).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let r = get(&gw, &format!("{base}/a%00b")).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(gw.wait_log("authorization denied"), "{}", gw.log());
+    assert!(gw.log().contains("istio-system/deny-admin"), "{}", gw.log());
+    let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        metrics.contains("egress_refusals_total{reason=\"rbac-denied\"} 6"),
+        "{metrics}"
+    );
+    drop(gw);
+
+    // MERGE_SLASHES: `//admin` is `/admin`.
+    let gw = Gateway::start(
+        &(yaml.clone() + DENY_ADMIN),
+        &[&args[0], &args[1], "--path-normalization=MERGE_SLASHES"],
+    );
+    let r = get(&gw, &format!("{base}//admin")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    drop(gw);
+
+    // DECODE_AND_MERGE_SLASHES from MeshConfig: `/admin%2F..` is `/`, and `/` is what the
+    // origin receives.
+    let mesh = "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: istio, namespace: istio-system}\ndata:\n  mesh: |-\n    pathNormalization:\n      normalization: DECODE_AND_MERGE_SLASHES\n";
+    let gw = Gateway::start(&(yaml + DENY_ADMIN + mesh), &[&args[0], &args[1]]);
+    let r = get(&gw, &format!("{base}/admin%2F..")).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = get(&gw, &format!("{base}/x%2F..%2F%2Fadmin")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(origin.requests().last().unwrap().uri, "/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_policies_on_http_and_connect() {
+    let origin = Origin::start().await;
+    let yaml = registry(&origin);
+    let args = resolve_args(&origin);
+    let port = origin.port();
+    // Only GET to api.test, and tunnels to db.test's port, from loopback.
+    let policy = format!(
+        r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-reads
+  namespace: istio-system
+spec:
+  action: ALLOW
+  rules:
+  - from: [{{source: {{ipBlocks: ["127.0.0.0/8"]}}}}]
+    to: [{{operation: {{hosts: ["api.test"], methods: ["GET"]}}}}]
+  - to: [{{operation: {{hosts: ["db.test"], ports: ["{port}"]}}}}]
+  - to: [{{operation: {{hosts: ["api.test"], methods: ["CONNECT"]}}}}]
+"#
+    );
+    let gw = Gateway::start(&(yaml + &policy), &[&args[0], &args[1]]);
+    let url = format!("http://api.test:{port}/x");
+    let r = curl_async(&["-x", &gw.proxy_url(), &url]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = curl_async(&["-x", &gw.proxy_url(), "-X", "POST", "-d", "x", &url]).await;
+    assert_eq!((r.status, r.body.as_str()), (403, "RBAC: access denied\n"));
+    // A header claiming another client changes nothing without trusted hops.
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "-H",
+        "x-forwarded-for: 10.9.9.9",
+        &url,
+    ])
+    .await;
+    assert_eq!(r.status, 200);
+    // CONNECT is authorised at L4: db.test's port is allowed...
+    let r = curl_async(&[
+        "-p",
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://db.test:{port}/t"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    // ...and a rule with an HTTP-only field (methods) never matches a tunnel.
+    let r = curl_async(&["-p", "-x", &gw.proxy_url(), &url]).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    assert_eq!(origin.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_ip_blocks_with_trusted_hops() {
+    let origin = Origin::start().await;
+    let yaml = registry(&origin);
+    let args = resolve_args(&origin);
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: block-office}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {remoteIpBlocks: ["203.0.113.0/24"]}}]
+"#;
+    let gw = Gateway::start(
+        &(yaml + policy),
+        &[&args[0], &args[1], "--xff-num-trusted-hops=1"],
+    );
+    let url = format!("http://api.test:{}/", origin.port());
+    let with = |xff: &'static str| {
+        let proxy = gw.proxy_url();
+        let url = url.clone();
+        async move { curl_async(&["-x", &proxy, "-H", xff, &url]).await.status }
+    };
+    assert_eq!(with("x-forwarded-for: 203.0.113.9").await, 403);
+    // The client cannot push the trusted entry away by prepending its own.
+    assert_eq!(
+        with("x-forwarded-for: 198.51.100.1, 203.0.113.9").await,
+        403
+    );
+    assert_eq!(
+        with("x-forwarded-for: 203.0.113.9, 198.51.100.1").await,
+        200
+    );
+    assert_eq!(with("x-forwarded-for: not-an-ip").await, 400);
+}
