@@ -141,7 +141,7 @@ impl Gateway {
                 .with_dns_timeout(args.dns_timeout)
                 .with_source(args.egress_source_ip)
                 .with_upstream_proxy(upstream_proxy)
-                .with_overrides(overrides)
+                .with_overrides(overrides.clone())
                 .with_listeners(
                     [proxy_addr, admin_addr]
                         .into_iter()
@@ -152,6 +152,7 @@ impl Gateway {
         let request_timeout = (!args.request_timeout.is_zero()).then_some(args.request_timeout);
         let proxy_headers = ProxyHeadersConfig::new(&args.via_name)
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
+        let ext_authz_overrides = overrides;
         let Loaded {
             registry,
             routes,
@@ -168,7 +169,8 @@ impl Gateway {
                 authz.clone(),
                 args.ext_authz_max_in_flight,
                 args.xff_num_trusted_hops,
-            ),
+            )
+            .with_overrides(ext_authz_overrides),
             authz,
             jwt: Arc::new(ArcSwap::from_pointee(jwt)),
             jwks: egress_policy::jwt::JwksStore::default(),

@@ -84,6 +84,7 @@ pub struct ExtAuthzLayer {
     client: Client<HttpConnector, Full<Bytes>>,
     limit: Arc<Semaphore>,
     xff_hops: usize,
+    overrides: Arc<egress_core::transport::Overrides>,
 }
 
 impl std::fmt::Debug for ExtAuthzLayer {
@@ -110,7 +111,14 @@ impl ExtAuthzLayer {
             client,
             limit: Arc::new(Semaphore::new(max_in_flight.max(1))),
             xff_hops,
+            overrides: Arc::default(),
         }
+    }
+
+    /// Addresses for authorizer names (the gateway's `--resolve`), tried before DNS.
+    pub fn with_overrides(mut self, overrides: egress_core::transport::Overrides) -> Self {
+        self.overrides = Arc::new(overrides);
+        self
     }
 }
 
@@ -210,7 +218,7 @@ where
             let verdict = match layer.limit.clone().try_acquire_owned() {
                 Err(_) => Err("too many authorization checks in flight".to_owned()),
                 Ok(_permit) => {
-                    let check = build_check(&provider, &parts, check_body);
+                    let check = build_check(&provider, &parts, check_body, &layer.overrides);
                     match tokio::time::timeout(provider.timeout, layer.client.request(check)).await
                     {
                         Err(_) => Err(format!("no answer within {:?}", provider.timeout)),
@@ -333,6 +341,7 @@ fn build_check(
     p: &ExtAuthzHttp,
     parts: &http::request::Parts,
     (body, partial): (Bytes, bool),
+    overrides: &egress_core::transport::Overrides,
 ) -> Request<Full<Bytes>> {
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = if parts.method == http::Method::CONNECT {
@@ -340,10 +349,12 @@ fn build_check(
     } else {
         path
     };
+    let target = match overrides.get(&p.service, p.port).and_then(|a| a.first()) {
+        Some(a) => a.socket(p.port).to_string(),
+        None => format!("{}:{}", p.service, p.port),
+    };
     let uri = format!(
-        "http://{}:{}{}{}",
-        p.service,
-        p.port,
+        "http://{target}{}{}",
         p.path_prefix.trim_end_matches('/'),
         path
     );
