@@ -548,3 +548,60 @@ fn remote_ip_uses_trusted_hops_only() {
     h.insert("x-forwarded-for", http::HeaderValue::from_static("junk"));
     assert!(remote_ip(&h, peer, 1).is_err());
 }
+
+#[test]
+fn the_host_index_keeps_declaration_order() {
+    // The first DENY policy cannot be indexed (no hosts); the second is filed by host.
+    let yaml = policy(
+        "DENY",
+        "  rules:\n  - from: [{source: {ipBlocks: [10.0.0.0/8]}}]\n",
+    )
+    .replace("p-deny", "first")
+        + "---\n"
+        + &policy(
+            "DENY",
+            "  rules:\n  - to: [{operation: {hosts: [api.example.com, \"*.example.org\"]}}]\n",
+        )
+        .replace("p-deny", "second");
+    let p = policies(&yaml);
+    let a = |host: &'static str, peer: &'static str| Req {
+        host,
+        peer,
+        ..Req::default()
+    };
+    let who = |r: &Req| -> Option<String> {
+        let headers = HeaderMap::new();
+        let peer: IpAddr = r.peer.parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let attrs = Attributes {
+            http: Some(HttpAttributes {
+                method: "GET",
+                path: "/",
+                headers: &headers,
+                auth: None,
+            }),
+            source_ip: Some(peer),
+            remote_ip: Some(peer),
+            principal: None,
+            namespace: None,
+            host: r.host,
+            port: 80,
+            destination_ip: None,
+            sni: None,
+        };
+        p.evaluate(&attrs).policy.map(|s| s.to_string())
+    };
+    assert_eq!(
+        who(&a("api.example.com", "10.1.1.1")).as_deref(),
+        Some("istio-system/first")
+    );
+    assert_eq!(
+        who(&a("api.example.com", "192.0.2.1")).as_deref(),
+        Some("istio-system/second")
+    );
+    assert_eq!(
+        who(&a("a.b.example.org", "192.0.2.1")).as_deref(),
+        Some("istio-system/second")
+    );
+    assert_eq!(who(&a("example.org", "192.0.2.1")), None);
+    assert_eq!(who(&a("other.com", "192.0.2.1")), None);
+}
