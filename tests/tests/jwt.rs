@@ -278,3 +278,86 @@ async fn jwks_uri_is_fetched_rotated_and_kept_through_an_outage() {
     assert_eq!(call(&gw, &origin, "/private", Some(&t1)).await.status, 200);
     assert_eq!(call(&gw, &origin, "/private", Some(&t2)).await.status, 200);
 }
+
+/// istio.io's JWT tasks, adapted only in where the policy applies (the egress gateway
+/// instead of httpbin) and where the keys are served (a loopback HTTPS server instead of
+/// GitHub): Istio's own sample JWKS and demo token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_jwt_task_manifests() {
+    let origin = Origin::start().await;
+    let ca = TestCa::new();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/istio-jwt");
+    let keys = std::fs::read_to_string(dir.join("jwks.json")).unwrap();
+    let token = std::fs::read_to_string(dir.join("demo.jwt")).unwrap();
+    let server = jwks_server(&ca, keys).await;
+    let yaml = service_entry(
+        "httpbin",
+        "httpbin.test",
+        origin.port(),
+        "HTTP",
+        "  resolution: DNS\n",
+    ) + &format!(
+        r#"---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata:
+  name: "jwt-example"
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: egressgateway
+  jwtRules:
+  - issuer: "testing@secure.istio.io"
+    jwksUri: "https://localhost:{}/istio/istio/release-1.28/security/tools/jwt/samples/jwks.json"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: require-jwt
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      istio: egressgateway
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+       requestPrincipals: ["testing@secure.istio.io/testing@secure.istio.io"]
+"#,
+        server.port
+    );
+    let ca_file = ca.pem_path.display().to_string();
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[&format!(
+            "--resolve=httpbin.test:{}:127.0.0.1",
+            origin.port()
+        )],
+        &[("SSL_CERT_FILE", &ca_file)],
+    );
+    assert!(gw.wait_log("JWKS fetched"), "{}", gw.log());
+    let url = format!("http://httpbin.test:{}/headers", origin.port());
+    let proxy = gw.proxy_url();
+    let with = |auth: Option<String>| {
+        let (proxy, url) = (proxy.clone(), url.clone());
+        async move {
+            let mut args = vec!["-x".to_owned(), proxy, url];
+            if let Some(a) = auth {
+                args.extend(["-H".to_owned(), a]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            curl_async(&args).await.status
+        }
+    };
+    assert_eq!(
+        with(Some(format!("Authorization: Bearer {token}"))).await,
+        200
+    );
+    assert_eq!(
+        with(Some("Authorization: Bearer invalidToken".into())).await,
+        401
+    );
+    assert_eq!(with(None).await, 403);
+}
