@@ -18,7 +18,31 @@ pub(crate) struct AdminState {
     pub(crate) reloader: Arc<crate::reload::Reloader>,
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
+    pub(crate) security: crate::stack::Security,
     pub(crate) dump: StaticDump,
+}
+
+/// The effective security configuration.
+#[derive(Serialize)]
+struct AuthzDump {
+    /// Every AuthorizationPolicy, with the number of rules in force or why it does not apply.
+    policies: Vec<PolicyDump>,
+    /// The JWT issuers in force.
+    #[serde(rename = "jwtIssuers")]
+    jwt_issuers: Vec<String>,
+    /// Each jwksUri: keys in force, when fetched, the last error.
+    jwks: std::collections::HashMap<String, egress_policy::jwt::JwksStatus>,
+    #[serde(rename = "pathNormalization")]
+    path_normalization: egress_policy::authz::path::Normalization,
+}
+
+#[derive(Serialize)]
+struct PolicyDump {
+    name: String,
+    action: &'static str,
+    rules: Option<usize>,
+    #[serde(rename = "notApplied", skip_serializing_if = "Option::is_none")]
+    not_applied: Option<String>,
 }
 
 /// The parts of `/config_dump` that do not change while running.
@@ -64,6 +88,7 @@ struct Dump<'a> {
     last_reload: crate::reload::ReloadStatus,
     /// Every resource read, as parsed (VirtualServices, DestinationRules, Gateways, ...).
     resources: &'a egress_policy::istio::ConfigSet,
+    authorization: AuthzDump,
     #[serde(flatten)]
     fixed: &'a StaticDump,
 }
@@ -87,6 +112,24 @@ pub(crate) async fn handle(
                 registry: registry.summary(),
                 routes: state.routes.load().summary(),
                 resources: &resources,
+                authorization: {
+                    let authz = state.security.authz.load();
+                    AuthzDump {
+                        policies: authz
+                            .summary()
+                            .iter()
+                            .map(|p| PolicyDump {
+                                name: p.name.clone(),
+                                action: p.action.as_str(),
+                                rules: p.applies.as_ref().ok().copied(),
+                                not_applied: p.applies.as_ref().err().cloned(),
+                            })
+                            .collect(),
+                        jwt_issuers: state.security.jwt.load().issuers(),
+                        jwks: state.security.jwks.status(),
+                        path_normalization: **state.security.normalization.load(),
+                    }
+                },
                 last_reload: state
                     .reloader
                     .status

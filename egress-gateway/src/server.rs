@@ -241,6 +241,7 @@ impl Gateway {
             )),
             registry,
             routes,
+            security: security.clone(),
             dump: StaticDump {
                 sources: config.sources.clone(),
                 listeners: Listeners {

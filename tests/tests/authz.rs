@@ -206,3 +206,48 @@ spec:
     );
     assert_eq!(with("x-forwarded-for: not-an-ip").await, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_reload_atomically_and_a_bad_reload_keeps_the_old_ones() {
+    let origin = Origin::start().await;
+    let yaml = registry(&origin);
+    let args = resolve_args(&origin);
+    let gw = Gateway::start(&yaml, &[&args[0], &args[1]]);
+    let base = format!("http://api.test:{}", origin.port());
+    assert_eq!(get(&gw, &format!("{base}/admin")).await.status, 200);
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &gw.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let file = gw.config_dir().join("config.yaml");
+    std::fs::write(&file, yaml.clone() + DENY_ADMIN).unwrap();
+    hup();
+    assert!(gw.wait_log("configuration reloaded"), "{}", gw.log());
+    assert_eq!(get(&gw, &format!("{base}/admin")).await.status, 403);
+    let dump = curl_async(&[&format!("http://{}/config_dump", gw.admin)])
+        .await
+        .body;
+    assert!(
+        dump.contains("\"name\": \"istio-system/deny-admin\"")
+            && dump.contains("\"pathNormalization\": \"BASE\""),
+        "{dump}"
+    );
+    // A policy with an unknown condition key is refused; the DENY stays in force.
+    std::fs::write(
+        &file,
+        yaml + &DENY_ADMIN.replace(
+            "  - to:",
+            "  - when: [{key: request.nope, values: [x]}]\n    to:",
+        ),
+    )
+    .unwrap();
+    hup();
+    assert!(gw.wait_log("configuration reload rejected"), "{}", gw.log());
+    assert!(gw.log().contains("unknown condition key"), "{}", gw.log());
+    assert_eq!(get(&gw, &format!("{base}/admin")).await.status, 403);
+    assert_eq!(get(&gw, &format!("{base}/ok")).await.status, 200);
+}
