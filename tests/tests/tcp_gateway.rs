@@ -101,4 +101,27 @@ spec:
         metrics.contains("egress_refusals_total{reason=\"no-route\"} 1"),
         "{metrics}"
     );
+    drop(gw);
+
+    // Authorised at L4: a DENY naming the routed host closes the connection before any dial.
+    let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-db}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {hosts: [my-db.tcp.test], ports: [\"7777\"], methods: [GET]}}]\n";
+    let gw = Gateway::start(
+        &(yaml.clone() + deny),
+        &[
+            &format!("--resolve=my-db.tcp.test:{}:127.0.0.1", origin.port()),
+            "--gateway-port-offset",
+            &offset.to_string(),
+        ],
+    );
+    let r = curl_async(&[&format!("http://127.0.0.1:{routed}/denied")]).await;
+    assert_eq!(r.status, 0, "{r:?}");
+    assert!(gw.wait_log("rbac-denied"), "{}", gw.log());
+    assert_eq!(origin.requests().len(), 1);
+    let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        metrics.contains("egress_refusals_total{reason=\"rbac-denied\"} 1"),
+        "{metrics}"
+    );
 }
