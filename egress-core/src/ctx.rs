@@ -261,6 +261,24 @@ pub struct TlsSettings {
     pub origin: Arc<str>,
 }
 
+impl TlsSettings {
+    /// Server verification against the default trust (`SSL_CERT_FILE`, else the webpki
+    /// roots) and nothing else: for the gateway's own clients (JWKS, an `https://` proxy).
+    pub fn default_trust(origin: &str) -> Self {
+        Self {
+            mutual: false,
+            ca_certificates: None,
+            ca_crl: None,
+            client_certificate: None,
+            private_key: None,
+            sni: None,
+            subject_alt_names: Vec::new(),
+            insecure_skip_verify: false,
+            origin: Arc::from(origin),
+        }
+    }
+}
+
 /// What a `CONNECT` tunnel may carry, from the port's declared protocol.
 ///
 /// - Inserted by: the registry check, for `CONNECT`. - Read by: the tunnel.

@@ -23,17 +23,7 @@ pub(crate) struct Fetcher {
 
 impl Fetcher {
     pub(crate) fn new() -> Result<Self, String> {
-        let settings = TlsSettings {
-            mutual: false,
-            ca_certificates: None,
-            ca_crl: None,
-            client_certificate: None,
-            private_key: None,
-            sni: None,
-            subject_alt_names: Vec::new(),
-            insecure_skip_verify: false,
-            origin: Arc::from("jwksUri"),
-        };
+        let settings = TlsSettings::default_trust("jwksUri");
         let mut config = egress_tls::client_config(&settings)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {

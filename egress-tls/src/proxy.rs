@@ -26,15 +26,8 @@ impl ProxyTlsClient {
     /// Builds the client; `ca` is a PEM file of roots trusted for the proxy.
     pub fn new(ca: Option<PathBuf>) -> Result<Self, String> {
         let settings = TlsSettings {
-            mutual: false,
             ca_certificates: ca,
-            ca_crl: None,
-            client_certificate: None,
-            private_key: None,
-            sni: None,
-            subject_alt_names: Vec::new(),
-            insecure_skip_verify: false,
-            origin: Arc::from("upstream proxy"),
+            ..TlsSettings::default_trust("upstream proxy")
         };
         let mut config = client_config(&settings)?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];

@@ -367,51 +367,11 @@ pub(crate) fn read_authorization_policy(
 
 fn read_rule(r: &mut Reader<'_>, node: &Node, path: &str, action: AuthzAction) -> Option<Rule> {
     let mut f = r.map(node, path)?;
-    let mut rule = Rule::default();
-    if let Some(n) = f.take("from") {
-        for (i, item) in r
-            .list(n, &format!("{path}.from"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.from[{i}]");
-            let Some(mut itf) = r.map(item, &p) else {
-                continue;
-            };
-            match itf.take("source") {
-                None => r.error(item, format!("{p}.source"), "from[] needs a source"),
-                Some(s) => {
-                    if let Some(src) = read_source(r, s, &format!("{p}.source")) {
-                        rule.from.push(src);
-                    }
-                }
-            }
-            itf.finish(r, &[]);
-        }
-    }
-    if let Some(n) = f.take("to") {
-        for (i, item) in r
-            .list(n, &format!("{path}.to"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.to[{i}]");
-            let Some(mut itf) = r.map(item, &p) else {
-                continue;
-            };
-            match itf.take("operation") {
-                None => r.error(item, format!("{p}.operation"), "to[] needs an operation"),
-                Some(o) => {
-                    if let Some(op) = read_operation(r, o, &format!("{p}.operation")) {
-                        rule.to.push(op);
-                    }
-                }
-            }
-            itf.finish(r, &[]);
-        }
-    }
+    let mut rule = Rule {
+        from: wrapped(r, &mut f, path, ("from", "source"), read_source),
+        to: wrapped(r, &mut f, path, ("to", "operation"), read_operation),
+        when: Vec::new(),
+    };
     if let Some(n) = f.take("when") {
         for (i, item) in r
             .list(n, &format!("{path}.when"))
@@ -426,6 +386,39 @@ fn read_rule(r: &mut Reader<'_>, node: &Node, path: &str, action: AuthzAction) -
     }
     f.finish(r, &[]);
     Some(rule)
+}
+
+/// Reads `key: [{inner: …}, …]` (`from[].source`, `to[].operation`) with `read`.
+fn wrapped<T>(
+    r: &mut Reader<'_>,
+    f: &mut super::reader::Fields<'_>,
+    path: &str,
+    (key, inner): (&str, &str),
+    read: fn(&mut Reader<'_>, &Node, &str) -> Option<T>,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    let Some(n) = f.take(key) else { return out };
+    for (i, item) in r
+        .list(n, &format!("{path}.{key}"))
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let p = format!("{path}.{key}[{i}]");
+        let Some(mut itf) = r.map(item, &p) else {
+            continue;
+        };
+        match itf.take(inner) {
+            None => r.error(
+                item,
+                format!("{p}.{inner}"),
+                format!("{key}[] needs {inner}"),
+            ),
+            Some(x) => out.extend(read(r, x, &format!("{p}.{inner}"))),
+        }
+        itf.finish(r, &[]);
+    }
+    out
 }
 
 /// Checks Istio's string-match forms: exact, `prefix*`, `*suffix`, or `*`.
