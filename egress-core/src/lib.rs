@@ -30,6 +30,7 @@ pub mod proxy_headers;
 pub mod respond;
 pub mod retry;
 pub mod telemetry;
+pub mod trace;
 pub mod transport;
 
 pub use body::BoxBody;

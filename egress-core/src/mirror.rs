@@ -237,6 +237,10 @@ impl Shared {
         }
         req.extensions_mut().insert(target.plan.clone());
         req.extensions_mut().insert(Mirrored);
+        // A copy is a client span of the same trace.
+        if let Some(t) = parts.extensions.get::<crate::trace::TraceContext>() {
+            req.extensions_mut().insert(*t);
+        }
         let stats = self.stats.clone();
         let timeout = self.config.timeout;
         let host = target.host.clone();

@@ -19,6 +19,7 @@ pub(crate) struct AdminState {
     pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
     pub(crate) security: crate::stack::Security,
+    pub(crate) tracer: Option<Arc<egress_core::trace::Tracer>>,
     pub(crate) dump: StaticDump,
 }
 
@@ -203,7 +204,22 @@ fn stats(state: &AdminState) -> String {
          egress_config_reloads_total{{outcome=\"failure\"}} {}\n",
         get(&state.reloader.successes),
         get(&state.reloader.failures)
-    )
+    ) + &match &state.tracer {
+        None => String::new(),
+        Some(t) => {
+            let s = t.stats();
+            format!(
+                "# HELP egress_trace_spans Spans by outcome: exported, dropped (queue full), failed (export error).\n\
+                 # TYPE egress_trace_spans counter\n\
+                 egress_trace_spans_total{{outcome=\"exported\"}} {}\n\
+                 egress_trace_spans_total{{outcome=\"dropped\"}} {}\n\
+                 egress_trace_spans_total{{outcome=\"failed\"}} {}\n",
+                get(&s.exported),
+                get(&s.dropped),
+                get(&s.failed)
+            )
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &str) -> Response<BoxBody> {

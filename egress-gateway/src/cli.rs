@@ -59,6 +59,22 @@ pub struct ConfigArgs {
     pub path_normalization: Option<NormalizationArg>,
 }
 
+/// `--otlp-protocol` values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OtlpProtocolArg {
+    /// OTLP/HTTP, protobuf bodies, `POST /v1/traces`.
+    Http,
+    /// OTLP/gRPC over HTTP/2 cleartext.
+    Grpc,
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(p) if (0.0..=100.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a percentage from 0 to 100")),
+    }
+}
+
 /// `--path-normalization` values (Istio's `pathNormalization.normalization`).
 #[derive(Debug, Clone, Copy, ValueEnum)]
 #[value(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -165,6 +181,15 @@ pub struct RunArgs {
     /// the last good keys are kept meanwhile).
     #[arg(long, default_value = "20m", value_parser = parse_duration, value_name = "DURATION")]
     pub jwks_refresh_interval: Duration,
+    /// Export traces over OTLP to this collector (`http://host:port`); off by default.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<http::Uri>,
+    /// The OTLP transport: HTTP/protobuf (port 4318 by convention) or gRPC (4317).
+    #[arg(long, value_enum, default_value = "http", value_name = "PROTOCOL")]
+    pub otlp_protocol: OtlpProtocolArg,
+    /// Percentage of requests traced when the caller did not decide (Istio's default: 1).
+    #[arg(long, default_value_t = 1.0, value_name = "PERCENT", value_parser = parse_percent)]
+    pub trace_sampling: f64,
     /// PEM roots trusted for an `https://` --upstream-proxy (default: SSL_CERT_FILE, else
     /// the webpki roots).
     #[arg(long, value_name = "FILE")]

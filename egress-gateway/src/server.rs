@@ -208,6 +208,16 @@ impl Gateway {
                 .with_timeout(args.mirror_timeout)
                 .with_shadow_suffix(args.mirror_host_suffix),
         );
+        let tracer = args.otlp_endpoint.as_ref().map(|endpoint| {
+            let mut c =
+                egress_core::trace::TraceConfig::new(endpoint.clone(), &args.config.gateway_name);
+            c.protocol = match args.otlp_protocol {
+                crate::cli::OtlpProtocolArg::Http => egress_core::trace::OtlpProtocol::HttpProtobuf,
+                crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
+            };
+            c.sampling = args.trace_sampling / 100.0;
+            egress_core::trace::Tracer::start(c)
+        });
         let tunnels = TaskTracker::new();
         let metrics = Metrics::new(&args.config.gateway_name, args.access_log == "on");
         let graceful = Arc::new(GracefulShutdown::new());
@@ -226,6 +236,7 @@ impl Gateway {
             tunnels: tunnels.clone(),
             metrics: metrics.clone(),
             security: security.clone(),
+            tracer: tracer.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
@@ -242,6 +253,7 @@ impl Gateway {
             registry,
             routes,
             security: security.clone(),
+            tracer: tracer.clone(),
             dump: StaticDump {
                 sources: config.sources.clone(),
                 listeners: Listeners {

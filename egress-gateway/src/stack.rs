@@ -10,6 +10,7 @@ use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
 use egress_core::retry::RetryLayer;
 use egress_core::telemetry::{Metrics, TelemetryLayer};
+use egress_core::trace::{ClientSpanLayer, TraceLayer, Tracer};
 use egress_core::transport::{DialTable, Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
 use egress_policy::authz::path::{Normalization, PathNormalizeLayer};
@@ -55,6 +56,8 @@ pub struct StackConfig {
     pub tunnels: TaskTracker,
     /// Authentication and authorization.
     pub security: Security,
+    /// Traces, when an OTLP endpoint is configured.
+    pub tracer: Option<Arc<Tracer>>,
 }
 
 /// The swappable security configuration and what it shares across listeners.
@@ -93,6 +96,8 @@ pub fn build(
         .layer(config.mirror)
         // Route retries, for bodies that can be sent again.
         .layer(RetryLayer::new())
+        // A client span per attempt (and per mirror copy); `traceparent` for the next hop.
+        .option_layer(config.tracer.clone().map(ClientSpanLayer::new))
         // Resolve once, SSRF guard, pooled keep-alive connections; TLS origination where a
         // DestinationRule asks for it (connections pooled per SNI and port).
         .service({
@@ -111,6 +116,8 @@ pub fn build(
     ServiceBuilder::new()
         // Metrics and the access log: outermost, so they see every answer.
         .layer(TelemetryLayer::new(config.metrics.clone()))
+        // The server span, around everything the gateway answers.
+        .option_layer(config.tracer.map(TraceLayer::new))
         // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.

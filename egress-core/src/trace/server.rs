@@ -1,0 +1,168 @@
+//! `TraceLayer`: the server span of each request, and the [`TraceContext`] it lives in.
+//!
+//! - Reads: `traceparent` / B3 headers, [`Destination`], [`ClientAddr`]. Inserts:
+//!   [`TraceContext`].
+//! - The span ends when the response headers are ready; it carries the method, path, host,
+//!   port, peer, status and the gateway's reason token for refusals and errors.
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::{Layer, Service};
+
+use super::{
+    B3Form, SpanRecord, TraceContext, Tracer, attr_int, attr_str, extract, new_span_id,
+    new_trace_id, now_nanos,
+};
+use crate::ctx::{ClientAddr, DENIED_HEADER, Destination, ERROR_HEADER};
+
+/// Starts a trace context per request and records its server span when sampled.
+#[derive(Clone, Debug)]
+pub struct TraceLayer {
+    tracer: Arc<Tracer>,
+}
+
+impl TraceLayer {
+    /// The layer over a tracer.
+    pub fn new(tracer: Arc<Tracer>) -> Self {
+        Self { tracer }
+    }
+}
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = TraceService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceService {
+            inner,
+            tracer: self.tracer.clone(),
+        }
+    }
+}
+
+/// The service of [`TraceLayer`].
+#[derive(Clone, Debug)]
+pub struct TraceService<S> {
+    inner: S,
+    tracer: Arc<Tracer>,
+}
+
+struct Pending {
+    record: SpanRecord,
+}
+
+impl<S, ReqB, RspB> Service<Request<ReqB>> for TraceService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TraceFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        let parent = extract(req.headers());
+        let sampled = match parent.and_then(|p| p.sampled) {
+            Some(s) => s,
+            None => self.tracer.sample(),
+        };
+        let ctx = TraceContext {
+            trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
+            span_id: new_span_id(),
+            sampled,
+            b3: parent.map_or(B3Form::None, |p| p.b3),
+        };
+        req.extensions_mut().insert(ctx);
+        let pending = sampled.then(|| {
+            let mut attributes = vec![
+                attr_str("http.request.method", req.method().as_str()),
+                attr_str("url.path", req.uri().path()),
+            ];
+            if let Some(d) = req.extensions().get::<Destination>() {
+                attributes.push(attr_str("server.address", d.host().to_string()));
+                attributes.push(attr_int("server.port", i64::from(d.port())));
+            } else if let Some(h) = req.uri().host() {
+                attributes.push(attr_str("server.address", h));
+            } else if let Some(h) = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+            {
+                attributes.push(attr_str("server.address", h));
+            }
+            if let Some(c) = req.extensions().get::<ClientAddr>() {
+                attributes.push(attr_str("client.address", c.0.ip().to_string()));
+            }
+            Pending {
+                record: SpanRecord {
+                    trace_id: ctx.trace_id,
+                    span_id: ctx.span_id,
+                    parent: parent.map(|p| p.span_id),
+                    name: format!("egress {}", req.method()),
+                    server: true,
+                    start: now_nanos(),
+                    end: 0,
+                    attributes,
+                    error: false,
+                },
+            }
+        });
+        TraceFuture {
+            future: self.inner.call(req),
+            tracer: self.tracer.clone(),
+            pending,
+        }
+    }
+}
+
+pin_project! {
+    /// The future of [`TraceService`].
+    pub struct TraceFuture<F> {
+        #[pin]
+        future: F,
+        tracer: Arc<Tracer>,
+        pending: Option<Pending>,
+    }
+}
+
+impl<F, B, E> Future for TraceFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.future.poll(cx));
+        if let Some(mut p) = this.pending.take() {
+            p.record.end = now_nanos();
+            match &result {
+                Ok(rsp) => {
+                    let status = rsp.status().as_u16();
+                    p.record
+                        .attributes
+                        .push(attr_int("http.response.status_code", i64::from(status)));
+                    let reason = rsp
+                        .headers()
+                        .get(DENIED_HEADER)
+                        .or_else(|| rsp.headers().get(ERROR_HEADER))
+                        .and_then(|v| v.to_str().ok());
+                    if let Some(r) = reason {
+                        p.record.attributes.push(attr_str("egress.reason", r));
+                    }
+                    p.record.error = status >= 500;
+                }
+                Err(_) => p.record.error = true,
+            }
+            this.tracer.record(p.record);
+        }
+        Poll::Ready(result)
+    }
+}

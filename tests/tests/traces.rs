@@ -1,0 +1,276 @@
+//! Traces through the real binary, exported to OTLP receivers started here (HTTP/protobuf
+//! and gRPC), whose protobuf is decoded and checked: span names, kinds, parent ids,
+//! attributes, and the context the origin receives.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use bytes::{Buf, Bytes};
+use egress_tests::{Gateway, Origin, curl_async, service_entry};
+use http::{Request, Response};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+    requests: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+/// An OTLP receiver: HTTP/1.1 `POST /v1/traces`, or gRPC `TraceService/Export` over h2c.
+async fn receiver(grpc: bool) -> (Receiver, u16) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let r = Receiver::default();
+    let rr = r.clone();
+    tokio::spawn(async move {
+        while let Ok((io, _)) = listener.accept().await {
+            let rr = rr.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let rr = rr.clone();
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let ctype = req
+                            .headers()
+                            .get("content-type")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        let mut body = req.into_body().collect().await.unwrap().to_bytes();
+                        if grpc {
+                            assert_eq!(body.get_u8(), 0, "uncompressed");
+                            let len = body.get_u32() as usize;
+                            assert_eq!(len, body.len());
+                        }
+                        let msg = ExportTraceServiceRequest::decode(body).unwrap();
+                        rr.requests.lock().unwrap().push((path, ctype));
+                        for rs in msg.resource_spans {
+                            let service = rs.resource.unwrap().attributes;
+                            assert!(service.iter().any(|kv| kv.key == "service.name"));
+                            for ss in rs.scope_spans {
+                                rr.spans.lock().unwrap().extend(ss.spans);
+                            }
+                        }
+                        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = if grpc {
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", "0".parse().unwrap());
+                            vec![
+                                Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers(trailers)),
+                            ]
+                        } else {
+                            vec![Ok(Frame::data(Bytes::new()))]
+                        };
+                        let mut rsp = Response::new(frames_body(frames));
+                        if grpc {
+                            rsp.headers_mut()
+                                .insert("content-type", "application/grpc".parse().unwrap());
+                        }
+                        Ok::<_, std::convert::Infallible>(rsp)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(io), svc)
+                    .await;
+            });
+        }
+    });
+    (r, port)
+}
+
+/// A body of ready frames (data, then trailers for gRPC).
+fn frames_body(
+    items: Vec<Result<Frame<Bytes>, std::convert::Infallible>>,
+) -> impl hyper::body::Body<Data = Bytes, Error = std::convert::Infallible> + Unpin + Send {
+    struct Frames(std::collections::VecDeque<Result<Frame<Bytes>, std::convert::Infallible>>);
+    impl hyper::body::Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            std::task::Poll::Ready(self.0.pop_front())
+        }
+    }
+    Frames(items.into_iter().collect())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn attr(span: &Span, key: &str) -> Option<String> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            Value::StringValue(s) => Some(s.clone()),
+            Value::IntValue(i) => Some(i.to_string()),
+            _ => None,
+        })
+}
+
+async fn spans_of(r: &Receiver, trace: &str, n: usize) -> Vec<Span> {
+    for _ in 0..100 {
+        let found: Vec<Span> = r
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace)
+            .cloned()
+            .collect();
+        if found.len() >= n {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    r.spans.lock().unwrap().clone()
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT: &str = "00f067aa0ba902b7";
+
+async fn check(grpc: bool) {
+    let origin = Origin::start().await;
+    let (recv, port) = receiver(grpc).await;
+    let yaml = service_entry(
+        "api",
+        "api.test",
+        origin.port(),
+        "HTTP",
+        "  resolution: DNS\n",
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!("--resolve=api.test:{}:127.0.0.1", origin.port()),
+            &format!("--otlp-endpoint=http://127.0.0.1:{port}"),
+            if grpc {
+                "--otlp-protocol=grpc"
+            } else {
+                "--otlp-protocol=http"
+            },
+            "--trace-sampling=0",
+        ],
+    );
+    let url = format!("http://api.test:{}/traced", origin.port());
+    // A sampled parent is followed even with 0% sampling.
+    let tp = format!("traceparent: 00-{TRACE}-{PARENT}-01");
+    let r = curl_async(&["-x", &gw.proxy_url(), "-H", &tp, &url]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let spans = spans_of(&recv, TRACE, 2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}\n{}", gw.log());
+    let server = spans.iter().find(|s| s.kind == 2).expect("a server span");
+    let client = spans.iter().find(|s| s.kind == 3).expect("a client span");
+    assert_eq!(server.name, "egress GET");
+    assert_eq!(hex(&server.parent_span_id), PARENT);
+    assert_eq!(client.name, "egress upstream GET");
+    assert_eq!(client.parent_span_id, server.span_id);
+    assert_eq!(
+        attr(server, "http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(attr(server, "url.path").as_deref(), Some("/traced"));
+    assert_eq!(attr(client, "server.address").as_deref(), Some("api.test"));
+    assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
+    assert!(client.end_time_unix_nano <= server.end_time_unix_nano);
+    // The origin is told the client span as its parent.
+    let seen = origin.requests().pop().unwrap();
+    assert_eq!(
+        seen.headers["traceparent"],
+        format!("00-{TRACE}-{}-01", hex(&client.span_id))
+    );
+
+    // Not sampled by the caller, nor by the 0% ratio: propagated, not recorded.
+    let quiet = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("traceparent: 00-{quiet}-{PARENT}-00");
+    assert_eq!(
+        curl_async(&["-x", &gw.proxy_url(), "-H", &tp, &url])
+            .await
+            .status,
+        200
+    );
+    let seen = origin.requests().pop().unwrap();
+    let forwarded = seen.headers["traceparent"].to_str().unwrap().to_owned();
+    assert!(
+        forwarded.starts_with(&format!("00-{quiet}-")) && forwarded.ends_with("-00"),
+        "{forwarded}"
+    );
+    assert!(!forwarded.contains(PARENT), "a new span id: {forwarded}");
+
+    // B3 is accepted (single header), and rewritten for the next hop.
+    let b3trace = "80f198ee56343ba864fe8b2a57d3eff7";
+    let b3 = format!("b3: {b3trace}-e457b5a2e4d86bd1-1");
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "-H",
+        &b3,
+        &format!("http://api.test:{}/denied-later", origin.port()),
+    ])
+    .await;
+    assert_eq!(r.status, 200);
+    let spans = spans_of(&recv, b3trace, 2).await;
+    assert_eq!(spans.len(), 2, "{spans:#?}");
+    let seen = origin.requests().pop().unwrap();
+    assert!(seen.headers["b3"].to_str().unwrap().starts_with(b3trace));
+
+    // A refusal is a server span with the reason, and no client span.
+    let refused = "6bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("traceparent: 00-{refused}-{PARENT}-01");
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "-H",
+        &tp,
+        "http://unregistered.test/",
+    ])
+    .await;
+    assert_eq!(r.status, 502);
+    let spans = spans_of(&recv, refused, 1).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(spans.len(), 1, "{spans:#?}");
+    assert_eq!(
+        attr(&spans[0], "egress.reason").as_deref(),
+        Some("registry-only")
+    );
+    assert_eq!(spans[0].status.as_ref().unwrap().code, 2, "error status");
+
+    let (path, ctype) = recv.requests.lock().unwrap()[0].clone();
+    if grpc {
+        assert_eq!(
+            path,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+        );
+        assert_eq!(ctype, "application/grpc");
+    } else {
+        assert_eq!(
+            (path.as_str(), ctype.as_str()),
+            ("/v1/traces", "application/x-protobuf")
+        );
+    }
+    let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        metrics.contains("egress_trace_spans_total{outcome=\"exported\"} 5"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_http_protobuf_export() {
+    check(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_grpc_export() {
+    check(true).await;
+}
