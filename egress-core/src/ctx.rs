@@ -388,9 +388,22 @@ impl RetryPolicy {
 pub struct TelemetrySlot {
     service: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
     route: std::sync::OnceLock<Arc<str>>,
+    request_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl TelemetrySlot {
+    /// Adds request body bytes read from the client.
+    pub fn add_request_bytes(&self, n: u64) {
+        self.request_bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The request body bytes read so far.
+    pub fn request_bytes(&self) -> u64 {
+        self.request_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Records the destination service: its host and its name (Istio's
     /// `destination_service` and `destination_service_name`). The first report wins.
     pub fn set_service(&self, host: Arc<str>, name: Arc<str>) {

@@ -27,7 +27,11 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
+use crate::BoxError;
+use crate::body::BoxBody;
 use crate::ctx::{DENIED_HEADER, ERROR_HEADER, TelemetrySlot};
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 /// A label value that is cheap to clone.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -75,6 +79,8 @@ pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
     refusals: Family<ReasonLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
@@ -115,6 +121,22 @@ impl Metrics {
                 10000.0, 30000.0, 60000.0, 300000.0,
             ])
         });
+        // Istio's byte buckets: 1 to 10^8, by decades.
+        let bytes = || {
+            Histogram::new([
+                1.0,
+                10.0,
+                100.0,
+                1_000.0,
+                10_000.0,
+                100_000.0,
+                1_000_000.0,
+                10_000_000.0,
+                100_000_000.0,
+            ])
+        };
+        let request_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(bytes);
+        let response_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(bytes);
         let refusals = Family::<ReasonLabels, Counter>::default();
         let tcp_opened = Family::<TcpLabels, Counter>::default();
         let tcp_closed = Family::<TcpLabels, Counter>::default();
@@ -157,6 +179,16 @@ impl Metrics {
             duration.clone(),
         );
         registry.register(
+            "istio_request_bytes",
+            "Request body sizes in bytes",
+            request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes in bytes",
+            response_bytes.clone(),
+        );
+        registry.register(
             "egress_refusals",
             "Requests the gateway refused, by x-egress-denied reason",
             refusals.clone(),
@@ -165,6 +197,8 @@ impl Metrics {
             registry,
             requests,
             duration,
+            request_bytes,
+            response_bytes,
             refusals,
             tcp_opened,
             tcp_closed,
@@ -248,7 +282,9 @@ pub struct Telemetry<S> {
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for Telemetry<S>
 where
-    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    S: Service<Request<CountBody<ReqB>>, Response = Response<RspB>>,
+    RspB: Body<Data = Bytes> + From<BoxBody> + Unpin + Send + 'static,
+    RspB::Error: Into<BoxError>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -288,6 +324,10 @@ where
                 }),
             version: req.version(),
         };
+        let req = req.map(|inner| CountBody {
+            inner,
+            slot: slot.clone(),
+        });
         ResponseFuture {
             future: self.inner.call(req),
             metrics: self.metrics.clone(),
@@ -295,6 +335,106 @@ where
             info: Some(info),
             start: Instant::now(),
         }
+    }
+}
+
+pin_project! {
+    /// A request body that counts its bytes into the request's [`TelemetrySlot`].
+    pub struct CountBody<B> {
+        #[pin]
+        inner: B,
+        slot: Arc<TelemetrySlot>,
+    }
+}
+
+impl<B> Body for CountBody<B>
+where
+    B: Body<Data = Bytes>,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(f)) = &frame
+            && let Some(d) = f.data_ref()
+        {
+            this.slot.add_request_bytes(d.len() as u64);
+        }
+        Poll::Ready(frame)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body of unknown length that records its size when it ends (or is dropped).
+struct CountResponse<B> {
+    inner: B,
+    bytes: u64,
+    record: Option<(Arc<Metrics>, RequestLabels)>,
+}
+
+impl<B> CountResponse<B> {
+    fn finish(&mut self) {
+        if let Some((m, labels)) = self.record.take() {
+            m.response_bytes
+                .get_or_create(&labels)
+                .observe(self.bytes as f64);
+        }
+    }
+}
+
+impl<B> Drop for CountResponse<B> {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl<B> Body for CountResponse<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        match &frame {
+            Some(Ok(f)) => {
+                if let Some(d) = f.data_ref() {
+                    self.bytes += d.len() as u64;
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+            }
+            _ => self.finish(),
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -321,14 +461,33 @@ pin_project! {
 impl<F, B, E> Future for ResponseFuture<F>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: Body<Data = Bytes> + From<BoxBody> + Unpin + Send + 'static,
+    B::Error: Into<BoxError>,
 {
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = std::task::ready!(this.future.poll(cx));
-        if let (Ok(rsp), Some(info)) = (&result, this.info.take()) {
-            record(this.metrics, this.slot, &info, rsp, this.start.elapsed());
+        let mut result = std::task::ready!(this.future.poll(cx));
+        if let (Ok(rsp), Some(info)) = (&mut result, this.info.take()) {
+            let labels = record(this.metrics, this.slot, &info, rsp, this.start.elapsed());
+            match rsp.body().size_hint().exact() {
+                Some(n) => this
+                    .metrics
+                    .response_bytes
+                    .get_or_create(&labels)
+                    .observe(n as f64),
+                None => {
+                    // Streaming: counted as it goes, recorded when it ends.
+                    let metrics = this.metrics.clone();
+                    let body = std::mem::replace(rsp.body_mut(), B::from(BoxBody::empty()));
+                    *rsp.body_mut() = B::from(BoxBody::new(CountResponse {
+                        inner: body,
+                        bytes: 0,
+                        record: Some((metrics, labels)),
+                    }));
+                }
+            }
         }
         Poll::Ready(result)
     }
@@ -384,7 +543,7 @@ fn record<B>(
     info: &RequestInfo,
     rsp: &Response<B>,
     elapsed: std::time::Duration,
-) {
+) -> RequestLabels {
     let headers = rsp.headers();
     let denied = token(headers, DENIED_HEADER);
     let failed = token(headers, ERROR_HEADER);
@@ -412,6 +571,10 @@ fn record<B>(
     let ms = elapsed.as_secs_f64() * 1000.0;
     metrics.requests.get_or_create(&labels).inc();
     metrics.duration.get_or_create(&labels).observe(ms);
+    metrics
+        .request_bytes
+        .get_or_create(&labels)
+        .observe(slot.request_bytes() as f64);
     if let Some(r) = denied {
         metrics
             .refusals
@@ -419,7 +582,7 @@ fn record<B>(
             .inc();
     }
     if !metrics.access_log {
-        return;
+        return labels;
     }
     tracing::info!(
         target: "egress::access",
@@ -434,6 +597,7 @@ fn record<B>(
         route = slot.route().map_or("-", |r| &**r),
         "access"
     );
+    labels
 }
 
 fn blackhole() -> (Arc<str>, Arc<str>) {
@@ -454,4 +618,47 @@ fn cluster(service: &str, slot: &TelemetrySlot) -> String {
         None => s.push_str(service),
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A response whose length is not known up front is counted as it streams and recorded
+    /// when it ends; a request body is counted as it is read.
+    #[tokio::test]
+    async fn streaming_bodies_are_counted() {
+        let metrics = Metrics::new("gw", false);
+        let svc = TelemetryLayer::new(metrics.clone()).layer(tower::service_fn(
+            |req: Request<CountBody<http_body_util::Full<Bytes>>>| async move {
+                let got = req.into_body().collect().await.unwrap().to_bytes();
+                assert_eq!(got.len(), 4);
+                let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+                tokio::spawn(async move {
+                    for chunk in ["abc", "defgh"] {
+                        let _ = tx.send_data(Bytes::from_static(chunk.as_bytes())).await;
+                    }
+                });
+                Ok::<_, BoxError>(Response::new(BoxBody::new(rx)))
+            },
+        ));
+        let req = Request::post("http://x/")
+            .body(http_body_util::Full::new(Bytes::from_static(b"wxyz")))
+            .unwrap();
+        let rsp = svc.oneshot(req).await.unwrap();
+        let text = metrics.encode();
+        assert!(text.contains("istio_request_bytes_sum{") && text.contains("} 4.0"), "{text}");
+        assert!(!text.contains("istio_response_bytes_count{"), "recorded before the end: {text}");
+        let body = rsp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body.len(), 8);
+        let text = metrics.encode();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("istio_response_bytes_sum{"))
+            .unwrap();
+        assert!(line.ends_with(" 8.0"), "{line}");
+    }
 }

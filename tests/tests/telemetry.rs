@@ -39,6 +39,21 @@ async fn request_metrics_and_access_log() {
         .await;
         assert_eq!(r.status, 200);
     }
+    // Request bodies: one with a length, one chunked (counted as it streams).
+    let url = format!("http://api.example.com:{port}/ok");
+    let r = curl_async(&["-x", &gw.proxy_url(), "-d", "abcde", &url]).await;
+    assert_eq!(r.status, 200);
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "-H",
+        "Transfer-Encoding: chunked",
+        "-d",
+        "abcdef",
+        &url,
+    ])
+    .await;
+    assert_eq!(r.status, 200);
     for _ in 0..2 {
         let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"]).await;
         assert_eq!(r.status, 502);
@@ -66,9 +81,24 @@ async fn request_metrics_and_access_log() {
                 "response_code=\"200\""
             ]
         ),
-        Some(3.0),
+        Some(5.0),
         "{text}"
     );
+    // Bytes: 5 + 6 request body bytes; "hello from origin" (17 bytes) five times.
+    let ok = |name: &'static str| {
+        sample(
+            &text,
+            &[
+                name,
+                "destination_service_name=\"api\"",
+                "response_code=\"200\"",
+            ],
+        )
+    };
+    assert_eq!(ok("istio_request_bytes_sum{"), Some(11.0), "{text}");
+    assert_eq!(ok("istio_request_bytes_count{"), Some(5.0), "{text}");
+    assert_eq!(ok("istio_response_bytes_sum{"), Some(85.0), "{text}");
+    assert_eq!(ok("istio_response_bytes_count{"), Some(5.0), "{text}");
     assert_eq!(
         sample(
             &text,
@@ -100,7 +130,7 @@ async fn request_metrics_and_access_log() {
                 "response_code=\"200\""
             ]
         ),
-        Some(3.0),
+        Some(5.0),
         "{text}"
     );
     // Istio's path for the same text.
@@ -113,7 +143,7 @@ async fn request_metrics_and_access_log() {
         .lines()
         .filter(|l| l.contains("egress::access"))
         .collect();
-    assert_eq!(access.len(), 6, "{log}");
+    assert_eq!(access.len(), 8, "{log}");
     assert!(
         access.iter().any(|l| l.contains("status=200")
             && l.contains("upstream_cluster=outbound|||api.example.com")),
