@@ -388,6 +388,7 @@ impl RetryPolicy {
 pub struct TelemetrySlot {
     service: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
     route: std::sync::OnceLock<Arc<str>>,
+    cluster: std::sync::OnceLock<(u16, Option<Arc<str>>)>,
     request_bytes: std::sync::atomic::AtomicU64,
 }
 
@@ -408,6 +409,16 @@ impl TelemetrySlot {
     /// `destination_service` and `destination_service_name`). The first report wins.
     pub fn set_service(&self, host: Arc<str>, name: Arc<str>) {
         let _ = self.service.set((host, name));
+    }
+
+    /// Records the destination port and subset (Istio's `outbound|port|subset|host`).
+    pub fn set_cluster(&self, port: u16, subset: Option<Arc<str>>) {
+        let _ = self.cluster.set((port, subset));
+    }
+
+    /// The destination port and subset, if reported.
+    pub fn cluster(&self) -> Option<&(u16, Option<Arc<str>>)> {
+        self.cluster.get()
     }
 
     /// Records the route that served the request.

@@ -593,6 +593,12 @@ fn record<B>(
         flags = labels.response_flags,
         reason,
         duration_ms = format_args!("{ms:.3}"),
+        bytes_received = slot.request_bytes(),
+        bytes_sent = %rsp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-"),
         upstream_cluster = %cluster(&service, slot),
         route = slot.route().map_or("-", |r| &**r),
         "access"
@@ -608,14 +614,21 @@ fn unknown() -> (Arc<str>, Arc<str>) {
     ("unknown".into(), "unknown".into())
 }
 
-/// Istio's `outbound|port||host` cluster name form, for the access log.
+/// Istio's `outbound|port|subset|host` cluster name form, for the access log.
 fn cluster(service: &str, slot: &TelemetrySlot) -> String {
     let mut s = String::new();
-    match slot.service() {
-        Some(_) => {
+    match (slot.service(), slot.cluster()) {
+        (Some(_), Some((port, subset))) => {
+            let _ = write!(
+                s,
+                "outbound|{port}|{}|{service}",
+                subset.as_deref().unwrap_or("")
+            );
+        }
+        (Some(_), None) => {
             let _ = write!(s, "outbound|||{service}");
         }
-        None => s.push_str(service),
+        _ => s.push_str(service),
     }
     s
 }
@@ -650,8 +663,14 @@ mod tests {
             .unwrap();
         let rsp = svc.oneshot(req).await.unwrap();
         let text = metrics.encode();
-        assert!(text.contains("istio_request_bytes_sum{") && text.contains("} 4.0"), "{text}");
-        assert!(!text.contains("istio_response_bytes_count{"), "recorded before the end: {text}");
+        assert!(
+            text.contains("istio_request_bytes_sum{") && text.contains("} 4.0"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("istio_response_bytes_count{"),
+            "recorded before the end: {text}"
+        );
         let body = rsp.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body.len(), 8);
         let text = metrics.encode();

@@ -231,6 +231,10 @@ pub struct RunArgs {
     /// default, as in Istio and Envoy: at saturation it costs about 15% of throughput.
     #[arg(long, default_value = "off", value_parser = ["on", "off"], value_name = "on|off")]
     pub access_log: String,
+    /// Write the access log to this file (appended; implies `--access-log on`) instead of
+    /// stderr. Lines are written by a thread of their own, in batches.
+    #[arg(long, value_name = "PATH")]
+    pub access_log_file: Option<std::path::PathBuf>,
     /// Log line format on stderr, access log included: `text`, or `json` (one object per
     /// line, the event's fields at top level).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]

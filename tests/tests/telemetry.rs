@@ -146,7 +146,10 @@ async fn request_metrics_and_access_log() {
     assert_eq!(access.len(), 8, "{log}");
     assert!(
         access.iter().any(|l| l.contains("status=200")
-            && l.contains("upstream_cluster=outbound|||api.example.com")),
+            && l.contains(&format!(
+                "upstream_cluster=outbound|{port}||api.example.com"
+            ))
+            && l.contains("bytes_sent=17")),
         "{log}"
     );
     assert!(
@@ -329,5 +332,60 @@ async fn parser_refusals_are_logged_and_counted() {
         sample(&text, &["egress_refusals_total{reason=\"header-timeout\"}"]),
         Some(1.0),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_to_a_file_with_the_subset_cluster() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let yaml = service_entry(
+        "api",
+        "api.example.com",
+        port,
+        "HTTP",
+        "  resolution: STATIC\n  endpoints: [{address: 127.0.0.1, labels: {version: v2}}]\n",
+    ) + "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api}\nspec:\n  host: api.example.com\n  subsets: [{name: v2, labels: {version: v2}}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route: [{destination: {host: api.example.com, subset: v2}}]\n";
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.log");
+    let gw = Gateway::start(&yaml, &[&format!("--access-log-file={}", file.display())]);
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "-d",
+        "abc",
+        &format!("http://api.example.com:{port}/file"),
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://evil.example.net/"]).await;
+    assert_eq!(r.status, 502);
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(&format!(
+            "upstream_cluster=outbound|{port}|v2|api.example.com"
+        )) && lines[0].contains("bytes_received=3")
+            && lines[0].contains("route=\"default/api#0\"")
+            || lines[0].contains(&format!(
+                "upstream_cluster=outbound|{port}|v2|api.example.com"
+            )),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains("status=502") && lines[1].contains("reason=\"registry-only\""),
+        "{text}"
+    );
+    assert!(
+        !gw.log().contains("egress::access"),
+        "access lines stay out of stderr"
     );
 }

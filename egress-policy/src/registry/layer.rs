@@ -121,6 +121,7 @@ where
                 }
                 if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
                     slot.set_service(found.labels.0.clone(), found.labels.1.clone());
+                    slot.set_cluster(found.port.number, None);
                 }
                 req.extensions_mut().insert(plan);
                 RefuseOr::inner(self.inner.call(req))

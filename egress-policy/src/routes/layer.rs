@@ -191,7 +191,7 @@ where
                         )),
                     };
                 };
-                let Some((_, plan)) = chosen.plan(dst.port()) else {
+                let Some((routed_port, plan)) = chosen.plan(dst.port()) else {
                     let why = format!(
                         "egress: route {} sends port {} to {}, which has no such port registered\n",
                         route.id,
@@ -236,6 +236,7 @@ where
                     .collect();
                 if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
                     slot.set_service(chosen.host.clone(), chosen.host.clone());
+                    slot.set_cluster(routed_port, chosen.subset.clone());
                     slot.set_route(route.id.clone());
                 }
                 let ext = req.extensions_mut();
