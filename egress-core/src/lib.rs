@@ -19,6 +19,7 @@
 //! Each layer reads the facts that earlier layers inserted into the request extensions and
 //! refuses with a precise [`Rejection`](ctx::Rejection) when one is missing, never with a panic.
 
+pub mod access_log;
 pub mod body;
 pub mod ctx;
 pub mod destination;

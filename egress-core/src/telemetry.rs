@@ -89,6 +89,7 @@ pub struct Metrics {
     limits: Family<LimitLabels, Counter>,
     workload: Label,
     access_log: bool,
+    access_file: Option<Arc<crate::access_log::AccessLogFile>>,
 }
 
 /// One CONNECT tunnel's TCP metrics; [`Metrics::tunnel_opened`] starts it.
@@ -207,7 +208,26 @@ impl Metrics {
             limits,
             workload: Label(workload.into()),
             access_log,
+            access_file: None,
         })
+    }
+
+    /// The same metrics with the access log written to a file by
+    /// [`AccessLogFile`](crate::access_log::AccessLogFile) (instead of `tracing`).
+    pub fn with_access_file(
+        workload: &str,
+        file: Arc<crate::access_log::AccessLogFile>,
+    ) -> Arc<Self> {
+        let mut m = Self::new(workload, true);
+        if let Some(m) = Arc::get_mut(&mut m) {
+            m.access_file = Some(file);
+        }
+        m
+    }
+
+    /// The access log file, if one is written.
+    pub fn access_file(&self) -> Option<&Arc<crate::access_log::AccessLogFile>> {
+        self.access_file.as_ref()
     }
 
     /// Counts a refusal made outside the request stack (the HTTP parser's own 400 and 431).
@@ -582,6 +602,27 @@ fn record<B>(
             .inc();
     }
     if !metrics.access_log {
+        return labels;
+    }
+    if let Some(file) = &metrics.access_file {
+        let cluster = cluster(&service, slot);
+        file.log(&crate::access_log::Entry {
+            method: info.method.as_str(),
+            path: info.path.as_deref().unwrap_or("-"),
+            authority: info.authority.as_deref().unwrap_or("-"),
+            status: rsp.status().as_u16(),
+            flags: labels.response_flags,
+            reason,
+            duration_ms: ms,
+            bytes_received: slot.request_bytes(),
+            bytes_sent: rsp
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+            cluster: &cluster,
+            route: slot.route().map_or("-", |r| &**r),
+        });
         return labels;
     }
     tracing::info!(

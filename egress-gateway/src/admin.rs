@@ -204,7 +204,15 @@ fn stats(state: &AdminState) -> String {
          egress_config_reloads_total{{outcome=\"failure\"}} {}\n",
         get(&state.reloader.successes),
         get(&state.reloader.failures)
-    ) + &match &state.tracer {
+    ) + &match state.metrics.access_file() {
+        None => String::new(),
+        Some(f) => format!(
+            "# HELP egress_access_log_dropped Access log lines dropped because the writer fell behind.\n\
+             # TYPE egress_access_log_dropped counter\n\
+             egress_access_log_dropped_total {}\n",
+            f.dropped()
+        ),
+    } + &match &state.tracer {
         None => String::new(),
         Some(t) => {
             let s = t.stats();

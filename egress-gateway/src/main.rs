@@ -11,14 +11,11 @@ use std::process::ExitCode;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let mut cli = Cli::parse();
+    let cli = Cli::parse();
     if let Some(Command::Check(args)) = &cli.command {
         let code = check::run(args, &mut std::io::stdout(), &mut std::io::stderr());
         return ExitCode::from(code as u8);
     }
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Log lines (the access log above all) are written by a thread of their own, in
@@ -27,62 +24,14 @@ fn main() -> ExitCode {
     let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stderr());
-    let json = cli.run.log_format == "json";
-    let access_file = match &cli.run.access_log_file {
-        None => None,
-        Some(path) => match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            Ok(f) => Some(
-                tracing_appender::non_blocking::NonBlockingBuilder::default()
-                    .lossy(false)
-                    .finish(f),
-            ),
-            Err(e) => {
-                eprintln!("cannot open --access-log-file {}: {e}", path.display());
-                return ExitCode::FAILURE;
-            }
-        },
-    };
-    if access_file.is_some() {
-        cli.run.access_log = "on".into();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    if cli.run.log_format == "json" {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
-    let to_file = access_file.is_some();
-    let stderr_layer = {
-        let l = tracing_subscriber::fmt::layer().with_writer(writer);
-        let l = if json {
-            l.json().flatten_event(true).boxed()
-        } else {
-            l.with_ansi(std::io::stderr().is_terminal()).boxed()
-        };
-        // With a file, access lines go there only.
-        l.with_filter(filter)
-            .with_filter(tracing_subscriber::filter::filter_fn(move |m| {
-                !(to_file && m.target() == "egress::access")
-            }))
-    };
-    let (file_layer, _flush_file) = match access_file {
-        None => (None, None),
-        Some((w, guard)) => {
-            let l = tracing_subscriber::fmt::layer()
-                .with_writer(w)
-                .with_ansi(false);
-            let l = if json {
-                l.json().flatten_event(true).boxed()
-            } else {
-                l.boxed()
-            };
-            let only_access = tracing_subscriber::filter::Targets::new()
-                .with_target("egress::access", tracing::Level::INFO);
-            (Some(l.with_filter(only_access)), Some(guard))
-        }
-    };
-    tracing_subscriber::registry()
-        .with(stderr_layer)
-        .with(file_layer)
-        .init();
     let loaded = match config::load(&cli.run.config) {
         Ok(l) => l,
         Err(e) => {

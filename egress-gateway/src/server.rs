@@ -219,7 +219,17 @@ impl Gateway {
             egress_core::trace::Tracer::start(c)
         });
         let tunnels = TaskTracker::new();
-        let metrics = Metrics::new(&args.config.gateway_name, args.access_log == "on");
+        let metrics = match &args.access_log_file {
+            Some(path) => {
+                let file =
+                    egress_core::access_log::AccessLogFile::open(path, args.log_format == "json")
+                        .map_err(|e| {
+                        StartError(format!("--access-log-file {}: {e}", path.display()))
+                    })?;
+                Metrics::with_access_file(&args.config.gateway_name, file)
+            }
+            None => Metrics::new(&args.config.gateway_name, args.access_log == "on"),
+        };
         let graceful = Arc::new(GracefulShutdown::new());
         let stack_config = StackConfig {
             registry: registry.clone(),
@@ -400,6 +410,9 @@ impl Gateway {
             ),
         }
         admin.abort();
+        if let Some(f) = metrics.access_file() {
+            f.flush();
+        }
         Ok(())
     }
 }

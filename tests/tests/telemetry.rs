@@ -381,7 +381,8 @@ async fn access_log_to_a_file_with_the_subset_cluster() {
         "{text}"
     );
     assert!(
-        lines[1].contains("status=502") && lines[1].contains("reason=\"registry-only\""),
+        lines[1].contains("\"GET /\" authority=\"evil.example.net\"")
+            && lines[1].contains("status=502 flags=NR reason=registry-only"),
         "{text}"
     );
     assert!(
