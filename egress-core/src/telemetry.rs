@@ -92,21 +92,39 @@ pub struct Metrics {
     access_file: Option<Arc<crate::access_log::AccessLogFile>>,
 }
 
-/// One CONNECT tunnel's TCP metrics; [`Metrics::tunnel_opened`] starts it.
+/// One tunnel's (CONNECT, TLS passthrough, TCP) metrics and access log line;
+/// [`Metrics::tunnel_opened`] starts it.
 #[derive(Debug)]
 pub struct TunnelMetrics {
     metrics: Arc<Metrics>,
     labels: TcpLabels,
+    kind: &'static str,
+    authority: String,
+    start: Instant,
 }
 
 impl TunnelMetrics {
     /// Records the close of the tunnel and the bytes each way (client to upstream is
     /// `sent`, upstream to client `received`, from the gateway's view as Istio's reporter).
     pub fn closed(self, sent: u64, received: u64) {
+        self.closed_because("-", sent, received);
+    }
+
+    /// [`closed`](Self::closed), for a tunnel the gateway ended for `reason`.
+    pub fn closed_because(self, reason: &'static str, sent: u64, received: u64) {
         let m = &self.metrics;
         m.tcp_closed.get_or_create(&self.labels).inc();
         m.tcp_sent.get_or_create(&self.labels).inc_by(sent);
         m.tcp_received.get_or_create(&self.labels).inc_by(received);
+        m.log_connection(
+            self.kind,
+            &self.authority,
+            reason,
+            &self.labels.destination_service.0,
+            self.start.elapsed(),
+            sent,
+            received,
+        );
     }
 }
 
@@ -240,8 +258,61 @@ impl Metrics {
         self.limits.get_or_create(&LimitLabels { limit }).inc();
     }
 
+    /// One access log line for a connection (`kind`: `CONNECT`, `TLS`, `TCP`) that ended,
+    /// or was refused (`reason`), when the access log is on.
+    #[allow(clippy::too_many_arguments, reason = "the fields of one log line")]
+    pub fn log_connection(
+        &self,
+        kind: &'static str,
+        authority: &str,
+        reason: &'static str,
+        cluster: &str,
+        duration: std::time::Duration,
+        sent: u64,
+        received: u64,
+    ) {
+        if !self.access_log {
+            return;
+        }
+        let ms = duration.as_secs_f64() * 1000.0;
+        let flags = flags(reason, false);
+        if let Some(file) = &self.access_file {
+            file.log(&crate::access_log::Entry {
+                method: kind,
+                path: "-",
+                authority,
+                status: 0,
+                flags,
+                reason,
+                duration_ms: ms,
+                bytes_received: sent,
+                bytes_sent: Some(received),
+                cluster,
+                route: "-",
+            });
+            return;
+        }
+        tracing::info!(
+            target: "egress::access",
+            method = kind,
+            authority,
+            flags,
+            reason,
+            duration_ms = format_args!("{ms:.3}"),
+            bytes_received = sent,
+            bytes_sent = received,
+            upstream_cluster = cluster,
+            "access"
+        );
+    }
+
     /// Counts a tunnel as opened, for the service the registry check reported.
-    pub fn tunnel_opened(self: &Arc<Self>, slot: Option<&TelemetrySlot>) -> TunnelMetrics {
+    pub fn tunnel_opened(
+        self: &Arc<Self>,
+        slot: Option<&TelemetrySlot>,
+        kind: &'static str,
+        authority: String,
+    ) -> TunnelMetrics {
         let (service, name) = slot
             .and_then(TelemetrySlot::service)
             .cloned()
@@ -256,6 +327,9 @@ impl Metrics {
         TunnelMetrics {
             metrics: self.clone(),
             labels,
+            kind,
+            authority,
+            start: Instant::now(),
         }
     }
 

@@ -42,6 +42,17 @@ pub(crate) struct Passthrough {
     pub(crate) authz: Arc<ArcSwap<AuthzPolicies>>,
 }
 
+impl Passthrough {
+    /// The listener, for log lines about connections that never got a destination.
+    fn hosts_label(&self) -> &'static str {
+        if self.tcp {
+            "tcp-listener"
+        } else {
+            "tls-listener"
+        }
+    }
+}
+
 /// Authorises a connection at L4 (source, destination host, port, SNI). A CUSTOM policy
 /// cannot be asked about bytes that are not HTTP: when one matches, the connection is
 /// refused (fail closed).
@@ -107,6 +118,7 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
         let p = p.clone();
         p.tunnels.clone().spawn(async move {
             let _permit = permit;
+            let started = std::time::Instant::now();
             let result = if p.tcp {
                 handle_tcp(&p, io, peer).await
             } else {
@@ -114,6 +126,9 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
             };
             if let Err((reason, why)) = result {
                 p.metrics.refused(reason);
+                let kind = if p.tcp { "TCP" } else { "TLS" };
+                let at = format!("{}:{}", p.hosts_label(), p.port);
+                p.metrics.log_connection(kind, &at, reason, "BlackHoleCluster", started.elapsed(), 0, 0);
                 if p.tcp {
                     tracing::info!(%peer, port = p.port, reason, why, "TCP gateway connection closed");
                 } else {
@@ -189,7 +204,7 @@ async fn handle(
         .connect(&dst, plan.as_ref())
         .await
         .map_err(|e| (e.kind().token(), e.to_string()))?;
-    let tcp = p.metrics.tunnel_opened(None);
+    let tcp = p.metrics.tunnel_opened(None, "TLS", dst.to_string());
     let (sent, received) = crate::tunnel::splice(io, upstream, hello, p.idle, &dst).await;
     tcp.closed(sent, received);
     Ok(())
@@ -221,7 +236,7 @@ async fn handle_tcp(
         .connect(&dst, Some(&plan))
         .await
         .map_err(|e| (e.kind().token(), e.to_string()))?;
-    let tcp = p.metrics.tunnel_opened(None);
+    let tcp = p.metrics.tunnel_opened(None, "TCP", dst.to_string());
     let (sent, received) = crate::tunnel::splice(io, upstream, Vec::new(), p.idle, &dst).await;
     tcp.closed(sent, received);
     Ok(())

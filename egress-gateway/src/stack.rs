@@ -239,6 +239,8 @@ async fn connect<B>(
         req.extensions()
             .get::<Arc<egress_core::ctx::TelemetrySlot>>()
             .map(|s| &**s),
+        "CONNECT",
+        dst.to_string(),
     );
     let inspection = req
         .extensions()
@@ -256,7 +258,7 @@ async fn connect<B>(
                         Err((reason, why)) => {
                             metrics.refused(reason);
                             tracing::info!(%dst, reason, why, "tunnel closed: ClientHello refused");
-                            tcp.closed(0, 0);
+                            tcp.closed_because(reason, 0, 0);
                             return;
                         }
                     },

@@ -72,12 +72,15 @@ spec:
         db = origin.port(),
         other = unrouted - offset,
     );
+    let logs = tempfile::tempdir().unwrap();
+    let access = logs.path().join("access.log");
     let gw = Gateway::start(
         &yaml,
         &[
             &format!("--resolve=my-db.tcp.test:{}:127.0.0.1", origin.port()),
             "--gateway-port-offset",
             &offset.to_string(),
+            &format!("--access-log-file={}", access.display()),
         ],
     );
     // The bytes are opaque to the gateway; HTTP is just a convenient protocol to check them.
@@ -100,6 +103,34 @@ spec:
     assert!(
         metrics.contains("egress_refusals_total{reason=\"no-route\"} 1"),
         "{metrics}"
+    );
+    // One access line per connection: the routed one with its bytes, the refused one with
+    // its reason.
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&access).unwrap_or_default();
+        if text.lines().count() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let routed_line = text
+        .lines()
+        .find(|l| {
+            l.contains(&format!(
+                "\"TCP -\" authority=\"my-db.tcp.test:{}\"",
+                origin.port()
+            ))
+        })
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        routed_line.contains("reason=-") && !routed_line.contains("bytes_received=0 "),
+        "{routed_line}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("\"TCP -\"") && l.contains("reason=no-route")),
+        "{text}"
     );
     drop(gw);
 
