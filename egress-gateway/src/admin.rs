@@ -20,6 +20,7 @@ pub(crate) struct AdminState {
     pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
     pub(crate) security: crate::stack::Security,
     pub(crate) tracer: Option<Arc<egress_core::trace::Tracer>>,
+    pub(crate) conn_stats: Arc<egress_tls::ConnStats>,
     pub(crate) dump: StaticDump,
 }
 
@@ -204,6 +205,17 @@ fn stats(state: &AdminState) -> String {
          egress_config_reloads_total{{outcome=\"failure\"}} {}\n",
         get(&state.reloader.successes),
         get(&state.reloader.failures)
+    ) + &format!(
+        "# HELP egress_upstream_connections Upstream connections the pool holds open.\n\
+         # TYPE egress_upstream_connections gauge\n\
+         egress_upstream_connections{{tls=\"false\"}} {}\n\
+         egress_upstream_connections{{tls=\"true\"}} {}\n\
+         # HELP egress_upstream_connections_opened Upstream connections made.\n\
+         # TYPE egress_upstream_connections_opened counter\n\
+         egress_upstream_connections_opened_total {}\n",
+        get(&state.conn_stats.plain_open),
+        get(&state.conn_stats.tls_open),
+        get(&state.conn_stats.opened)
     ) + &match state.metrics.access_file() {
         None => String::new(),
         Some(f) => format!(

@@ -218,6 +218,7 @@ impl Gateway {
             c.sampling = args.trace_sampling / 100.0;
             egress_core::trace::Tracer::start(c)
         });
+        let conn_stats = Arc::new(egress_tls::ConnStats::default());
         let tunnels = TaskTracker::new();
         let metrics = match &args.access_log_file {
             Some(path) => {
@@ -247,6 +248,7 @@ impl Gateway {
             metrics: metrics.clone(),
             security: security.clone(),
             tracer: tracer.clone(),
+            conn_stats: conn_stats.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
         let state = Arc::new(AdminState {
@@ -264,6 +266,7 @@ impl Gateway {
             routes,
             security: security.clone(),
             tracer: tracer.clone(),
+            conn_stats,
             dump: StaticDump {
                 sources: config.sources.clone(),
                 listeners: Listeners {

@@ -58,6 +58,8 @@ pub struct StackConfig {
     pub security: Security,
     /// Traces, when an OTLP endpoint is configured.
     pub tracer: Option<Arc<Tracer>>,
+    /// Upstream connections open and made, across listeners.
+    pub conn_stats: Arc<egress_tls::ConnStats>,
 }
 
 /// The swappable security configuration and what it shares across listeners.
@@ -106,7 +108,8 @@ pub fn build(
                 table.clone(),
                 config.dialer.config().connect_timeout(),
                 config.dialer.config().source(),
-            );
+            )
+            .with_stats(config.conn_stats.clone());
             Upstream::with_connector(
                 connector,
                 config.dialer.clone(),

@@ -28,12 +28,58 @@ use tokio_rustls::client::TlsStream;
 
 use crate::config::client_config;
 
+/// Upstream connections the pool holds open, and how many were ever made.
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    /// Plain connections open now.
+    pub plain_open: std::sync::atomic::AtomicU64,
+    /// TLS connections open now.
+    pub tls_open: std::sync::atomic::AtomicU64,
+    /// Connections made.
+    pub opened: std::sync::atomic::AtomicU64,
+}
+
+/// Counts a connection as open for as long as it lives.
+#[derive(Debug)]
+struct OpenGuard {
+    stats: Arc<ConnStats>,
+    tls: bool,
+}
+
+impl OpenGuard {
+    fn new(stats: &Arc<ConnStats>, tls: bool) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        stats.opened.fetch_add(1, Relaxed);
+        if tls {
+            stats.tls_open.fetch_add(1, Relaxed);
+        } else {
+            stats.plain_open.fetch_add(1, Relaxed);
+        }
+        Self {
+            stats: stats.clone(),
+            tls,
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.tls {
+            self.stats.tls_open.fetch_sub(1, Relaxed);
+        } else {
+            self.stats.plain_open.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
 /// Dials plain and TLS upstream connections; see the module docs.
 #[derive(Clone, Debug)]
 pub struct EgressConnector {
     table: DialTable,
     connect_timeout: Duration,
     source: Option<IpAddr>,
+    stats: Arc<ConnStats>,
     // Held only to look up or insert a built configuration, never across an await.
     configs: Arc<Mutex<HashMap<Arc<TlsSettings>, Arc<ClientConfig>>>>,
 }
@@ -46,8 +92,15 @@ impl EgressConnector {
             table,
             connect_timeout,
             source,
+            stats: Arc::default(),
             configs: Arc::default(),
         }
+    }
+
+    /// Counts connections into `stats` (shared by every connector of a gateway).
+    pub fn with_stats(mut self, stats: Arc<ConnStats>) -> Self {
+        self.stats = stats;
+        self
     }
 
     fn config(&self, settings: &Arc<TlsSettings>) -> Result<Arc<ClientConfig>, UpstreamError> {
@@ -96,7 +149,7 @@ impl EgressConnector {
             .map_or_else(|| "the upstream proxy".to_owned(), |a| a.to_string());
         let tls = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(t, tls.connect(name, tcp)).await {
-            Ok(Ok(stream)) => Ok(Conn::tls(stream)),
+            Ok(Ok(stream)) => Ok(Conn::tls(stream, &self.stats)),
             Ok(Err(e)) => Err(UpstreamError::new(
                 UpstreamErrorKind::TlsHandshake,
                 format!(
@@ -144,7 +197,7 @@ impl tower::Service<Uri> for EgressConnector {
                 let target = format!("{host}:{port}");
                 let tcp = proxy.connect(&target, t, this.source).await?;
                 let Some(tls) = entry.and_then(|e| e.tls) else {
-                    return Ok(Conn::plain(tcp));
+                    return Ok(Conn::plain(tcp, &this.stats));
                 };
                 return this.handshake(host, &tls, tcp, t).await;
             }
@@ -158,7 +211,7 @@ impl tower::Service<Uri> for EgressConnector {
                 let tcp = tokio::time::timeout(t, this.tcp(addr))
                     .await
                     .map_err(|_| timeout(addr, t))??;
-                return Ok(Conn::plain(UpstreamStream::Tcp(tcp)));
+                return Ok(Conn::plain(UpstreamStream::Tcp(tcp), &this.stats));
             }
             let entry = entry
                 .ok_or_else(|| format!("connector: no validated address for {host}:{port}"))?;
@@ -197,15 +250,18 @@ fn timeout(addr: SocketAddr, t: Duration) -> std::io::Error {
 
 /// A connection made by [`EgressConnector`].
 #[derive(Debug)]
-pub struct Conn(TokioIo<Stream>);
+pub struct Conn(TokioIo<Stream>, #[allow(dead_code, reason = "counts while alive")] OpenGuard);
 
 impl Conn {
-    fn plain(tcp: UpstreamStream) -> Self {
-        Conn(TokioIo::new(Stream::Plain(tcp)))
+    fn plain(tcp: UpstreamStream, stats: &Arc<ConnStats>) -> Self {
+        Conn(TokioIo::new(Stream::Plain(tcp)), OpenGuard::new(stats, false))
     }
 
-    fn tls(tls: TlsStream<UpstreamStream>) -> Self {
-        Conn(TokioIo::new(Stream::Tls(Box::new(tls))))
+    fn tls(tls: TlsStream<UpstreamStream>, stats: &Arc<ConnStats>) -> Self {
+        Conn(
+            TokioIo::new(Stream::Tls(Box::new(tls))),
+            OpenGuard::new(stats, true),
+        )
     }
 }
 

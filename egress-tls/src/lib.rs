@@ -15,7 +15,7 @@ mod server;
 pub mod sni;
 
 pub use config::client_config;
-pub use connect::{Conn, EgressConnector, Stream};
+pub use connect::{Conn, ConnStats, EgressConnector, Stream};
 pub use proxy::ProxyTlsClient;
 pub use server::{certificate_principal, server_config};
 

@@ -61,6 +61,12 @@ async fn plain_http_in_tls_out_with_pooling() {
         "one pooled TLS connection with SNI"
     );
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
+    let m = curl_async(&[&format!("http://{}/metrics", gw.admin)]).await.body;
+    assert!(
+        m.contains("egress_upstream_connections{tls=\"true\"} 1\n")
+            && m.contains("egress_upstream_connections_opened_total 1\n"),
+        "{m}"
+    );
 }
 
 /// ALPN offers h2 and http/1.1: an origin that picks h2 gets HTTP/2, and concurrent
