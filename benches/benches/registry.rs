@@ -48,6 +48,7 @@ fn entries(n: usize) -> ConfigSet {
             },
             endpoints: Vec::new(),
             export_to: Vec::new(),
+            source_ip: None,
         });
     }
     set

@@ -217,6 +217,9 @@ pub struct UpstreamPlan {
     pub balance: Balance,
     /// TLS to originate towards the upstream (`DestinationRule` `tls`), if any.
     pub tls: Option<Arc<TlsSettings>>,
+    /// The local address upstream connections for this plan are made from (a
+    /// `ServiceEntry`'s `egress.io/source-ip` annotation); `None`: the gateway's.
+    pub source: Option<std::net::IpAddr>,
 }
 
 /// A load-balancing policy (`DestinationRule.trafficPolicy.loadBalancer`).

@@ -167,8 +167,8 @@ impl EgressConnector {
         }
     }
 
-    async fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
-        egress_core::transport::tcp_connect(addr, self.source).await
+    async fn tcp(&self, addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+        egress_core::transport::tcp_connect(addr, source).await
     }
 }
 
@@ -193,35 +193,42 @@ impl tower::Service<Uri> for EgressConnector {
             };
             let t = this.connect_timeout;
             let entry = this.table.get(host, port);
+            let source = entry.as_ref().and_then(|e| e.source).or(this.source);
+            // A key made distinct by a fixed source names the real server in the entry.
+            let sni: String = entry
+                .as_ref()
+                .and_then(|e| e.sni.as_deref())
+                .unwrap_or(host)
+                .to_owned();
             if let Some(proxy) = entry.as_ref().and_then(|e| e.proxy.clone()) {
-                let target = format!("{host}:{port}");
-                let tcp = proxy.connect(&target, t, this.source).await?;
+                let target = format!("{sni}:{port}");
+                let tcp = proxy.connect(&target, t, source).await?;
                 let Some(tls) = entry.and_then(|e| e.tls) else {
                     return Ok(Conn::plain(tcp, &this.stats));
                 };
-                return this.handshake(host, &tls, tcp, t).await;
+                return this.handshake(&sni, &tls, tcp, t).await;
             }
-            if !https {
-                let ip: IpAddr = host
-                    .trim_start_matches('[')
-                    .trim_end_matches(']')
-                    .parse()
-                    .map_err(|_| "connector: plain connections are dialled by IP only")?;
+            let direct_ip = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok();
+            if !https && let Some(ip) = direct_ip {
                 let addr = SocketAddr::new(ip, port);
-                let tcp = tokio::time::timeout(t, this.tcp(addr))
+                let tcp = tokio::time::timeout(t, this.tcp(addr, source))
                     .await
                     .map_err(|_| timeout(addr, t))??;
                 return Ok(Conn::plain(UpstreamStream::Tcp(tcp), &this.stats));
             }
             let entry = entry
                 .ok_or_else(|| format!("connector: no validated address for {host}:{port}"))?;
-            let settings = entry
-                .tls
-                .clone()
-                .ok_or_else(|| format!("connector: no TLS settings for {host}:{port}"))?;
+            let settings = entry.tls.clone();
+            if https && settings.is_none() {
+                return Err(format!("connector: no TLS settings for {host}:{port}").into());
+            }
             let mut last: Option<BoxError> = None;
             for addr in entry.addrs {
-                let tcp = match tokio::time::timeout(t, this.tcp(addr)).await {
+                let tcp = match tokio::time::timeout(t, this.tcp(addr, source)).await {
                     Ok(Ok(tcp)) => tcp,
                     Ok(Err(e)) => {
                         last = Some(e.into());
@@ -232,9 +239,10 @@ impl tower::Service<Uri> for EgressConnector {
                         continue;
                     }
                 };
-                return this
-                    .handshake(host, &settings, UpstreamStream::Tcp(tcp), t)
-                    .await;
+                return match &settings {
+                    Some(s) => this.handshake(&sni, s, UpstreamStream::Tcp(tcp), t).await,
+                    None => Ok(Conn::plain(UpstreamStream::Tcp(tcp), &this.stats)),
+                };
             }
             Err(last.unwrap_or_else(|| "connector: no address".into()))
         })
@@ -250,11 +258,17 @@ fn timeout(addr: SocketAddr, t: Duration) -> std::io::Error {
 
 /// A connection made by [`EgressConnector`].
 #[derive(Debug)]
-pub struct Conn(TokioIo<Stream>, #[allow(dead_code, reason = "counts while alive")] OpenGuard);
+pub struct Conn(
+    TokioIo<Stream>,
+    #[allow(dead_code, reason = "counts while alive")] OpenGuard,
+);
 
 impl Conn {
     fn plain(tcp: UpstreamStream, stats: &Arc<ConnStats>) -> Self {
-        Conn(TokioIo::new(Stream::Plain(tcp)), OpenGuard::new(stats, false))
+        Conn(
+            TokioIo::new(Stream::Plain(tcp)),
+            OpenGuard::new(stats, false),
+        )
     }
 
     fn tls(tls: TlsStream<UpstreamStream>, stats: &Arc<ConnStats>) -> Self {

@@ -657,3 +657,86 @@ async fn upstream_connections_leave_from_the_fixed_source_address() {
         .collect();
     assert_eq!(peers, ["127.0.0.7", "127.0.0.7"]);
 }
+
+/// A ServiceEntry's `egress.io/source-ip` annotation fixes the source address of its own
+/// upstream connections (HTTP, pooled, and tunnels), over the gateway-wide one; pooled
+/// connections from one address are never reused for another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_service_entry_source_address() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let annotated = |name: &str, host: &str, protocol: &str, ip: &str| {
+        service_entry(name, host, port, protocol, "  resolution: DNS\n").replace(
+            &format!("metadata:\n  name: {name}\n"),
+            &format!(
+                "metadata:\n  name: {name}\n  annotations: {{egress.io/source-ip: \"{ip}\"}}\n"
+            ),
+        )
+    };
+    let config = annotated("partner", "partner.example.com", "HTTP", "127.0.0.8")
+        + &annotated("bank", "bank.example.com", "TCP", "127.0.0.9")
+        + &service_entry(
+            "plain",
+            "plain.example.com",
+            port,
+            "HTTP",
+            "  resolution: DNS\n",
+        );
+    assert!(
+        config.contains("egress.io/source-ip: \"127.0.0.8\""),
+        "{config}"
+    );
+    let gw = Gateway::start(
+        &config,
+        &[
+            &mapped("partner.example.com", &origin),
+            &mapped("bank.example.com", &origin),
+            &mapped("plain.example.com", &origin),
+            "--egress-source-ip=127.0.0.7",
+        ],
+    );
+    for (flag, host) in [
+        ("", "partner.example.com"),
+        ("", "plain.example.com"),
+        ("-p", "bank.example.com"),
+        ("", "partner.example.com"),
+        ("", "plain.example.com"),
+    ] {
+        let url = format!("http://{host}:{port}/");
+        let proxy = gw.proxy_url();
+        let mut args = vec!["-x", proxy.as_str()];
+        if !flag.is_empty() {
+            args.insert(0, flag);
+        }
+        args.push(&url);
+        let r = curl_async(&args).await;
+        assert_eq!(r.status, 200, "{host}: {r:?}\n{}", gw.log());
+    }
+    let peers: Vec<(String, String)> = origin
+        .requests()
+        .iter()
+        .map(|s| {
+            (
+                s.headers["host"].to_str().unwrap().to_owned(),
+                s.peer.ip().to_string(),
+            )
+        })
+        .collect();
+    for (host, ip) in &peers {
+        let want = match host.split(':').next().unwrap() {
+            "partner.example.com" => "127.0.0.8",
+            "bank.example.com" => "127.0.0.9",
+            _ => "127.0.0.7",
+        };
+        assert_eq!(ip, want, "{host}: {peers:?}");
+    }
+    let bad = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: x\n  annotations: {egress.io/source-ip: \"not-an-ip\"}\nspec:\n  hosts: [x.example.com]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: DNS\n";
+    let set = egress_policy::istio::ConfigSet::load_str("bad.yaml", bad);
+    assert!(
+        set.diagnostics.errors().any(|d| d
+            .to_string()
+            .contains("metadata.annotations.egress.io/source-ip")),
+        "{}",
+        set.diagnostics
+    );
+}

@@ -61,7 +61,9 @@ async fn plain_http_in_tls_out_with_pooling() {
         "one pooled TLS connection with SNI"
     );
     assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
-    let m = curl_async(&[&format!("http://{}/metrics", gw.admin)]).await.body;
+    let m = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
     assert!(
         m.contains("egress_upstream_connections{tls=\"true\"} 1\n")
             && m.contains("egress_upstream_connections_opened_total 1\n"),

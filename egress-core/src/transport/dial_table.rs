@@ -20,11 +20,19 @@ pub struct DialEntry {
     pub tls: Option<Arc<TlsSettings>>,
     /// The upstream proxy to tunnel through, if any.
     pub proxy: Option<Arc<super::UpstreamProxy>>,
+    /// The local address to connect from, when the plan fixes one.
+    pub source: Option<std::net::IpAddr>,
+    /// The TLS server name, when the key is not it (a key made distinct by `source`).
+    pub sni: Option<Arc<str>>,
 }
 
 impl DialEntry {
     fn same_as(&self, other: &DialEntry) -> bool {
-        self.addrs == other.addrs && same(&self.tls, &other.tls) && same(&self.proxy, &other.proxy)
+        self.addrs == other.addrs
+            && same(&self.tls, &other.tls)
+            && same(&self.proxy, &other.proxy)
+            && self.source == other.source
+            && self.sni == other.sni
     }
 }
 
@@ -89,6 +97,8 @@ mod tests {
             addrs: vec![a.parse().unwrap()],
             tls: Some(tls.clone()),
             proxy: None,
+            source: None,
+            sni: None,
         };
         assert!(t.get("a.test", 443).is_none());
         t.set("a.test", 443, entry("127.0.0.1:1"));

@@ -379,17 +379,19 @@ impl Dialer {
             let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
             let target = format!("{}:{port}", dst.host());
             return proxy
-                .connect(&target, self.config.connect_timeout, self.config.source)
+                .connect(
+                    &target,
+                    self.config.connect_timeout,
+                    plan.and_then(|p| p.source).or(self.config.source),
+                )
                 .await;
         }
+        let source = plan.and_then(|p| p.source).or(self.config.source);
         let addrs = self.addresses(dst, plan).await?;
         let mut last = None;
         for sa in addrs {
-            match tokio::time::timeout(
-                self.config.connect_timeout,
-                super::tcp_connect(sa, self.config.source),
-            )
-            .await
+            match tokio::time::timeout(self.config.connect_timeout, super::tcp_connect(sa, source))
+                .await
             {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);

@@ -219,6 +219,8 @@ where
                         addrs: Vec::new(),
                         tls,
                         proxy: Some(proxy),
+                        source: plan.and_then(|p| p.source),
+                        sni: None,
                     },
                 );
                 let authority = pool_authority(&sni, port, scheme == Scheme::HTTPS)?;
@@ -243,33 +245,43 @@ where
             let addr = addrs[0];
             let _in_flight = dialer.begin(addr);
             let tls = plan.and_then(|p| p.tls.clone());
-            let authority = match tls {
-                None => authority_of(addr)?,
-                Some(tls) => {
-                    // TLS origination: pool per SNI and port; the connector dials the
-                    // addresses validated above for that key.
+            let source = plan.and_then(|p| p.source);
+            let authority = match (tls, source) {
+                (None, None) => authority_of(addr)?,
+                (tls, source) => {
+                    // TLS origination, or a fixed source address: the connector dials the
+                    // addresses validated above for this key. TLS pools per SNI and port; a
+                    // fixed source gets keys of its own, so that no connection made from
+                    // another address is reused.
                     let Some(table) = dial_table else {
                         return Err(UpstreamError::new(
                             UpstreamErrorKind::TlsHandshake,
-                            format!("{dst}: TLS origination is configured ({}) but this transport has no TLS connector", tls.origin),
+                            format!("{dst}: TLS origination or a fixed source address is configured but this transport has no connector for it"),
                         )
                         .into());
                     };
-                    let sni = match &tls.sni {
+                    let name = match tls.as_ref().and_then(|t| t.sni.as_ref()) {
                         Some(s) => s.to_string(),
                         None => dst.host().to_string(),
                     };
                     let port = addr.port();
+                    let is_tls = tls.is_some();
+                    let key = match source {
+                        None => name.clone(),
+                        Some(src) => source_key(&name, src),
+                    };
                     table.set(
-                        &sni,
+                        &key,
                         port,
                         DialEntry {
                             addrs,
-                            tls: Some(tls),
+                            tls,
                             proxy: None,
+                            source,
+                            sni: source.map(|_| Arc::from(name.as_str())),
                         },
                     );
-                    pool_authority(&sni, port, true)?
+                    pool_authority(&key, port, is_tls)?
                 }
             };
             let scheme = if plan.is_some_and(|p| p.tls.is_some()) {
@@ -335,6 +347,18 @@ fn prepare<B>(
     req.headers_mut()
         .insert(header::HOST, dst.host_header().clone());
     Ok(req)
+}
+
+/// A pool key of its own for connections from `src`: `name.src-10-0-0-5`. Only the
+/// connector reads it (it dials the entry's addresses, with the entry's SNI); the request
+/// carries the destination's own `Host`.
+fn source_key(name: &str, src: std::net::IpAddr) -> String {
+    let name = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .replace([':', '.'], "-");
+    let src = src.to_string().replace([':', '.'], "-");
+    format!("{name}.src-{src}")
 }
 
 /// The pool key of a named upstream: `sni:port`, with 443 left implicit for TLS so that an

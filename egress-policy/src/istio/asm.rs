@@ -241,6 +241,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         },
         endpoints: Vec::new(),
         export_to: Vec::new(),
+        source_ip: None,
     });
 }
 

@@ -39,6 +39,9 @@ const NETWORKING_VERSIONS: &[&str] = &[
     "networking.istio.io/v1alpha3",
 ];
 
+/// The `ServiceEntry` annotation that fixes the local address of its upstream connections.
+pub const SOURCE_IP_ANNOTATION: &str = "egress.io/source-ip";
+
 /// Istio kinds that later versions of this gateway will read; reported as ignored for now.
 const KNOWN_LATER: &[&str] = &[
     "WorkloadEntry",
@@ -173,6 +176,7 @@ impl ConfigSet {
         let mut name = String::new();
         let mut namespace = "default".to_owned();
         let mut namespace_given = false;
+        let mut source_ip = None;
         match f.take("metadata") {
             None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
             Some(m) => {
@@ -187,6 +191,27 @@ impl ConfigSet {
                     {
                         namespace = ns;
                         namespace_given = true;
+                    }
+                    if let Some(a) = mf.take("annotations")
+                        && let Some(mut af) = r.map(a, "metadata.annotations")
+                    {
+                        if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
+                            let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
+                            match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
+                                Some(Ok(ip)) if kind == "ServiceEntry" => source_ip = Some(ip),
+                                Some(Ok(_)) => r.warn(
+                                    n,
+                                    &field,
+                                    "only ServiceEntry reads this annotation, ignored",
+                                ),
+                                Some(Err(_)) => {
+                                    r.error(n, &field, "expected an IP address of this host")
+                                }
+                                None => {}
+                            }
+                        }
+                        // Other annotations belong to other tools.
+                        af.ignore_rest();
                     }
                     // Kubernetes metadata carries many server-set fields; none matter here.
                     mf.ignore_rest();
@@ -235,7 +260,8 @@ impl ConfigSet {
                 );
             }
             "ServiceEntry" => {
-                if let Some(se) = service_entry::read(&mut r, meta, spec) {
+                if let Some(mut se) = service_entry::read(&mut r, meta, spec) {
+                    se.source_ip = source_ip;
                     self.service_entries.push(se);
                 }
             }

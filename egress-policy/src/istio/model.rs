@@ -165,6 +165,10 @@ pub struct ServiceEntry {
     /// `exportTo` (accepted, not enforced: a gateway serves every namespace).
     #[serde(rename = "exportTo")]
     pub export_to: Vec<String>,
+    /// The `egress.io/source-ip` annotation: the local address this service's upstream
+    /// connections are made from (a firewall allow-list per destination).
+    #[serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")]
+    pub source_ip: Option<std::net::IpAddr>,
 }
 
 /// `outboundTrafficPolicy.mode`.

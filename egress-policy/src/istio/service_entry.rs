@@ -203,6 +203,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
         resolution,
         endpoints,
         export_to,
+        source_ip: None,
     })
 }
 

@@ -367,6 +367,7 @@ pub(crate) fn plan_with(
         name: None,
         balance: Default::default(),
         tls: None,
+        source: se.source_ip,
     }
 }
 
