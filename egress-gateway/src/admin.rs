@@ -153,14 +153,7 @@ pub(crate) async fn handle(
             }
         }
         (&Method::GET, "/stats" | "/metrics" | "/stats/prometheus") => {
-            // OpenMetrics text: the families of prometheus-client, then ours, then `# EOF`.
-            let encoded = state.metrics.encode();
-            let body = encoded
-                .strip_suffix("# EOF\n")
-                .unwrap_or(&encoded)
-                .to_owned()
-                + &stats(&state)
-                + "# EOF\n";
+            let body = metrics_text(&state);
             let mut rsp = text(StatusCode::OK, &body);
             rsp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -182,6 +175,18 @@ pub(crate) async fn handle(
 }
 
 /// Counters in Prometheus text format (the full telemetry set comes with metrics).
+/// OpenMetrics text: the families of prometheus-client, then ours, then `# EOF` (what
+/// `/metrics` serves and the OTLP metrics export reads).
+pub(crate) fn metrics_text(state: &AdminState) -> String {
+    let encoded = state.metrics.encode();
+    encoded
+        .strip_suffix("# EOF\n")
+        .unwrap_or(&encoded)
+        .to_owned()
+        + &stats(state)
+        + "# EOF\n"
+}
+
 fn stats(state: &AdminState) -> String {
     let m = &state.mirror_stats;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);

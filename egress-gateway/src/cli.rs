@@ -187,6 +187,9 @@ pub struct RunArgs {
     /// The OTLP transport: HTTP/protobuf (port 4318 by convention) or gRPC (4317).
     #[arg(long, value_enum, default_value = "http", value_name = "PROTOCOL")]
     pub otlp_protocol: OtlpProtocolArg,
+    /// With --otlp-endpoint: export the metrics `/metrics` serves this often (0: never).
+    #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
+    pub otlp_metrics_interval: Duration,
     /// Percentage of requests traced when the caller did not decide (Istio's default: 1).
     #[arg(long, default_value_t = 1.0, value_name = "PERCENT", value_parser = parse_percent)]
     pub trace_sampling: f64,

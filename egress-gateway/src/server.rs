@@ -352,6 +352,23 @@ impl Gateway {
                 server.tls,
             ));
         }
+        if let Some(endpoint) = &args.otlp_endpoint
+            && !args.otlp_metrics_interval.is_zero()
+        {
+            let state = state.clone();
+            egress_core::trace::spawn_metrics_export(egress_core::trace::MetricsExport {
+                endpoint: endpoint.clone(),
+                protocol: match args.otlp_protocol {
+                    crate::cli::OtlpProtocolArg::Http => {
+                        egress_core::trace::OtlpProtocol::HttpProtobuf
+                    }
+                    crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
+                },
+                interval: args.otlp_metrics_interval,
+                service_name: args.config.gateway_name.clone(),
+                source: Arc::new(move || crate::admin::metrics_text(&state)),
+            });
+        }
         let admin_task = {
             let listener = self.admin;
             let state = state.clone();

@@ -20,6 +20,8 @@ use std::time::Duration;
 struct Receiver {
     spans: Arc<Mutex<Vec<Span>>>,
     requests: Arc<Mutex<Vec<(String, String)>>>,
+    /// Metric name and the sum of its number points, from the latest metrics export.
+    metrics: Arc<Mutex<Vec<(String, f64)>>>,
 }
 
 /// An OTLP receiver: HTTP/1.1 `POST /v1/traces`, or gRPC `TraceService/Export` over h2c.
@@ -46,6 +48,49 @@ async fn receiver(grpc: bool) -> (Receiver, u16) {
                             assert_eq!(body.get_u8(), 0, "uncompressed");
                             let len = body.get_u32() as usize;
                             assert_eq!(len, body.len());
+                        }
+                        if path.contains("metrics") {
+                            use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+                            use opentelemetry_proto::tonic::metrics::v1::{
+                                metric::Data, number_data_point::Value as N,
+                            };
+                            let msg = ExportMetricsServiceRequest::decode(body).unwrap();
+                            let mut seen = Vec::new();
+                            for rm in msg.resource_metrics {
+                                for sm in rm.scope_metrics {
+                                    for m in sm.metrics {
+                                        let total = match &m.data {
+                                            Some(Data::Sum(s)) => s
+                                                .data_points
+                                                .iter()
+                                                .map(|p| match p.value {
+                                                    Some(N::AsDouble(v)) => v,
+                                                    Some(N::AsInt(v)) => v as f64,
+                                                    None => 0.0,
+                                                })
+                                                .sum(),
+                                            Some(Data::Histogram(h)) => {
+                                                h.data_points.iter().map(|p| p.count as f64).sum()
+                                            }
+                                            _ => 0.0,
+                                        };
+                                        seen.push((m.name, total));
+                                    }
+                                }
+                            }
+                            *rr.metrics.lock().unwrap() = seen;
+                            let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+                                if grpc {
+                                    let mut trailers = http::HeaderMap::new();
+                                    trailers.insert("grpc-status", "0".parse().unwrap());
+                                    vec![
+                                        Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                        Ok(Frame::trailers(trailers)),
+                                    ]
+                                } else {
+                                    vec![Ok(Frame::data(Bytes::new()))]
+                                };
+                            return Ok(Response::new(frames_body(frames)));
                         }
                         let msg = ExportTraceServiceRequest::decode(body).unwrap();
                         rr.requests.lock().unwrap().push((path, ctype));
@@ -158,6 +203,7 @@ async fn check(grpc: bool) {
                 "--otlp-protocol=http"
             },
             "--trace-sampling=0",
+            "--otlp-metrics-interval=200ms",
         ],
     );
     let url = format!("http://api.test:{}/traced", origin.port());

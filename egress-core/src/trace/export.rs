@@ -18,6 +18,7 @@ use opentelemetry_proto::tonic::trace::v1::{
 use prost::Message as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{SpanRecord, TraceConfig, TraceStats, attr_str};
@@ -38,14 +39,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<SpanRecord>,
     stats: Arc<TraceStats>,
 ) {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(config.timeout));
-    let mut builder = Client::builder(TokioExecutor::new());
-    if config.protocol == OtlpProtocol::Grpc {
-        builder.http2_only(true);
-    }
-    let client: Client<HttpConnector, Full<Bytes>> = builder.build(http);
+    let client = client(config.protocol, config.timeout);
     let uri = target(&config);
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(config.batch);
     loop {
@@ -79,14 +73,28 @@ pub(crate) async fn run(
 }
 
 fn target(config: &TraceConfig) -> Uri {
-    let base = config.endpoint.to_string();
+    signal_uri(&config.endpoint, config.protocol, "traces", GRPC_PATH)
+}
+
+/// The URI of one signal below an OTLP endpoint: `/v1/{signal}` for HTTP (unless the
+/// endpoint already names it), the service's method path for gRPC.
+pub(crate) fn signal_uri(
+    endpoint: &Uri,
+    protocol: OtlpProtocol,
+    signal: &str,
+    grpc_path: &str,
+) -> Uri {
+    let base = endpoint.to_string();
     let base = base.trim_end_matches('/');
-    let full = match config.protocol {
-        OtlpProtocol::Grpc => format!("{base}{GRPC_PATH}"),
-        OtlpProtocol::HttpProtobuf if base.ends_with("/v1/traces") => base.to_owned(),
-        OtlpProtocol::HttpProtobuf => format!("{base}/v1/traces"),
+    let base = base
+        .strip_suffix("/v1/traces")
+        .or_else(|| base.strip_suffix("/v1/metrics"))
+        .unwrap_or(base);
+    let full = match protocol {
+        OtlpProtocol::Grpc => format!("{base}{grpc_path}"),
+        OtlpProtocol::HttpProtobuf => format!("{base}/v1/{signal}"),
     };
-    full.parse().unwrap_or_else(|_| config.endpoint.clone())
+    full.parse().unwrap_or_else(|_| endpoint.clone())
 }
 
 fn encode(config: &TraceConfig, spans: Vec<SpanRecord>) -> Vec<u8> {
@@ -146,7 +154,42 @@ async fn send(
 ) {
     let n = spans.len() as u64;
     let body = encode(config, spans);
-    let req = match config.protocol {
+    match post(client, uri, config.protocol, body, config.timeout).await {
+        Ok(()) => {
+            stats.exported.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(error) => {
+            stats.failed.fetch_add(n, Ordering::Relaxed);
+            tracing::warn!(%error, spans = n, endpoint = %uri, "trace export failed");
+        }
+    }
+}
+
+/// A client for OTLP exports (HTTP/2 only for gRPC).
+pub(crate) fn client(
+    protocol: OtlpProtocol,
+    timeout: Duration,
+) -> Client<HttpConnector, Full<Bytes>> {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(timeout));
+    let mut builder = Client::builder(TokioExecutor::new());
+    if protocol == OtlpProtocol::Grpc {
+        builder.http2_only(true);
+    }
+    builder.build(http)
+}
+
+/// Posts one encoded OTLP message: as a protobuf body, or as one gRPC frame whose
+/// `grpc-status` must be 0.
+pub(crate) async fn post(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    uri: &Uri,
+    protocol: OtlpProtocol,
+    body: Vec<u8>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let req = match protocol {
         OtlpProtocol::HttpProtobuf => Request::post(uri.clone())
             .header(header::CONTENT_TYPE, "application/x-protobuf")
             .body(Full::new(Bytes::from(body))),
@@ -161,11 +204,8 @@ async fn send(
                 .body(Full::new(framed.freeze()))
         }
     };
-    let Ok(req) = req else {
-        stats.failed.fetch_add(n, Ordering::Relaxed);
-        return;
-    };
-    let outcome = tokio::time::timeout(config.timeout, async {
+    let req = req.map_err(|e| e.to_string())?;
+    let outcome = tokio::time::timeout(timeout, async {
         let rsp = client.request(req).await.map_err(|e| e.to_string())?;
         let status = rsp.status();
         let grpc_in_headers = rsp
@@ -180,7 +220,7 @@ async fn send(
         if status != StatusCode::OK {
             return Err(format!("the collector answered {status}"));
         }
-        if config.protocol == OtlpProtocol::Grpc {
+        if protocol == OtlpProtocol::Grpc {
             let code = grpc_in_headers.or_else(|| {
                 collected
                     .trailers()
@@ -199,16 +239,7 @@ async fn send(
     })
     .await;
     match outcome {
-        Ok(Ok(())) => {
-            stats.exported.fetch_add(n, Ordering::Relaxed);
-        }
-        Ok(Err(error)) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(%error, spans = n, endpoint = %uri, "trace export failed");
-        }
-        Err(_) => {
-            stats.failed.fetch_add(n, Ordering::Relaxed);
-            tracing::warn!(spans = n, endpoint = %uri, "trace export timed out");
-        }
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }

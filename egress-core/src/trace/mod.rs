@@ -1,3 +1,5 @@
+//! OTLP export: traces, and the metrics `/metrics` serves ([`spawn_metrics_export`]).
+//!
 //! Traces: a server span per request ([`TraceLayer`]) and a client span per upstream attempt,
 //! mirror copies included ([`ClientSpanLayer`]), exported over OTLP (HTTP/protobuf or gRPC).
 //!
@@ -14,10 +16,12 @@
 
 mod client;
 mod export;
+mod metrics;
 mod server;
 
 pub use client::{ClientSpan, ClientSpanLayer};
 pub use export::OtlpProtocol;
+pub use metrics::{MetricsExport, spawn_metrics_export};
 pub use server::{TraceLayer, TraceService};
 
 use http::{HeaderMap, HeaderValue};
