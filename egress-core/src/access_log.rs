@@ -43,6 +43,8 @@ pub struct Entry<'a> {
     pub cluster: &'a str,
     /// The route, or `-`.
     pub route: &'a str,
+    /// The upstream address dialled.
+    pub upstream_host: Option<std::net::SocketAddr>,
 }
 
 /// The writer of an access log file.
@@ -140,6 +142,12 @@ impl AccessLogFile {
                 json_str(&mut line, e.cluster);
                 line.push_str(",\"route\":");
                 json_str(&mut line, e.route);
+                match e.upstream_host {
+                    Some(a) => {
+                        let _ = write!(line, ",\"upstream_host\":\"{a}\"");
+                    }
+                    None => line.push_str(",\"upstream_host\":null"),
+                }
                 line.push_str("}\n");
             } else {
                 timestamp(&mut line, SystemTime::now());
@@ -161,12 +169,18 @@ impl AccessLogFile {
                     }
                     None => line.push('-'),
                 }
-                let _ = writeln!(
+                let _ = write!(
                     line,
-                    " upstream_cluster={} route={}",
+                    " upstream_cluster={} route={} upstream_host=",
                     Escaped(e.cluster),
                     Escaped(e.route)
                 );
+                match e.upstream_host {
+                    Some(a) => {
+                        let _ = writeln!(line, "{a}");
+                    }
+                    None => line.push_str("-\n"),
+                }
             }
             match self.pending.lock() {
                 Ok(mut p) if p.len() + line.len() <= MAX_PENDING => {
@@ -277,6 +291,7 @@ mod tests {
             bytes_sent: Some(3),
             cluster: "outbound|80||h",
             route: "-",
+            upstream_host: None,
         };
         log.log(&e);
         let pending = log.pending.lock().unwrap().clone();

@@ -392,6 +392,7 @@ pub struct TelemetrySlot {
     service: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
     route: std::sync::OnceLock<Arc<str>>,
     cluster: std::sync::OnceLock<(u16, Option<Arc<str>>)>,
+    upstream: std::sync::OnceLock<std::net::SocketAddr>,
     request_bytes: std::sync::atomic::AtomicU64,
 }
 
@@ -422,6 +423,16 @@ impl TelemetrySlot {
     /// The destination port and subset, if reported.
     pub fn cluster(&self) -> Option<&(u16, Option<Arc<str>>)> {
         self.cluster.get()
+    }
+
+    /// Records the upstream address dialled (the first attempt's).
+    pub fn set_upstream(&self, addr: std::net::SocketAddr) {
+        let _ = self.upstream.set(addr);
+    }
+
+    /// The upstream address, if one was chosen.
+    pub fn upstream(&self) -> Option<std::net::SocketAddr> {
+        self.upstream.get().copied()
     }
 
     /// Records the route that served the request.

@@ -47,6 +47,7 @@ impl EncodeLabelValue for Label {
 struct RequestLabels {
     reporter: &'static str,
     source_workload: Label,
+    source_principal: Label,
     destination_service: Label,
     destination_service_name: Label,
     response_code: u16,
@@ -88,6 +89,8 @@ pub struct Metrics {
     tcp_received: Family<TcpLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
     workload: Label,
+    /// `unknown`, shared so that an unlabelled request allocates nothing.
+    unknown: Arc<str>,
     access_log: bool,
     access_file: Option<Arc<crate::access_log::AccessLogFile>>,
 }
@@ -225,6 +228,7 @@ impl Metrics {
             tcp_received,
             limits,
             workload: Label(workload.into()),
+            unknown: Arc::from("unknown"),
             access_log,
             access_file: None,
         })
@@ -289,6 +293,7 @@ impl Metrics {
                 bytes_sent: Some(received),
                 cluster,
                 route: "-",
+                upstream_host: None,
             });
             return;
         }
@@ -396,6 +401,10 @@ where
         // own strings are not duplicated.
         let logged = self.metrics.access_log;
         let info = RequestInfo {
+            principal: req
+                .extensions()
+                .get::<crate::ctx::SourcePrincipal>()
+                .map(|p| p.0.clone()),
             method: req.method().clone(),
             path: req
                 .uri()
@@ -534,6 +543,7 @@ where
 
 #[derive(Debug)]
 struct RequestInfo {
+    principal: Option<Arc<str>>,
     method: http::Method,
     path: Option<String>,
     authority: Option<String>,
@@ -651,6 +661,11 @@ fn record<B>(
     let labels = RequestLabels {
         reporter: "source",
         source_workload: metrics.workload.clone(),
+        source_principal: Label(
+            info.principal
+                .clone()
+                .unwrap_or_else(|| metrics.unknown.clone()),
+        ),
         destination_service: Label(service.clone()),
         destination_service_name: Label(name),
         response_code: rsp.status().as_u16(),
@@ -696,6 +711,7 @@ fn record<B>(
                 .and_then(|v| v.parse().ok()),
             cluster: &cluster,
             route: slot.route().map_or("-", |r| &**r),
+            upstream_host: slot.upstream(),
         });
         return labels;
     }
@@ -715,6 +731,7 @@ fn record<B>(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
         upstream_cluster = %cluster(&service, slot),
+        upstream_host = %slot.upstream().map_or_else(|| "-".to_owned(), |a| a.to_string()),
         route = slot.route().map_or("-", |r| &**r),
         "access"
     );

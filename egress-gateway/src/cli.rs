@@ -238,6 +238,9 @@ pub struct RunArgs {
     /// stderr. Lines are written by a thread of their own, in batches.
     #[arg(long, value_name = "PATH")]
     pub access_log_file: Option<std::path::PathBuf>,
+    /// The access log file's format: `text` (Envoy-like) or `json` (default: --log-format).
+    #[arg(long, value_parser = ["text", "json"], value_name = "text|json")]
+    pub access_log_format: Option<String>,
     /// Log line format on stderr, access log included: `text`, or `json` (one object per
     /// line, the event's fields at top level).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]

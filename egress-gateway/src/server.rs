@@ -222,11 +222,14 @@ impl Gateway {
         let tunnels = TaskTracker::new();
         let metrics = match &args.access_log_file {
             Some(path) => {
-                let file =
-                    egress_core::access_log::AccessLogFile::open(path, args.log_format == "json")
-                        .map_err(|e| {
-                        StartError(format!("--access-log-file {}: {e}", path.display()))
-                    })?;
+                let file = egress_core::access_log::AccessLogFile::open(
+                    path,
+                    args.access_log_format
+                        .as_deref()
+                        .unwrap_or(&args.log_format)
+                        == "json",
+                )
+                .map_err(|e| StartError(format!("--access-log-file {}: {e}", path.display())))?;
                 Metrics::with_access_file(&args.config.gateway_name, file)
             }
             None => Metrics::new(&args.config.gateway_name, args.access_log == "on"),

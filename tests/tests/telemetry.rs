@@ -390,3 +390,55 @@ async fn access_log_to_a_file_with_the_subset_cluster() {
         "access lines stay out of stderr"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_access_log_file() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("access.json");
+    let gw = Gateway::start(
+        &service_entry(
+            "api",
+            "api.example.com",
+            port,
+            "HTTP",
+            "  resolution: DNS\n",
+        ),
+        &[
+            &format!("--resolve=api.example.com:{port}:127.0.0.1"),
+            &format!("--access-log-file={}", file.display()),
+            "--access-log-format=json",
+        ],
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        &format!("http://api.example.com:{port}/j?q=%22x%22"),
+    ])
+    .await;
+    assert_eq!(r.status, 200);
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&file).unwrap_or_default();
+        if !text.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = text.lines().next().unwrap_or_else(|| panic!("{text}"));
+    // A JSON object a parser can read, fields typed.
+    assert!(
+        line.starts_with("{\"time\":\"") && line.ends_with('}'),
+        "{line}"
+    );
+    for part in [
+        "\"method\":\"GET\"",
+        "\"status\":200",
+        "\"bytes_sent\":17",
+        &format!("\"upstream_host\":\"127.0.0.1:{port}\""),
+        &format!("\"upstream_cluster\":\"outbound|{port}||api.example.com\""),
+    ] {
+        assert!(line.contains(part), "{part} in {line}");
+    }
+}

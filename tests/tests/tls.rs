@@ -559,6 +559,15 @@ spec:
     .await;
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
     assert_eq!(origin.count(), 2);
+    // The client certificate's identity labels Istio's metrics.
+    let m = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+        .await
+        .body;
+    assert!(
+        m.lines().any(|l| l.starts_with("istio_requests_total{")
+            && l.contains("source_principal=\"spiffe://cluster.local/ns/apps/sa/client\"")),
+        "{m}"
+    );
     assert!(
         gw.wait_log("TLS handshake with a client failed"),
         "{}",

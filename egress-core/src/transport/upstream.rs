@@ -243,6 +243,9 @@ where
             let key = plan.and_then(|p| hash_key(&p.balance, &req));
             let addrs = dialer.addresses_for(&dst, plan, key).await?;
             let addr = addrs[0];
+            if let Some(slot) = req.extensions().get::<Arc<crate::ctx::TelemetrySlot>>() {
+                slot.set_upstream(addr);
+            }
             let _in_flight = dialer.begin(addr);
             let tls = plan.and_then(|p| p.tls.clone());
             let source = plan.and_then(|p| p.source);
