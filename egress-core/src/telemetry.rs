@@ -291,7 +291,7 @@ impl Metrics {
                 duration_ms: ms,
                 bytes_received: sent,
                 bytes_sent: Some(received),
-                cluster,
+                cluster: &cluster,
                 route: "-",
                 upstream_host: None,
             });
@@ -694,7 +694,6 @@ fn record<B>(
         return labels;
     }
     if let Some(file) = &metrics.access_file {
-        let cluster = cluster(&service, slot);
         file.log(&crate::access_log::Entry {
             method: info.method.as_str(),
             path: info.path.as_deref().unwrap_or("-"),
@@ -709,7 +708,7 @@ fn record<B>(
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
-            cluster: &cluster,
+            cluster: &cluster(&service, slot),
             route: slot.route().map_or("-", |r| &**r),
             upstream_host: slot.upstream(),
         });
@@ -746,23 +745,30 @@ fn unknown() -> (Arc<str>, Arc<str>) {
     ("unknown".into(), "unknown".into())
 }
 
-/// Istio's `outbound|port|subset|host` cluster name form, for the access log.
-fn cluster(service: &str, slot: &TelemetrySlot) -> String {
-    let mut s = String::new();
-    match (slot.service(), slot.cluster()) {
-        (Some(_), Some((port, subset))) => {
-            let _ = write!(
-                s,
-                "outbound|{port}|{}|{service}",
-                subset.as_deref().unwrap_or("")
-            );
+/// Istio's `outbound|port|subset|host` cluster name form, for the access log; written
+/// straight into the line, never into a string of its own.
+pub(crate) struct Cluster<'a> {
+    service: &'a str,
+    slot: &'a TelemetrySlot,
+}
+
+impl std::fmt::Display for Cluster<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.slot.service(), self.slot.cluster()) {
+            (Some(_), Some((port, subset))) => write!(
+                f,
+                "outbound|{port}|{}|{}",
+                subset.as_deref().unwrap_or(""),
+                self.service
+            ),
+            (Some(_), None) => write!(f, "outbound|||{}", self.service),
+            _ => f.write_str(self.service),
         }
-        (Some(_), None) => {
-            let _ = write!(s, "outbound|||{service}");
-        }
-        _ => s.push_str(service),
     }
-    s
+}
+
+fn cluster<'a>(service: &'a str, slot: &'a TelemetrySlot) -> Cluster<'a> {
+    Cluster { service, slot }
 }
 
 #[cfg(test)]

@@ -234,6 +234,17 @@ async fn check(grpc: bool) {
         format!("00-{TRACE}-{}-01", hex(&client.span_id))
     );
 
+    // No context and not sampled by the 0% ratio: the request goes on untouched.
+    assert_eq!(curl_async(&["-x", &gw.proxy_url(), &url]).await.status, 200);
+    assert!(
+        !origin
+            .requests()
+            .pop()
+            .unwrap()
+            .headers
+            .contains_key("traceparent")
+    );
+
     // Not sampled by the caller, nor by the 0% ratio: propagated, not recorded.
     let quiet = "5bf92f3577b34da6a3ce929d0e0e4736";
     let tp = format!("traceparent: 00-{quiet}-{PARENT}-00");

@@ -73,6 +73,15 @@ where
             Some(s) => s,
             None => self.tracer.sample(),
         };
+        if parent.is_none() && !sampled {
+            // Nobody upstream of the gateway traces this request and the gateway does not
+            // either: there is no trace to continue, and the request goes on untouched.
+            return TraceFuture {
+                future: self.inner.call(req),
+                tracer: self.tracer.clone(),
+                pending: None,
+            };
+        }
         let ctx = TraceContext {
             trace_id: parent.map_or_else(new_trace_id, |p| p.trace_id),
             span_id: new_span_id(),
