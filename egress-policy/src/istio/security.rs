@@ -421,6 +421,34 @@ fn wrapped<T>(
     out
 }
 
+/// Reads `key: [{a: …, b: …}, …]`: each entry's node, path and two optional strings.
+fn string_pairs<'n>(
+    r: &mut Reader<'_>,
+    f: &mut super::reader::Fields<'n>,
+    path: &str,
+    key: &str,
+    (a, b): (&str, &str),
+) -> Vec<(&'n Node, String, Option<String>, Option<String>)> {
+    let mut out = Vec::new();
+    let Some(n) = f.take(key) else { return out };
+    for (i, item) in r
+        .list(n, &format!("{path}.{key}"))
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
+        let p = format!("{path}.{key}[{i}]");
+        let Some(mut itf) = r.map(item, &p) else {
+            continue;
+        };
+        let x = itf.take(a).and_then(|n| r.string(n, &format!("{p}.{a}")));
+        let y = itf.take(b).and_then(|n| r.string(n, &format!("{p}.{b}")));
+        itf.finish(r, &[]);
+        out.push((item, p, x, y));
+    }
+    out
+}
+
 /// Checks Istio's string-match forms: exact, `prefix*`, `*suffix`, or `*`.
 fn check_pattern(r: &mut Reader<'_>, node: &Node, path: &str, s: &str) -> bool {
     let inner = s.strip_prefix('*').unwrap_or(s);
@@ -718,31 +746,14 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
         );
     }
     let mut from_headers = Vec::new();
-    if let Some(n) = f.take("fromHeaders") {
-        for (i, h) in r
-            .list(n, &format!("{path}.fromHeaders"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.fromHeaders[{i}]");
-            let Some(mut hf) = r.map(h, &p) else { continue };
-            let name = hf
-                .take("name")
-                .and_then(|n| r.string(n, &format!("{p}.name")));
-            let prefix = hf
-                .take("prefix")
-                .and_then(|n| r.string(n, &format!("{p}.prefix")))
-                .unwrap_or_default();
-            hf.finish(r, &[]);
-            match name {
-                Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => from_headers
-                    .push(JwtHeader {
-                        name: name.to_ascii_lowercase(),
-                        prefix,
-                    }),
-                _ => r.error(h, format!("{p}.name"), "a header name is required"),
-            }
+    for (h, p, name, prefix) in string_pairs(r, &mut f, path, "fromHeaders", ("name", "prefix")) {
+        match name {
+            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => from_headers
+                .push(JwtHeader {
+                    name: name.to_ascii_lowercase(),
+                    prefix: prefix.unwrap_or_default(),
+                }),
+            _ => r.error(h, format!("{p}.name"), "a header name is required"),
         }
     }
     let from_params = f
@@ -760,34 +771,19 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
     let output_payload_to_header =
         string(&mut f, r, "outputPayloadToHeader").filter(|s| !s.is_empty());
     let mut output_claim_to_headers = Vec::new();
-    if let Some(n) = f.take("outputClaimToHeaders") {
-        for (i, h) in r
-            .list(n, &format!("{path}.outputClaimToHeaders"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.outputClaimToHeaders[{i}]");
-            let Some(mut hf) = r.map(h, &p) else { continue };
-            let header = hf
-                .take("header")
-                .and_then(|n| r.string(n, &format!("{p}.header")));
-            let claim = hf
-                .take("claim")
-                .and_then(|n| r.string(n, &format!("{p}.claim")));
-            hf.finish(r, &[]);
-            match (header, claim) {
-                (Some(header), Some(claim))
-                    if http::HeaderName::from_bytes(header.as_bytes()).is_ok()
-                        && !claim.is_empty() =>
-                {
-                    output_claim_to_headers.push(ClaimToHeader {
-                        header: header.to_ascii_lowercase(),
-                        claim,
-                    })
-                }
-                _ => r.error(h, &p, "header (a valid header name) and claim are required"),
+    for (h, p, header, claim) in
+        string_pairs(r, &mut f, path, "outputClaimToHeaders", ("header", "claim"))
+    {
+        match (header, claim) {
+            (Some(header), Some(claim))
+                if http::HeaderName::from_bytes(header.as_bytes()).is_ok() && !claim.is_empty() =>
+            {
+                output_claim_to_headers.push(ClaimToHeader {
+                    header: header.to_ascii_lowercase(),
+                    claim,
+                })
             }
+            _ => r.error(h, &p, "header (a valid header name) and claim are required"),
         }
     }
     for h in output_payload_to_header.iter() {
