@@ -51,7 +51,9 @@ pub struct ConfigArgs {
     /// A label of this gateway, `key=value`; repeatable. `Gateway` resources whose
     /// `selector` these labels satisfy configure this gateway, and VirtualServices bound to
     /// them apply; with none, the gateway acts for the mesh.
-    #[arg(long = "gateway-label", default_value = "istio=egressgateway", value_name = "KEY=VALUE", value_parser = parse_label)]
+    /// The defaults are the labels of Istio's own egress gateway pods, so that manifests
+    /// selecting either (`istio: egressgateway`, `app: istio-egressgateway`) apply.
+    #[arg(long = "gateway-label", default_values = ["istio=egressgateway", "app=istio-egressgateway"], value_name = "KEY=VALUE", value_parser = parse_label)]
     pub gateway_labels: Vec<(String, String)>,
     /// Path normalisation before authorization and routing (default: MeshConfig's
     /// `pathNormalization`, else BASE).

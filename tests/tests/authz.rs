@@ -251,3 +251,35 @@ async fn policies_reload_atomically_and_a_bad_reload_keeps_the_old_ones() {
     assert_eq!(get(&gw, &format!("{base}/admin")).await.status, 403);
     assert_eq!(get(&gw, &format!("{base}/ok")).await.status, 200);
 }
+
+/// Istio's egress-gateway manifests select the gateway by `app: istio-egressgateway` as
+/// often as by `istio: egressgateway`; both are this gateway's default labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_egress_gateway_selectors_apply_by_default() {
+    let origin = Origin::start().await;
+    let yaml = registry(&origin)
+        + r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: allow-nothing-but-get
+  namespace: istio-system
+spec:
+  selector:
+    matchLabels:
+      app: istio-egressgateway
+  action: ALLOW
+  rules:
+  - to:
+    - operation:
+        methods: ["GET"]
+"#;
+    let args = resolve_args(&origin);
+    let gw = Gateway::start(&yaml, &[&args[0], &args[1]]);
+    let url = format!("http://api.test:{}/", origin.port());
+    assert_eq!(curl_async(&["-x", &gw.proxy_url(), &url]).await.status, 200);
+    let r = curl_async(&["-x", &gw.proxy_url(), "-X", "DELETE", &url]).await;
+    assert_eq!(r.status, 403, "{r:?}\n{}", gw.log());
+    assert!(!gw.log().contains("does not apply"), "{}", gw.log());
+}
