@@ -56,10 +56,16 @@ async fn jwks_server(ca: &TestCa, body: String) -> JwksServer {
                 let Ok(tls) = acceptor.accept(io).await else {
                     return;
                 };
-                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     hits.fetch_add(1, Ordering::SeqCst);
-                    let mut rsp =
-                        Response::new(Full::new(Bytes::from(body.lock().unwrap().clone())));
+                    // OpenID discovery: the configuration names /keys on this same server.
+                    let text = if req.uri().path() == "/.well-known/openid-configuration" {
+                        let host = req.headers()["host"].to_str().unwrap().to_owned();
+                        format!(r#"{{"issuer":"https://{host}","jwks_uri":"https://{host}/keys"}}"#)
+                    } else {
+                        body.lock().unwrap().clone()
+                    };
+                    let mut rsp = Response::new(Full::new(Bytes::from(text)));
                     if down.load(Ordering::SeqCst) {
                         *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                     }
@@ -360,4 +366,39 @@ spec:
         401
     );
     assert_eq!(with(None).await, 403);
+}
+
+/// No `jwks` nor `jwksUri`: the keys are found by OpenID discovery from the issuer URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openid_discovery_from_the_issuer() {
+    let origin = Origin::start().await;
+    let ca = TestCa::new();
+    let signer = Signer::ec("d1");
+    let server = jwks_server(&ca, jwks(&[&signer])).await;
+    let issuer = format!("https://localhost:{}", server.port);
+    let yaml = service_entry(
+        "api",
+        "api.test",
+        origin.port(),
+        "HTTP",
+        "  resolution: DNS\n",
+    ) + &format!(
+        "---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: oidc}}\nspec:\n  jwtRules:\n  - issuer: \"{issuer}\"\n"
+    );
+    let ca_file = ca.pem_path.display().to_string();
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[&format!("--resolve=api.test:{}:127.0.0.1", origin.port())],
+        &[("SSL_CERT_FILE", &ca_file)],
+    );
+    assert!(gw.wait_log("JWKS fetched"), "{}", gw.log());
+    let token = signer.token(&json!({"iss": issuer, "sub": "svc", "exp": now() + 600}));
+    let url = format!("http://api.test:{}/", origin.port());
+    let auth = format!("Authorization: Bearer {token}");
+    let r = curl_async(&["-x", &gw.proxy_url(), "-H", &auth, &url]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let stranger = Signer::ec("d1").token(&json!({"iss": issuer, "sub": "svc"}));
+    let auth = format!("Authorization: Bearer {stranger}");
+    let r = curl_async(&["-x", &gw.proxy_url(), "-H", &auth, &url]).await;
+    assert_eq!(r.status, 401, "{r:?}");
 }

@@ -738,11 +738,15 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
             "jwks and jwksUri cannot both be set",
         );
     }
-    if jwks.is_none() && jwks_uri.is_none() {
+    let issuer_is_url = issuer
+        .parse::<http::Uri>()
+        .ok()
+        .is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+    if jwks.is_none() && jwks_uri.is_none() && !issuer_is_url {
         r.error(
             node,
             format!("{path}.jwksUri"),
-            "jwks or jwksUri is required (OpenID discovery from the issuer is not supported)",
+            "jwks or jwksUri is required when the issuer is not a URL (keys are otherwise found by OpenID discovery from the issuer)",
         );
     }
     let mut from_headers = Vec::new();

@@ -282,7 +282,8 @@ impl JwtPolicy {
         let keys = match (&r.jwks, &r.jwks_uri) {
             (Some(text), _) => KeySource::Inline(Arc::new(parse_jwks(text).unwrap_or_default())),
             (None, Some(uri)) => KeySource::Uri(uri.as_str().into()),
-            (None, None) => KeySource::Inline(Arc::default()),
+            // OpenID discovery: the store reads the issuer's configuration for `jwks_uri`.
+            (None, None) => KeySource::Uri(format!("{}{}", store::DISCOVERY, r.issuer).into()),
         };
         let mut locations = Vec::new();
         for h in &r.from_headers {

@@ -33,6 +33,38 @@ pub struct JwksStatus {
     pub last_error: Option<String>,
 }
 
+/// The key prefix of issuers whose keys are found by OpenID discovery.
+pub(crate) const DISCOVERY: &str = "oidc-discovery:";
+
+/// The keys behind `uri`: a JWKS URL, or `oidc-discovery:ISSUER`, whose
+/// `/.well-known/openid-configuration` names the JWKS URL.
+async fn fetch_keys(uri: &str, timeout: Duration, fetcher: &dyn FetchJwks) -> Result<Keys, String> {
+    let jwks_uri = match uri.strip_prefix(DISCOVERY) {
+        None => uri.to_owned(),
+        Some(issuer) => {
+            let config = format!(
+                "{}/.well-known/openid-configuration",
+                issuer.trim_end_matches('/')
+            );
+            let doc = fetcher.fetch(&config, timeout).await?;
+            let doc: serde_json::Value =
+                serde_json::from_str(&doc).map_err(|e| format!("{config}: not JSON: {e}"))?;
+            let found = doc
+                .get("jwks_uri")
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("{config}: no jwks_uri"))?;
+            if !(found.starts_with("https://") || found.starts_with("http://")) {
+                return Err(format!(
+                    "{config}: jwks_uri {found:?} is not an http(s) URL"
+                ));
+            }
+            found.to_owned()
+        }
+    };
+    let body = fetcher.fetch(&jwks_uri, timeout).await?;
+    parse_jwks(&body).map_err(|e| format!("invalid JWKS from {jwks_uri}: {e}"))
+}
+
 #[derive(Default)]
 struct Schedule {
     next: HashMap<Arc<str>, (Instant, Duration)>,
@@ -88,8 +120,8 @@ impl JwksStore {
         timeout: Duration,
         fetcher: &dyn FetchJwks,
     ) -> bool {
-        let result = match tokio::time::timeout(timeout, fetcher.fetch(uri, timeout)).await {
-            Ok(r) => r.and_then(|body| parse_jwks(&body).map_err(|e| format!("invalid JWKS: {e}"))),
+        let result = match tokio::time::timeout(timeout, fetch_keys(uri, timeout, fetcher)).await {
+            Ok(r) => r,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         };
         let ok = result.is_ok();
