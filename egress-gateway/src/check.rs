@@ -71,6 +71,19 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             for skipped in loaded.routes.summary().skipped {
                 let _ = writeln!(out, "  skipped: {skipped}");
             }
+            for p in loaded.authz.summary() {
+                if let Ok(rules) = p.applies {
+                    let _ = writeln!(
+                        out,
+                        "  AuthorizationPolicy {}: {} with {rules} rule(s)",
+                        p.name,
+                        p.action.as_str()
+                    );
+                }
+            }
+            for issuer in loaded.jwt.issuers() {
+                let _ = writeln!(out, "  JWT issuer {issuer}");
+            }
             for w in loaded.diagnostics.warnings() {
                 let _ = writeln!(err, "{w}");
             }

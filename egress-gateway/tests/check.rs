@@ -37,7 +37,7 @@ fn good_and_broken_files() {
     let good = dir.path().join("good.yaml");
     std::fs::write(
         &good,
-        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: api, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n  resolution: DNS\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: later}\nspec: {}\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api-routes, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route:\n    - destination: {host: api.example.com}\n",
+        "apiVersion: networking.istio.io/v1beta1\nkind: ServiceEntry\nmetadata: {name: api, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  ports: [{number: 443, name: https, protocol: HTTPS}]\n  resolution: DNS\n---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: later}\nspec: {}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/admin]}}]}]\n---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: api-routes, namespace: prod}\nspec:\n  hosts: [api.example.com]\n  http:\n  - route:\n    - destination: {host: api.example.com}\n",
     )
     .unwrap();
     let (code, out, err) = check(&[
@@ -48,6 +48,10 @@ fn good_and_broken_files() {
     ]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("outbound traffic policy ALLOW_ANY"), "{out}");
+    assert!(
+        out.contains("AuthorizationPolicy default/no-admin: DENY with 1 rule(s)"),
+        "{out}"
+    );
     assert!(
         out.contains("prod/api: hosts [api.example.com] ports [443/Https]"),
         "{out}"
