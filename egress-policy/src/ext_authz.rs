@@ -242,7 +242,11 @@ where
             match verdict {
                 Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
                     for (name, value) in rparts.headers.iter() {
-                        if matches_any(&provider.headers_to_upstream_on_allow, name) {
+                        // Never framing or routing headers: the authorizer cannot change
+                        // how the request is delimited or where it goes.
+                        if !is_framing(name)
+                            && matches_any(&provider.headers_to_upstream_on_allow, name)
+                        {
                             parts.headers.insert(name.clone(), value.clone());
                         }
                     }
@@ -250,7 +254,9 @@ where
                     let req = Request::from_parts(parts, body);
                     let mut rsp = inner.call(req).await.map_err(Into::into)?;
                     for (name, value) in rparts.headers.iter() {
-                        if matches_any(&provider.headers_to_downstream_on_allow, name) {
+                        if !is_framing(name)
+                            && matches_any(&provider.headers_to_downstream_on_allow, name)
+                        {
                             rsp.headers_mut().append(name.clone(), value.clone());
                         }
                     }
@@ -261,11 +267,9 @@ where
                     let mut rsp = Response::new(BoxBody::from(rbody));
                     *rsp.status_mut() = rparts.status;
                     for (name, value) in rparts.headers.iter() {
-                        let pass = if provider.headers_to_downstream_on_deny.is_empty() {
-                            !is_framing(name)
-                        } else {
-                            matches_any(&provider.headers_to_downstream_on_deny, name)
-                        };
+                        let pass = !is_framing(name)
+                            && (provider.headers_to_downstream_on_deny.is_empty()
+                                || matches_any(&provider.headers_to_downstream_on_deny, name));
                         if pass {
                             rsp.headers_mut().append(name.clone(), value.clone());
                         }
@@ -309,7 +313,12 @@ fn is_framing(name: &HeaderName) -> bool {
         || name == header::TRANSFER_ENCODING
         || name == header::CONNECTION
         || name == header::HOST
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::PROXY_AUTHORIZATION
         || name.as_str() == "keep-alive"
+        || name.as_str() == "proxy-connection"
 }
 
 fn matches_any(patterns: &[String], name: &HeaderName) -> bool {

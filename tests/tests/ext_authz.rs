@@ -107,7 +107,7 @@ data:
         includeRequestHeadersInCheck: ["x-ext-authz"]
         includeAdditionalHeadersInCheck: {{x-from-gateway: egress}}
         headersToUpstreamOnAllow: ["x-user"]
-        headersToDownstreamOnAllow: ["x-ext-authz-check-result"]
+        headersToDownstreamOnAllow: ["x-ext-authz-check-result", "content-*"]
         headersToDownstreamOnDeny: ["x-ext-authz-check-result"]
 {provider_extra}---
 apiVersion: security.istio.io/v1
@@ -156,6 +156,9 @@ async fn allow_deny_timeout_and_errors() {
 
     let r = call(&gw, &origin, "/headers?a=1", "allow", &[]).await;
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    // The authorizer's own framing headers never reach the response, whatever the patterns.
+    assert_eq!(r.body, "hello from origin", "{r:?}");
+    assert_eq!(r.header("content-length").as_deref(), Some("17"), "{r:?}");
     assert_eq!(
         r.header("x-ext-authz-check-result").as_deref(),
         Some("allowed")

@@ -421,6 +421,26 @@ fn wrapped<T>(
     out
 }
 
+/// Headers a token must never be written into: message framing, routing, hop-by-hop,
+/// credentials.
+fn reserved_header(h: &str) -> bool {
+    matches!(
+        h.to_ascii_lowercase().as_str(),
+        "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "upgrade"
+            | "te"
+            | "trailer"
+            | "proxy-authorization"
+            | "authorization"
+            | "cookie"
+    ) || h.starts_with(':')
+}
+
 /// Reads `key: [{a: …, b: …}, …]`: each entry's node, path and two optional strings.
 fn string_pairs<'n>(
     r: &mut Reader<'_>,
@@ -790,7 +810,26 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
             _ => r.error(h, &p, "header (a valid header name) and claim are required"),
         }
     }
+    for c in &output_claim_to_headers {
+        if reserved_header(&c.header) {
+            r.error(
+                node,
+                format!("{path}.outputClaimToHeaders"),
+                format!(
+                    "{:?} is a header the gateway owns (framing, routing or credentials)",
+                    c.header
+                ),
+            );
+        }
+    }
     for h in output_payload_to_header.iter() {
+        if reserved_header(h) {
+            r.error(
+                node,
+                format!("{path}.outputPayloadToHeader"),
+                format!("{h:?} is a header the gateway owns (framing, routing or credentials)"),
+            );
+        }
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
             r.error(
                 node,

@@ -414,3 +414,19 @@ fn asm_egress_traffic_policy_errors_name_the_field() {
         warnings(&typo)
     );
 }
+
+#[test]
+fn jwt_output_headers_cannot_be_framing_or_credentials() {
+    for header in ["content-length", "Host", "authorization", ":path"] {
+        let yaml = format!(
+            "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules:\n  - issuer: https://i.test\n    jwksUri: https://i.test/keys\n    outputClaimToHeaders: [{{header: \"{header}\", claim: sub}}]\n"
+        );
+        let e = errors(&yaml);
+        assert!(
+            e.iter().any(|e| e.contains("outputClaimToHeaders")),
+            "{header}: {e:?}"
+        );
+    }
+    let ok = "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {name: j}\nspec:\n  jwtRules:\n  - issuer: https://i.test\n    jwksUri: https://i.test/keys\n    outputClaimToHeaders: [{header: x-jwt-sub, claim: sub}]\n";
+    assert!(errors(ok).is_empty(), "{:?}", errors(ok));
+}
