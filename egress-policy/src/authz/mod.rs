@@ -151,7 +151,8 @@ impl HostPattern {
         // `host:port` (not an IPv6 literal without brackets): the port must match too.
         match s.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.ends_with(']') => HostPattern {
-                host: Pattern::new(h),
+                // `[::1]:443`: the request's host is compared without brackets.
+                host: Pattern::new(h.trim_start_matches('[').trim_end_matches(']')),
                 port: Some(if p == "*" { None } else { p.parse().ok() }),
             },
             _ => HostPattern {

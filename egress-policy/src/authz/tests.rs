@@ -146,6 +146,22 @@ fn every_field_and_its_not_form() {
             false,
         ),
         (
+            "  - to: [{operation: {hosts: [\"[2001:db8::1]:80\"]}}]\n",
+            Req {
+                host: "2001:db8::1",
+                ..Req::default()
+            },
+            true,
+        ),
+        (
+            "  - to: [{operation: {hosts: [\"2001:db8::1\"]}}]\n",
+            Req {
+                host: "2001:db8::1",
+                ..Req::default()
+            },
+            true,
+        ),
+        (
             "  - to: [{operation: {notHosts: [\"api.*\"]}}]\n",
             Req::default(),
             false,
