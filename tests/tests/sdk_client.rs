@@ -132,3 +132,66 @@ async fn resolver_and_connector_are_pluggable() {
         format!("pluggable.test:{}", origin.port())
     );
 }
+
+/// The authorization layers alone, in a stack of the application's own: the path is
+/// normalised, a JWT validated, and DENY/ALLOW policies decide, before an inner service
+/// that stands for the application's client.
+#[tokio::test]
+async fn authz_and_jwt_layers_alone() {
+    use arc_swap::ArcSwap;
+    use egress_core::destination::DestinationLayer;
+    use egress_policy::authz::path::{Normalization, PathNormalizeLayer};
+    use egress_policy::authz::{AuthzDecision, AuthzLayer, AuthzPolicies, Identity};
+    use egress_policy::istio::{Binding, ConfigSet};
+    use egress_policy::jwt::{JwksStore, JwtLayer, JwtPolicy, RequestAuth};
+    use std::sync::Arc;
+    use tower::{ServiceBuilder, ServiceExt};
+
+    let signer = egress_tests::jwt::Signer::ec("k");
+    let yaml = format!(
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: j}}\nspec:\n  jwtRules:\n  - issuer: https://issuer.test\n    jwks: '{}'\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p}}\nspec:\n  action: ALLOW\n  rules:\n  - from: [{{source: {{requestPrincipals: [\"https://issuer.test/*\"]}}}}]\n    to: [{{operation: {{hosts: [api.example.com], notPaths: [\"/admin*\"]}}}}]\n",
+        egress_tests::jwt::jwks(&[&signer])
+    );
+    let set = ConfigSet::load_str("app.yaml", &yaml);
+    assert!(!set.diagnostics.has_errors(), "{}", set.diagnostics);
+    let identity = Identity::new("default/my-app", &[], &Binding::default());
+    let (authz, _) = AuthzPolicies::compile(&set, &identity).unwrap();
+    let (jwt, _) = JwtPolicy::compile(&set, &identity);
+    let app =
+        tower::service_fn(|req: http::Request<String>| async move {
+            let who = req
+                .extensions()
+                .get::<RequestAuth>()
+                .map(|a| a.principal.to_string());
+            let decided = req.extensions().get::<AuthzDecision>().is_some();
+            Ok::<_, egress_core::BoxError>(http::Response::new(egress_core::BoxBody::from(
+                format!("{} {} {decided}", req.uri().path(), who.unwrap_or_default()),
+            )))
+        });
+    let svc = ServiceBuilder::new()
+        .layer(DestinationLayer::new())
+        .layer(PathNormalizeLayer::new(Normalization::MergeSlashes))
+        .layer(JwtLayer::new(
+            Arc::new(ArcSwap::from_pointee(jwt)),
+            JwksStore::default(),
+        ))
+        .layer(AuthzLayer::new(Arc::new(ArcSwap::from_pointee(authz)), 0))
+        .service(app);
+    let token = signer.token(&serde_json::json!({"iss": "https://issuer.test", "sub": "app"}));
+    let send = |path: &str, token: Option<&str>| {
+        let mut b = http::Request::get(format!("http://api.example.com{path}"))
+            .header("host", "api.example.com");
+        if let Some(t) = token {
+            b = b.header("authorization", format!("Bearer {t}"));
+        }
+        svc.clone().oneshot(b.body(String::new()).unwrap())
+    };
+    let rsp = send("/a/./b", Some(&token)).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    use http_body_util::BodyExt;
+    let body = rsp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(body, "/a/b https://issuer.test/app true");
+    assert_eq!(send("/a", None).await.unwrap().status(), 403);
+    assert_eq!(send("//admin", Some(&token)).await.unwrap().status(), 403);
+    assert_eq!(send("/a", Some("not.a.token")).await.unwrap().status(), 401);
+}
