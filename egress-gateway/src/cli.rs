@@ -189,6 +189,10 @@ pub struct RunArgs {
     /// The OTLP transport: HTTP/protobuf (port 4318 by convention) or gRPC (4317).
     #[arg(long, value_enum, default_value = "http", value_name = "PROTOCOL")]
     pub otlp_protocol: OtlpProtocolArg,
+    /// PEM roots trusted for an `https://` --otlp-endpoint (default: SSL_CERT_FILE, else
+    /// the webpki roots).
+    #[arg(long, value_name = "FILE")]
+    pub otlp_ca: Option<std::path::PathBuf>,
     /// With --otlp-endpoint: export the metrics `/metrics` serves this often (0: never).
     #[arg(long, default_value = "15s", value_parser = parse_duration, value_name = "DURATION")]
     pub otlp_metrics_interval: Duration,

@@ -208,6 +208,19 @@ impl Gateway {
                 .with_timeout(args.mirror_timeout)
                 .with_shadow_suffix(args.mirror_host_suffix),
         );
+        let otlp_tls: Option<Arc<dyn egress_core::transport::ProxyTls>> = match &args.otlp_endpoint
+        {
+            Some(e) if e.scheme_str() == Some("https") => {
+                let alpn = match args.otlp_protocol {
+                    crate::cli::OtlpProtocolArg::Grpc => vec![b"h2".to_vec()],
+                    crate::cli::OtlpProtocolArg::Http => vec![b"http/1.1".to_vec()],
+                };
+                let client = egress_tls::ProxyTlsClient::with_alpn(args.otlp_ca.clone(), alpn)
+                    .map_err(|e| StartError(format!("--otlp-ca: {e}")))?;
+                Some(Arc::new(client))
+            }
+            _ => None,
+        };
         let tracer = args.otlp_endpoint.as_ref().map(|endpoint| {
             let mut c =
                 egress_core::trace::TraceConfig::new(endpoint.clone(), &args.config.gateway_name);
@@ -216,6 +229,7 @@ impl Gateway {
                 crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
             };
             c.sampling = args.trace_sampling / 100.0;
+            c.tls = otlp_tls.clone();
             egress_core::trace::Tracer::start(c)
         });
         let conn_stats = Arc::new(egress_tls::ConnStats::default());
@@ -370,6 +384,7 @@ impl Gateway {
                 interval: args.otlp_metrics_interval,
                 service_name: args.config.gateway_name.clone(),
                 source: Arc::new(move || crate::admin::metrics_text(&state)),
+                tls: otlp_tls.clone(),
             });
         }
         let admin_task = {

@@ -1,4 +1,5 @@
-//! TLS to an `https://` upstream proxy.
+//! TLS to an `https://` upstream proxy, and to the gateway's other TLS peers (an OTLP
+//! collector).
 
 use egress_core::ctx::TlsSettings;
 use egress_core::transport::{Io, ProxyTls};
@@ -25,12 +26,18 @@ pub struct ProxyTlsClient {
 impl ProxyTlsClient {
     /// Builds the client; `ca` is a PEM file of roots trusted for the proxy.
     pub fn new(ca: Option<PathBuf>) -> Result<Self, String> {
+        Self::with_alpn(ca, vec![b"http/1.1".to_vec()])
+    }
+
+    /// The same client for another TLS peer of the gateway's own (an OTLP collector),
+    /// offering these ALPN protocols (`h2` for gRPC).
+    pub fn with_alpn(ca: Option<PathBuf>, alpn: Vec<Vec<u8>>) -> Result<Self, String> {
         let settings = TlsSettings {
             ca_certificates: ca,
             ..TlsSettings::default_trust("upstream proxy")
         };
         let mut config = client_config(&settings)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn;
         Ok(Self {
             config: Arc::new(config),
         })

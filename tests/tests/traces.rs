@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
 use bytes::{Buf, Bytes};
+use egress_tests::tls::TestCa;
 use egress_tests::{Gateway, Origin, curl_async, service_entry};
 use http::{Request, Response};
 use http_body_util::BodyExt;
@@ -25,14 +26,28 @@ struct Receiver {
 }
 
 /// An OTLP receiver: HTTP/1.1 `POST /v1/traces`, or gRPC `TraceService/Export` over h2c.
-async fn receiver(grpc: bool) -> (Receiver, u16) {
+async fn receiver(grpc: bool, tls: Option<&TestCa>) -> (Receiver, u16) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let r = Receiver::default();
     let rr = r.clone();
+    let acceptor = tls.map(|ca| {
+        let leaf = ca.leaf(&["localhost"]);
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(leaf.chain.clone(), leaf.key.clone_key())
+        .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    });
     tokio::spawn(async move {
         while let Ok((io, _)) = listener.accept().await {
             let rr = rr.clone();
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let rr = rr.clone();
@@ -119,9 +134,17 @@ async fn receiver(grpc: bool) -> (Receiver, u16) {
                         Ok::<_, std::convert::Infallible>(rsp)
                     }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(io), svc)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                match acceptor {
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(io), svc).await;
+                    }
+                    Some(a) => {
+                        if let Ok(tls) = a.accept(io).await {
+                            let _ = builder.serve_connection(TokioIo::new(tls), svc).await;
+                        }
+                    }
+                }
             });
         }
     });
@@ -183,8 +206,13 @@ const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT: &str = "00f067aa0ba902b7";
 
 async fn check(grpc: bool) {
+    check_with(grpc, false).await;
+}
+
+async fn check_with(grpc: bool, tls: bool) {
     let origin = Origin::start().await;
-    let (recv, port) = receiver(grpc).await;
+    let ca = TestCa::new();
+    let (recv, port) = receiver(grpc, tls.then_some(&ca)).await;
     let yaml = service_entry(
         "api",
         "api.test",
@@ -192,11 +220,17 @@ async fn check(grpc: bool) {
         "HTTP",
         "  resolution: DNS\n",
     );
-    let gw = Gateway::start(
+    let endpoint = if tls {
+        format!("--otlp-endpoint=https://localhost:{port}")
+    } else {
+        format!("--otlp-endpoint=http://127.0.0.1:{port}")
+    };
+    let ca_file = ca.pem_path.display().to_string();
+    let gw = Gateway::start_with_env(
         &yaml,
         &[
             &format!("--resolve=api.test:{}:127.0.0.1", origin.port()),
-            &format!("--otlp-endpoint=http://127.0.0.1:{port}"),
+            &endpoint,
             if grpc {
                 "--otlp-protocol=grpc"
             } else {
@@ -205,6 +239,7 @@ async fn check(grpc: bool) {
             "--trace-sampling=0",
             "--otlp-metrics-interval=200ms",
         ],
+        &[("SSL_CERT_FILE", &ca_file)],
     );
     let url = format!("http://api.test:{}/traced", origin.port());
     // A sampled parent is followed even with 0% sampling.
@@ -330,4 +365,52 @@ async fn otlp_http_protobuf_export() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_grpc_export() {
     check(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_tls_to_a_verified_collector() {
+    check_with(false, true).await;
+    check_with(true, true).await;
+
+    // A collector whose certificate is not trusted gets nothing.
+    let ca = TestCa::new();
+    let (recv, port) = receiver(false, Some(&ca)).await;
+    let other = TestCa::new();
+    let origin = Origin::start().await;
+    let yaml = service_entry(
+        "api",
+        "api.test",
+        origin.port(),
+        "HTTP",
+        "  resolution: DNS\n",
+    );
+    let other_file = other.pem_path.display().to_string();
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            &format!("--resolve=api.test:{}:127.0.0.1", origin.port()),
+            &format!("--otlp-endpoint=https://localhost:{port}"),
+            "--trace-sampling=100",
+            "--otlp-metrics-interval=0",
+        ],
+        &[("SSL_CERT_FILE", &other_file)],
+    );
+    let url = format!("http://api.test:{}/", origin.port());
+    assert_eq!(curl_async(&["-x", &gw.proxy_url(), &url]).await.status, 200);
+    let mut metrics = String::new();
+    for _ in 0..60 {
+        metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
+            .await
+            .body;
+        if metrics.contains("egress_trace_spans_total{outcome=\"failed\"} 2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains("egress_trace_spans_total{outcome=\"failed\"} 2"),
+        "{metrics}\n{}",
+        gw.log()
+    );
+    assert!(recv.spans.lock().unwrap().is_empty());
 }

@@ -7,8 +7,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::{Request, StatusCode, Uri, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+use crate::transport::{ProxyTls, UpstreamStream};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
@@ -39,7 +41,7 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<SpanRecord>,
     stats: Arc<TraceStats>,
 ) {
-    let client = client(config.protocol, config.timeout);
+    let client = client(config.protocol, config.timeout, config.tls.clone());
     let uri = target(&config);
     let mut batch: Vec<SpanRecord> = Vec::with_capacity(config.batch);
     loop {
@@ -146,7 +148,7 @@ fn encode(config: &TraceConfig, spans: Vec<SpanRecord>) -> Vec<u8> {
 }
 
 async fn send(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &OtlpClient,
     uri: &Uri,
     config: &TraceConfig,
     spans: Vec<SpanRecord>,
@@ -165,25 +167,123 @@ async fn send(
     }
 }
 
-/// A client for OTLP exports (HTTP/2 only for gRPC).
+/// The client OTLP exports go through.
+pub(crate) type OtlpClient = Client<OtlpConnector, Full<Bytes>>;
+
+/// A client for OTLP exports (HTTP/2 only for gRPC); `https://` endpoints need `tls`.
 pub(crate) fn client(
     protocol: OtlpProtocol,
     timeout: Duration,
-) -> Client<HttpConnector, Full<Bytes>> {
-    let mut http = HttpConnector::new();
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(timeout));
+    tls: Option<Arc<dyn ProxyTls>>,
+) -> OtlpClient {
     let mut builder = Client::builder(TokioExecutor::new());
     if protocol == OtlpProtocol::Grpc {
         builder.http2_only(true);
     }
-    builder.build(http)
+    builder.build(OtlpConnector { timeout, tls })
+}
+
+/// Dials the collector: TCP, and TLS for `https://` (the handshake comes from a
+/// [`ProxyTls`], as egress-core does no TLS itself).
+#[derive(Clone)]
+pub(crate) struct OtlpConnector {
+    timeout: Duration,
+    tls: Option<Arc<dyn ProxyTls>>,
+}
+
+/// A connection to the collector.
+pub(crate) struct OtlpConn(TokioIo<UpstreamStream>);
+
+impl Connection for OtlpConn {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for OtlpConn {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for OtlpConn {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}
+
+impl tower::Service<Uri> for OtlpConnector {
+    type Response = OtlpConn;
+    type Error = crate::BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<OtlpConn, crate::BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let https = uri.scheme_str() == Some("https");
+            let host = uri
+                .host()
+                .ok_or("OTLP endpoint without a host")?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned();
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let tcp = tokio::time::timeout(
+                this.timeout,
+                tokio::net::TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            .map_err(|_| format!("connecting to {host}:{port} took too long"))??;
+            let _ = tcp.set_nodelay(true);
+            if !https {
+                return Ok(OtlpConn(TokioIo::new(UpstreamStream::Tcp(tcp))));
+            }
+            let tls = this
+                .tls
+                .ok_or("an https:// OTLP endpoint needs a TLS client")?;
+            let io = tokio::time::timeout(this.timeout, tls.handshake(tcp, &host))
+                .await
+                .map_err(|_| format!("TLS handshake with {host}:{port} took too long"))??;
+            Ok(OtlpConn(TokioIo::new(UpstreamStream::Tunnel(io))))
+        })
+    }
 }
 
 /// Posts one encoded OTLP message: as a protobuf body, or as one gRPC frame whose
 /// `grpc-status` must be 0.
 pub(crate) async fn post(
-    client: &Client<HttpConnector, Full<Bytes>>,
+    client: &OtlpClient,
     uri: &Uri,
     protocol: OtlpProtocol,
     body: Vec<u8>,

@@ -32,13 +32,15 @@ pub struct MetricsExport {
     pub service_name: String,
     /// The OpenMetrics text to export (what `/metrics` serves).
     pub source: Arc<dyn Fn() -> String + Send + Sync>,
+    /// The TLS client for an `https://` endpoint.
+    pub tls: Option<Arc<dyn crate::transport::ProxyTls>>,
 }
 
 /// Starts the periodic export on the current tokio runtime.
 pub fn spawn_metrics_export(config: MetricsExport) {
     tokio::spawn(async move {
         let timeout = Duration::from_secs(10);
-        let client = client(config.protocol, timeout);
+        let client = client(config.protocol, timeout, config.tls.clone());
         let uri = signal_uri(&config.endpoint, config.protocol, "metrics", GRPC_PATH);
         let start = now_nanos();
         let mut tick = tokio::time::interval(config.interval);

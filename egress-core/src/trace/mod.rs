@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 
 /// Where and how to export.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TraceConfig {
     /// The collector, `http://host:port` (OTLP/HTTP posts to `/v1/traces` below it).
     pub endpoint: http::Uri,
@@ -51,6 +51,8 @@ pub struct TraceConfig {
     pub interval: Duration,
     /// The time one export may take.
     pub timeout: Duration,
+    /// The TLS client for an `https://` endpoint.
+    pub tls: Option<Arc<dyn crate::transport::ProxyTls>>,
 }
 
 impl TraceConfig {
@@ -66,6 +68,7 @@ impl TraceConfig {
             batch: 512,
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
