@@ -301,6 +301,14 @@ pub enum TunnelInspection {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SourcePrincipal(pub Arc<str>);
 
+/// The `x-forwarded-client-cert` value describing the client certificate that the
+/// connection's TLS handshake verified (a `MUTUAL` Gateway server), computed once per
+/// connection.
+///
+/// - Inserted by: the server, per connection. - Read by: [`GatewayHeadersLayer`](crate::gateway_headers::GatewayHeadersLayer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate(pub HeaderValue);
+
 /// The address the client connected from.
 ///
 /// - Inserted by: the server, per connection. - Read by: consistent hashing, authz.
@@ -488,7 +496,7 @@ pub enum RejectionKind {
     NoRoute,
     /// An `AuthorizationPolicy` denied the request (403 `RBAC: access denied`).
     RbacDenied,
-    /// A JWT was present and did not validate (401), or its audience is not allowed (403).
+    /// A JWT was present and did not validate: signature, key, issuer, audience, time (401).
     JwtInvalid,
     /// The external authorizer denied the request.
     ExtAuthzDenied,
@@ -496,6 +504,8 @@ pub enum RejectionKind {
     ExtAuthzError,
     /// A body that must be buffered (for the external authorizer) is over its limit (413).
     BodyTooLarge,
+    /// `--max-tunnels` tunnels are open; this one would exceed the cap (429).
+    TunnelLimit,
 }
 
 impl RejectionKind {
@@ -515,6 +525,7 @@ impl RejectionKind {
             RejectionKind::ExtAuthzDenied => "ext-authz-denied",
             RejectionKind::ExtAuthzError => "ext-authz-error",
             RejectionKind::BodyTooLarge => "body-too-large",
+            RejectionKind::TunnelLimit => "tunnel-limit",
         }
     }
 }

@@ -61,6 +61,10 @@ pub enum DestinationError {
     /// `CONNECT` whose target is not `host:port`.
     #[error("CONNECT needs a host:port target")]
     BadConnect,
+    /// `CONNECT` with content (RFC 9110 section 9.3.6): its bytes would be read as tunnel
+    /// bytes by one side and as a body by the other.
+    #[error("CONNECT with a body (Content-Length or Transfer-Encoding)")]
+    ConnectWithBody,
 }
 
 /// Takes the destination from a request received by a server; see the module docs.
@@ -75,6 +79,15 @@ fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, Dest
     let host_header = single_host(req)?;
     let uri = req.uri();
     if req.method() == Method::CONNECT {
+        let headers = req.headers();
+        if headers.contains_key(header::TRANSFER_ENCODING)
+            || headers
+                .get_all(header::CONTENT_LENGTH)
+                .iter()
+                .any(|v| v.as_bytes() != b"0")
+        {
+            return Err(DestinationError::ConnectWithBody);
+        }
         let target = uri.authority().ok_or(DestinationError::BadConnect)?;
         if uri.scheme().is_some() {
             return Err(DestinationError::BadConnect);
@@ -384,6 +397,16 @@ mod tests {
             ),
             (req("OPTIONS", "*", v11, &["a.com"]), "asterisk"),
         ];
+        for (name, value) in [("content-length", "5"), ("transfer-encoding", "chunked")] {
+            let mut r = req("CONNECT", "a.com:443", v11, &["a.com:443"]);
+            r.headers_mut()
+                .insert(name, http::HeaderValue::from_static(value));
+            assert_eq!(destination_of(&r), Err(DestinationError::ConnectWithBody));
+        }
+        let mut r = req("CONNECT", "a.com:443", v11, &["a.com:443"]);
+        r.headers_mut()
+            .insert("content-length", http::HeaderValue::from_static("0"));
+        assert!(destination_of(&r).is_ok());
         for (r, want) in cases {
             let uri = r.uri().clone();
             let err = destination_of(&r).unwrap_err().to_string();

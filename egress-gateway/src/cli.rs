@@ -56,7 +56,7 @@ pub struct ConfigArgs {
     #[arg(long = "gateway-label", default_values = ["istio=egressgateway", "app=istio-egressgateway"], value_name = "KEY=VALUE", value_parser = parse_label)]
     pub gateway_labels: Vec<(String, String)>,
     /// Path normalisation before authorization and routing (default: MeshConfig's
-    /// `pathNormalization`, else BASE).
+    /// `pathNormalization`, else DECODE_AND_MERGE_SLASHES, the strictest).
     #[arg(long, value_enum, value_name = "MODE")]
     pub path_normalization: Option<NormalizationArg>,
 }
@@ -251,6 +251,15 @@ pub struct RunArgs {
     /// line, the event's fields at top level).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]
     pub log_format: String,
+    /// Let paths with parameters (`;` in a segment, `/a;v=1`) through; by default they are
+    /// refused 400, since origins that strip them read another path than the policy did.
+    #[arg(long)]
+    pub allow_path_parameters: bool,
+    /// Maximum concurrent CONNECT tunnels and passthrough/TCP connections; one over the cap
+    /// gets 429 with `Retry-After` (a passthrough connection is closed) and its slot is
+    /// freed when a tunnel closes.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_tunnels: usize,
     /// Maximum concurrent client connections; more are closed at once.
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     pub max_connections: usize,

@@ -36,6 +36,8 @@ pub(crate) struct Passthrough {
     pub(crate) tunnels: TaskTracker,
     pub(crate) idle: Duration,
     pub(crate) limit: Arc<Semaphore>,
+    /// `--max-tunnels`, shared with `CONNECT`.
+    pub(crate) tunnel_slots: Arc<Semaphore>,
     /// A `protocol: TCP` server (routed by port) rather than TLS passthrough (by SNI).
     pub(crate) tcp: bool,
     /// `AuthorizationPolicy`, checked at L4.
@@ -115,9 +117,18 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
             p.metrics.limit_hit("max_connections");
             continue;
         };
+        let Ok(slot) = p.tunnel_slots.clone().try_acquire_owned() else {
+            // Nothing can be said in a TLS or TCP byte stream: closed, counted, logged.
+            p.metrics.limit_hit("max_tunnels");
+            p.metrics.refused("tunnel-limit");
+            tracing::info!(%peer, reason = "tunnel-limit", "connection closed: --max-tunnels reached");
+            drop(io);
+            continue;
+        };
         let p = p.clone();
         p.tunnels.clone().spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let started = std::time::Instant::now();
             let result = if p.tcp {
                 handle_tcp(&p, io, peer).await

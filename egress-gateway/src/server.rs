@@ -1,7 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
 use arc_swap::ArcSwap;
-use egress_core::ctx::{ClientAddr, SourcePrincipal};
+use egress_core::ctx::{ClientAddr, ClientCertificate, SourcePrincipal};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
@@ -163,6 +163,8 @@ impl Gateway {
             config,
             diagnostics,
         } = self.loaded;
+        let (service_entries, policy) = (registry.services().len(), registry.policy().as_str());
+        let registry = Arc::new(ArcSwap::from_pointee(registry));
         let authz = Arc::new(ArcSwap::from_pointee(authz));
         let security = crate::stack::Security {
             ext_authz: egress_policy::ext_authz::ExtAuthzLayer::new(
@@ -170,11 +172,13 @@ impl Gateway {
                 args.ext_authz_max_in_flight,
                 args.xff_num_trusted_hops,
             )
-            .with_overrides(ext_authz_overrides),
+            .with_overrides(ext_authz_overrides)
+            .with_registry(registry.clone()),
             authz,
             jwt: Arc::new(ArcSwap::from_pointee(jwt)),
             jwks: egress_policy::jwt::JwksStore::default(),
             normalization: Arc::new(ArcSwap::from_pointee(normalization)),
+            allow_path_parameters: args.allow_path_parameters,
             xff_hops: args.xff_num_trusted_hops,
         };
         {
@@ -192,14 +196,13 @@ impl Gateway {
         }
         tracing::info!(
             sources = %config.sources.join(", "),
-            service_entries = registry.services().len(),
+            service_entries,
             virtual_services = config.virtual_services.len(),
-            policy = registry.policy().as_str(),
+            policy,
             gateway = %args.config.gateway_name,
             selected_by = %binding.selected.join(", "),
             "configuration loaded"
         );
-        let registry = Arc::new(ArcSwap::from_pointee(registry));
         let routes = Arc::new(ArcSwap::from_pointee(routes));
         let mirror = MirrorLayer::new(
             MirrorConfig::default()
@@ -234,6 +237,7 @@ impl Gateway {
         });
         let conn_stats = Arc::new(egress_tls::ConnStats::default());
         let tunnels = TaskTracker::new();
+        let tunnel_slots = Arc::new(Semaphore::new(args.max_tunnels));
         let metrics = match &args.access_log_file {
             Some(path) => {
                 let file = egress_core::access_log::AccessLogFile::open(
@@ -262,6 +266,7 @@ impl Gateway {
             mirror: mirror.clone(),
             tunnel_idle_timeout: args.tunnel_idle_timeout,
             tunnels: tunnels.clone(),
+            tunnel_slots: tunnel_slots.clone(),
             metrics: metrics.clone(),
             security: security.clone(),
             tracer: tracer.clone(),
@@ -352,6 +357,7 @@ impl Gateway {
                         tunnels: tunnels.clone(),
                         idle: args.tunnel_idle_timeout,
                         limit: limit.clone(),
+                        tunnel_slots: tunnel_slots.clone(),
                         tcp: server.tcp,
                         authz: stack_config.security.authz.clone(),
                     },
@@ -607,11 +613,13 @@ fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'static 
     }
 }
 
-/// The service for one connection: its client address and principal go into every request.
+/// The service for one connection: its client address, principal and verified certificate
+/// go into every request.
 fn with_client<S>(
     svc: S,
     peer: SocketAddr,
     principal: Option<SourcePrincipal>,
+    cert: Option<ClientCertificate>,
 ) -> TowerToHyperService<
     impl tower::Service<
         http::Request<Incoming>,
@@ -629,6 +637,9 @@ where
             req.extensions_mut().insert(ClientAddr(peer));
             if let Some(p) = &principal {
                 req.extensions_mut().insert(p.clone());
+            }
+            if let Some(c) = &cert {
+                req.extensions_mut().insert(c.clone());
             }
             req
         },
@@ -680,10 +691,9 @@ async fn accept_loop<S>(
             let _permit = permit;
             // The client's address travels with each of its requests (consistent hashing by
             // source IP, authorization by ipBlocks), and so does a proven principal.
-            let mut principal = None;
             let result = match tls {
                 None => {
-                    let svc = with_client(svc, peer, None);
+                    let svc = with_client(svc, peer, None, None);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
@@ -707,16 +717,24 @@ async fn accept_loop<S>(
                             return;
                         }
                     };
-                    if let Some(cert) = stream
+                    // Only a verifying (MUTUAL) server has peer certificates here: rustls
+                    // hands them over only once they chain to the server's CA.
+                    let (principal, cert) = match stream
                         .get_ref()
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
                     {
-                        principal = egress_tls::certificate_principal(cert)
-                            .map(|p| SourcePrincipal(p.into()));
-                    }
-                    let svc = with_client(svc, peer, principal.take());
+                        Some(cert) => (
+                            egress_tls::certificate_principal(cert)
+                                .map(|p| SourcePrincipal(p.into())),
+                            http::HeaderValue::from_str(&egress_tls::forwarded_client_cert(cert))
+                                .ok()
+                                .map(ClientCertificate),
+                        ),
+                        None => (None, None),
+                    };
+                    let svc = with_client(svc, peer, principal, cert);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .into_owned();

@@ -5,6 +5,7 @@ use egress_core::ctx::{
     Destination, Rejection, RejectionKind, RequestForm, Scheme, TunnelInspection, UpstreamPlan,
 };
 use egress_core::destination::DestinationLayer;
+use egress_core::gateway_headers::GatewayHeadersLayer;
 use egress_core::mirror::MirrorLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond::{self, error_response};
@@ -28,6 +29,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tower::{Service, ServiceBuilder};
 
@@ -54,6 +56,8 @@ pub struct StackConfig {
     pub metrics: Arc<Metrics>,
     /// Spliced tunnels, so that a drain can wait for them.
     pub tunnels: TaskTracker,
+    /// `--max-tunnels`: one permit per open tunnel, shared with passthrough listeners.
+    pub tunnel_slots: Arc<Semaphore>,
     /// Authentication and authorization.
     pub security: Security,
     /// Traces, when an OTLP endpoint is configured.
@@ -73,6 +77,8 @@ pub struct Security {
     pub jwks: JwksStore,
     /// Path normalisation.
     pub normalization: Arc<ArcSwap<Normalization>>,
+    /// `--allow-path-parameters`.
+    pub allow_path_parameters: bool,
     /// Trusted `X-Forwarded-For` hops.
     pub xff_hops: usize,
     /// The external authorizer client (pooled, bounded), shared by every listener.
@@ -125,8 +131,14 @@ pub fn build(
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
         .layer(DestinationLayer::new())
+        // What only the gateway writes (x-egress-*, x-forwarded-client-cert) is never taken
+        // from the client; a verified client certificate sets x-forwarded-client-cert.
+        .layer(GatewayHeadersLayer::new())
         // One path for everything below: what is authorised is what goes upstream.
-        .layer(PathNormalizeLayer::from_swap(config.security.normalization))
+        .layer(
+            PathNormalizeLayer::from_swap(config.security.normalization)
+                .allow_path_parameters(config.security.allow_path_parameters),
+        )
         // On a Gateway server's listener: only the hosts that server declares (404 else).
         .option_layer(server_hosts.map(ServerHostsLayer::new))
         // RequestAuthentication: 401 for a bad token, identity for the policies below.
@@ -148,6 +160,7 @@ pub fn build(
             dialer: config.dialer,
             tunnel_idle_timeout: config.tunnel_idle_timeout,
             tunnels: config.tunnels,
+            tunnel_slots: config.tunnel_slots,
             metrics: config.metrics,
         })
 }
@@ -159,6 +172,7 @@ pub struct Dispatch<H> {
     dialer: Arc<Dialer>,
     tunnel_idle_timeout: Duration,
     tunnels: TaskTracker,
+    tunnel_slots: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -187,12 +201,27 @@ where
             };
         };
         if req.method() == Method::CONNECT {
+            let Ok(slot) = self.tunnel_slots.clone().try_acquire_owned() else {
+                self.metrics.limit_hit("max_tunnels");
+                let mut rsp: Response<BoxBody> = Rejection::new(RejectionKind::TunnelLimit)
+                    .respond(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        true,
+                        "egress: too many tunnels are open (--max-tunnels); try again later\n"
+                            .to_owned(),
+                    );
+                rsp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return DispatchFuture::Ready {
+                    response: Some(rsp),
+                };
+            };
             let dialer = self.dialer.clone();
             let idle = self.tunnel_idle_timeout;
             let tunnels = self.tunnels.clone();
             let metrics = self.metrics.clone();
             return DispatchFuture::Tunnel {
-                future: Box::pin(connect(req, dialer, idle, tunnels, metrics)),
+                future: Box::pin(connect(req, dialer, idle, tunnels, metrics, slot)),
             };
         }
         if dst.scheme() == Scheme::Https && dst.form() == RequestForm::Absolute {
@@ -201,9 +230,11 @@ where
                  is not configured for it; send it through a CONNECT tunnel (curl -x does)\n"
             );
             return DispatchFuture::Ready {
+                // Closed: the client meant TLS to the origin and may already be sending
+                // what it thinks is protected.
                 response: Some(Rejection::new(RejectionKind::Unsupported).respond(
                     StatusCode::BAD_REQUEST,
-                    false,
+                    true,
                     why,
                 )),
             };
@@ -223,6 +254,7 @@ async fn connect<B>(
     idle: Duration,
     tunnels: TaskTracker,
     metrics: Arc<Metrics>,
+    slot: OwnedSemaphorePermit,
 ) -> Result<Response<BoxBody>, BoxError> {
     let Some(dst) = req.extensions().get::<Destination>().cloned() else {
         return Err("tunnel: no destination".into());
@@ -251,6 +283,8 @@ async fn connect<B>(
         .copied()
         .unwrap_or(TunnelInspection::Opaque);
     tunnels.spawn(async move {
+        // The slot is the tunnel's until it closes.
+        let _slot = slot;
         match on_upgrade.await {
             Ok(upgraded) => {
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);

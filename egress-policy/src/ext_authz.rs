@@ -85,6 +85,7 @@ pub struct ExtAuthzLayer {
     limit: Arc<Semaphore>,
     xff_hops: usize,
     overrides: Arc<egress_core::transport::Overrides>,
+    registry: Option<Arc<ArcSwap<crate::Registry>>>,
 }
 
 impl std::fmt::Debug for ExtAuthzLayer {
@@ -112,6 +113,43 @@ impl ExtAuthzLayer {
             limit: Arc::new(Semaphore::new(max_in_flight.max(1))),
             xff_hops,
             overrides: Arc::default(),
+            registry: None,
+        }
+    }
+
+    /// The registry, consulted first for a provider's `service`, as Envoy reaches an
+    /// authorizer through its cluster: a `ServiceEntry` for that host and port gives its
+    /// endpoints (`STATIC` addresses, `DNS` names).
+    pub fn with_registry(mut self, registry: Arc<ArcSwap<crate::Registry>>) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Where a provider's checks are sent: a registered endpoint of its `service`, else
+    /// `--resolve`, else the name itself (resolved by DNS when dialled).
+    fn target(&self, p: &ExtAuthzHttp) -> String {
+        if let Some(registry) = &self.registry {
+            let registry = registry.load();
+            let name = p.service.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(rp) = registry.lookup_name(&name, p.port) {
+                let port = rp.plan.port.unwrap_or(p.port);
+                match rp.plan.targets.first() {
+                    Some(egress_core::ctx::Target::Addr(a)) => return a.to_string(),
+                    Some(egress_core::ctx::Target::Name(n, np)) => {
+                        return format!("{n}:{}", np.unwrap_or(port));
+                    }
+                    None if port != p.port => return format!("{}:{port}", p.service),
+                    None => {}
+                }
+            }
+        }
+        match self
+            .overrides
+            .get(&p.service, p.port)
+            .and_then(|a| a.first())
+        {
+            Some(a) => a.socket(p.port).to_string(),
+            None => format!("{}:{}", p.service, p.port),
         }
     }
 
@@ -160,7 +198,7 @@ where
         self.inner.poll_ready(cx).map_err(Into::into)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use egress_core::respond::InnerOrBoxed;
         let policies = self.layer.policies.load();
         if policies.custom_is_empty() {
@@ -178,8 +216,11 @@ where
                 .map(|(name, policy)| (policies.provider(name), name.clone(), policy.clone()))
         };
         let Some((provider, provider_name, policy)) = provider else {
+            // No authorizer was asked: none of its headers can be the authorizer's.
+            policies.remove_authorizer_headers(req.headers_mut());
             return InnerOrBoxed::inner(ErrInto(self.inner.call(req.map(Either::Left))));
         };
+        let authorizer_headers = policies.authorizer_headers();
         let Some(provider) = provider else {
             // Compilation refuses unknown providers; fail closed if one slips through.
             return InnerOrBoxed::boxed(Box::pin(async { Ok(error_response(403)) }));
@@ -218,7 +259,8 @@ where
             let verdict = match layer.limit.clone().try_acquire_owned() {
                 Err(_) => Err("too many authorization checks in flight".to_owned()),
                 Ok(_permit) => {
-                    let check = build_check(&provider, &parts, check_body, &layer.overrides);
+                    let target = layer.target(&provider);
+                    let check = build_check(&provider, &parts, check_body, &target);
                     match tokio::time::timeout(provider.timeout, layer.client.request(check)).await
                     {
                         Err(_) => Err(format!("no answer within {:?}", provider.timeout)),
@@ -241,6 +283,9 @@ where
             };
             match verdict {
                 Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
+                    // The authorizer saw the client's copies (when asked to); upstream sees
+                    // only what the authorizer answered.
+                    crate::authz::remove_matching(&authorizer_headers, &mut parts.headers);
                     for (name, value) in rparts.headers.iter() {
                         // Never framing or routing headers: the authorizer cannot change
                         // how the request is delimited or where it goes.
@@ -289,6 +334,7 @@ where
                     };
                     if provider.fail_open {
                         tracing::warn!(provider = %provider_name, %policy, error = %why, "external authorization failed; failOpen lets the request through");
+                        crate::authz::remove_matching(&authorizer_headers, &mut parts.headers);
                         let req = Request::from_parts(parts, body);
                         return inner.call(req).await.map_err(Into::into);
                     }
@@ -350,17 +396,13 @@ fn build_check(
     p: &ExtAuthzHttp,
     parts: &http::request::Parts,
     (body, partial): (Bytes, bool),
-    overrides: &egress_core::transport::Overrides,
+    target: &str,
 ) -> Request<Full<Bytes>> {
     let path = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = if parts.method == http::Method::CONNECT {
         "/"
     } else {
         path
-    };
-    let target = match overrides.get(&p.service, p.port).and_then(|a| a.first()) {
-        Some(a) => a.socket(p.port).to_string(),
-        None => format!("{}:{}", p.service, p.port),
     };
     let uri = format!(
         "http://{target}{}{}",

@@ -17,7 +17,7 @@ pub mod sni;
 pub use config::client_config;
 pub use connect::{Conn, ConnStats, EgressConnector, Stream};
 pub use proxy::ProxyTlsClient;
-pub use server::{certificate_principal, server_config};
+pub use server::{certificate_principal, forwarded_client_cert, server_config};
 
 /// What the first bytes of a stream say about TLS.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

@@ -77,3 +77,61 @@ pub fn certificate_principal(cert: &CertificateDer<'_>) -> Option<String> {
             })
         })
 }
+
+/// The `x-forwarded-client-cert` element Envoy writes for a verified client certificate
+/// (`SANITIZE_SET` with Istio's `subject`, `uri` and `dns` details): `Hash` (SHA-256 of the
+/// DER, hex), `Subject` (quoted), then each `URI` and `DNS` SAN. Values with `,`, `;`, `=` or
+/// `"` are quoted and escaped, so a certificate cannot add elements or keys of its own.
+pub fn forwarded_client_cert(cert: &CertificateDer<'_>) -> String {
+    use std::fmt::Write;
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let digest = ring::digest::digest(&ring::digest::SHA256, cert.as_ref());
+    let mut out = String::with_capacity(160);
+    out.push_str("Hash=");
+    for b in digest.as_ref() {
+        let _ = write!(out, "{b:02x}");
+    }
+    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
+        return out;
+    };
+    out.push_str(";Subject=");
+    quoted(&mut out, &parsed.subject().to_string());
+    if let Ok(Some(san)) = parsed.subject_alternative_name() {
+        for n in &san.value.general_names {
+            let (key, v) = match n {
+                GeneralName::URI(u) => ("URI", *u),
+                GeneralName::DNSName(d) => ("DNS", *d),
+                _ => continue,
+            };
+            out.push(';');
+            out.push_str(key);
+            out.push('=');
+            if v.bytes()
+                .any(|b| matches!(b, b',' | b';' | b'=' | b'"' | b'\\'))
+            {
+                quoted(&mut out, v);
+            } else {
+                out.push_str(v);
+            }
+        }
+    }
+    out
+}
+
+fn quoted(out: &mut String, v: &str) {
+    out.push('"');
+    for c in v.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // A header value is visible ASCII: control characters are dropped, others
+            // that are not ASCII shown as `?` (the Hash identifies the certificate exactly).
+            c if c.is_control() => {}
+            c if !c.is_ascii() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

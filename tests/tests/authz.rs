@@ -48,7 +48,8 @@ async fn deny_policy_and_path_normalisation() {
     let port = origin.port();
     let base = format!("http://api.test:{port}");
 
-    // BASE (the default): dot segments and encoded unreserved characters cannot hide /admin.
+    // DECODE_AND_MERGE_SLASHES (the default): dot segments, encoded unreserved characters,
+    // backslashes, runs of slashes and encoded slashes cannot hide /admin.
     let gw = Gateway::start(&(yaml.clone() + DENY_ADMIN), &[&args[0], &args[1]]);
     for path in [
         "/admin",
@@ -57,6 +58,11 @@ async fn deny_policy_and_path_normalisation() {
         "/%61dmin",
         "/admin/",
         "/a/..\\admin",
+        "//admin",
+        "/%2Fadmin",
+        "/x%2F..%2F%2Fadmin",
+        "/x%5c..%5cadmin",
+        "/.%2e/admin",
     ] {
         let r = get(&gw, &format!("{base}{path}")).await;
         assert_eq!(r.status, 403, "{path}: {r:?}\n{}", gw.log());
@@ -71,27 +77,72 @@ async fn deny_policy_and_path_normalisation() {
     // Paths are case-sensitive, as in Istio.
     let r = get(&gw, &format!("{base}/ADMIN")).await;
     assert_eq!(r.status, 200, "{r:?}");
-    // BASE keeps `//` and `%2F`: the path that is forwarded is the path that was checked.
-    let r = get(&gw, &format!("{base}//admin")).await;
+    // What is forwarded is the path that was checked; the query is never part of it and
+    // goes up unchanged.
+    let r = get(&gw, &format!("{base}/admin%2F..?next=/admin/../x&a=%2F")).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = get(&gw, &format!("{base}/admin%2F..")).await;
+    let r = get(&gw, &format!("{base}/pub//a/./b%2Fc?q=1")).await;
     assert_eq!(r.status, 200, "{r:?}");
     let seen: Vec<String> = origin.requests().iter().map(|s| s.uri.clone()).collect();
-    assert_eq!(seen, ["/ADMIN", "//admin", "/admin%2F.."]);
-    // Ambiguous paths are refused before any policy or upstream.
-    let r = get(&gw, &format!("{base}/a%zz")).await;
-    assert_eq!(r.status, 400, "{r:?}");
-    let r = get(&gw, &format!("{base}/a%00b")).await;
-    assert_eq!(r.status, 400, "{r:?}");
+    assert_eq!(
+        seen,
+        ["/ADMIN", "/?next=/admin/../x&a=%2F", "/pub/a/b/c?q=1"]
+    );
+    // Ambiguous paths are refused before any policy or upstream, and the connection closes.
+    for bad in [
+        "/a%zz",
+        "/a%00b",
+        "/admin;x=1",
+        "/a/..;/admin",
+        "/pub;jsessionid=1",
+    ] {
+        let r = get(&gw, &format!("{base}{bad}")).await;
+        assert_eq!(r.status, 400, "{bad}: {r:?}");
+        assert_eq!(
+            r.header("x-egress-denied").as_deref(),
+            Some("malformed"),
+            "{bad}"
+        );
+        assert_eq!(r.header("connection").as_deref(), Some("close"), "{bad}");
+    }
     assert!(gw.wait_log("authorization denied"), "{}", gw.log());
     assert!(gw.log().contains("istio-system/deny-admin"), "{}", gw.log());
     let metrics = curl_async(&[&format!("http://{}/metrics", gw.admin)])
         .await
         .body;
     assert!(
-        metrics.contains("egress_refusals_total{reason=\"rbac-denied\"} 6"),
+        metrics.contains("egress_refusals_total{reason=\"rbac-denied\"} 11"),
         "{metrics}"
     );
+    assert_eq!(origin.count(), 3);
+    drop(gw);
+
+    // --allow-path-parameters: the `;` is part of the segment the policy sees.
+    let gw = Gateway::start(
+        &(yaml.clone() + DENY_ADMIN),
+        &[&args[0], &args[1], "--allow-path-parameters"],
+    );
+    let r = get(&gw, &format!("{base}/pub;v=1")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(origin.requests().last().unwrap().uri, "/pub;v=1");
+    let r = get(&gw, &format!("{base}/admin/;x")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    drop(gw);
+
+    // BASE, as Istio's default, when asked for: `//` and `%2F` are kept, and the path that is
+    // forwarded is still the path that was checked.
+    let gw = Gateway::start(
+        &(yaml.clone() + DENY_ADMIN),
+        &[&args[0], &args[1], "--path-normalization=BASE"],
+    );
+    let r = get(&gw, &format!("{base}//admin")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(&gw, &format!("{base}/admin%2F..")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = get(&gw, &format!("{base}/x/../admin")).await;
+    assert_eq!(r.status, 403, "{r:?}");
+    let seen: Vec<String> = origin.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen[seen.len() - 2..], ["//admin", "/admin%2F.."]);
     drop(gw);
 
     // MERGE_SLASHES: `//admin` is `/admin`.
@@ -233,7 +284,7 @@ async fn policies_reload_atomically_and_a_bad_reload_keeps_the_old_ones() {
         .body;
     assert!(
         dump.contains("\"name\": \"istio-system/deny-admin\"")
-            && dump.contains("\"pathNormalization\": \"BASE\""),
+            && dump.contains("\"pathNormalization\": \"DECODE_AND_MERGE_SLASHES\""),
         "{dump}"
     );
     // A policy with an unknown condition key is refused; the DENY stays in force.

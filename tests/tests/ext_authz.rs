@@ -263,3 +263,49 @@ async fn request_body_in_check_and_its_limit() {
         "upstream gets it all"
     );
 }
+
+/// The authorizer is found as Envoy finds it, through the registry: a `ServiceEntry` with a
+/// `STATIC` endpoint (and that endpoint's own port) is all it takes, no `--resolve`. And
+/// what it may set upstream (`headersToUpstreamOnAllow`) is its alone: a client's copy is
+/// removed whether or not a check ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizer_from_the_registry_and_its_headers_cannot_be_forged() {
+    let origin = Origin::start().await;
+    let authz = authorizer().await;
+    let yaml = config(&origin, 9000, "")
+        + &format!(
+            r#"---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: ext-authz, namespace: foo}}
+spec:
+  hosts: [ext-authz.foo.svc.cluster.local]
+  ports: [{{number: 9000, name: http, protocol: HTTP}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{http: {}}}}}]
+"#,
+            authz.port
+        );
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!("--resolve=api.test:{}:127.0.0.1", origin.port())],
+    );
+    let forged = ["-H", "x-user: mallory", "-H", "x-user: root"];
+    let r = call(&gw, &origin, "/headers", "allow", &forged).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(
+        authz.checks.lock().unwrap().len(),
+        1,
+        "checked by the registered endpoint"
+    );
+    let seen = origin.requests().pop().unwrap();
+    let users: Vec<_> = seen.headers.get_all("x-user").iter().collect();
+    assert_eq!(users, ["alice"], "only the authorizer's value");
+
+    // No CUSTOM policy matches /other: no check, and still no client copy upstream.
+    let r = call(&gw, &origin, "/other", "allow", &forged).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(authz.checks.lock().unwrap().len(), 1);
+    let seen = origin.requests().pop().unwrap();
+    assert!(!seen.headers.contains_key("x-user"), "{seen:?}");
+}

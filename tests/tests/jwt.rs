@@ -167,7 +167,7 @@ async fn inline_jwks_tokens_and_failures() {
         );
     }
 
-    // Failures: 401 with the reason and a Bearer challenge; 403 for the audience.
+    // Failures: 401 with the reason and a Bearer challenge, the audience too (as Envoy).
     let mut expired = claims("alice");
     expired["exp"] = json!(now() - 3600);
     let mut early = claims("alice");
@@ -199,7 +199,7 @@ async fn inline_jwks_tokens_and_failures() {
         (
             "audience",
             ec.token(&wrong_aud),
-            403,
+            401,
             "Audiences in Jwt are not allowed",
         ),
         ("tampered", tampered, 401, "Jwt verification fails"),

@@ -518,9 +518,17 @@ spec:
     let url = |port: u16| format!("https://api.test:{port}/over-tls");
     let resolve = |port: u16| format!("api.test:{port}:127.0.0.1");
 
+    // Identity headers are the gateway's alone: a client's x-forwarded-client-cert is
+    // removed (SANITIZE) on a listener that verified no certificate...
+    let forged =
+        "x-forwarded-client-cert: By=spiffe://x;URI=spiffe://cluster.local/ns/admin/sa/root";
     let r = curl_async(&[
         "--cacert",
         &ca,
+        "-H",
+        forged,
+        "-H",
+        "x-egress-denied: none",
         "--resolve",
         &resolve(simple_port),
         &url(simple_port),
@@ -532,6 +540,12 @@ spec:
         "{r:?}\n{}",
         gw.log()
     );
+    let seen = origin.requests().pop().unwrap();
+    assert!(
+        !seen.headers.contains_key("x-forwarded-client-cert"),
+        "{seen:?}"
+    );
+    assert!(!seen.headers.contains_key("x-egress-denied"), "{seen:?}");
 
     let r = curl_async(&[
         "--cacert",
@@ -552,6 +566,8 @@ spec:
         &client.cert_path.display().to_string(),
         "--key",
         &client.key_path.display().to_string(),
+        "-H",
+        forged,
         "--resolve",
         &resolve(mutual_port),
         &url(mutual_port),
@@ -559,6 +575,29 @@ spec:
     .await;
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
     assert_eq!(origin.count(), 2);
+    // ... and set to the verified certificate (SANITIZE_SET) where one was verified.
+    let seen = origin.requests().pop().unwrap();
+    let xfcc: Vec<&str> = seen
+        .headers
+        .get_all("x-forwarded-client-cert")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+    let hash = xfcc[0]
+        .strip_prefix("Hash=")
+        .and_then(|r| r.split(';').next())
+        .unwrap();
+    assert!(
+        hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{xfcc:?}"
+    );
+    assert!(
+        xfcc[0].contains(";URI=spiffe://cluster.local/ns/apps/sa/client")
+            && xfcc[0].contains(";DNS=client.test")
+            && !xfcc[0].contains("ns/admin"),
+        "{xfcc:?}"
+    );
     // The client certificate's identity labels Istio's metrics.
     let m = curl_async(&[&format!("http://{}/metrics", gw.admin)])
         .await

@@ -122,12 +122,44 @@ impl Pattern {
 
     /// Whether `v` matches.
     pub fn matches(&self, v: &str) -> bool {
+        self.matches_bytes(v.as_bytes())
+    }
+
+    /// Whether the bytes `v` match: header values are bytes (obs-text is not UTF-8), and a
+    /// value that is not text still has a prefix, a suffix and an exact spelling.
+    pub fn matches_bytes(&self, v: &[u8]) -> bool {
         match self {
-            Pattern::Exact(e) => v == &**e,
-            Pattern::Prefix(p) => v.starts_with(&**p),
-            Pattern::Suffix(s) => v.ends_with(&**s),
+            Pattern::Exact(e) => v == e.as_bytes(),
+            Pattern::Prefix(p) => v.starts_with(p.as_bytes()),
+            Pattern::Suffix(s) => v.ends_with(s.as_bytes()),
             Pattern::Present => !v.is_empty(),
         }
+    }
+}
+
+/// A header value as HTTP reads it: without surrounding spaces and tabs.
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let Some(start) = start else { return &[] };
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(start);
+    &v[start..=end]
+}
+
+/// Removes every header whose (lower-case) name matches one of `patterns`.
+pub fn remove_matching(patterns: &[Pattern], headers: &mut http::HeaderMap) {
+    if patterns.is_empty() {
+        return;
+    }
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| patterns.iter().any(|p| p.matches(n.as_str())))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
     }
 }
 
@@ -418,7 +450,18 @@ impl CCondition {
         )
     }
 
-    fn matches(&self, a: &Attributes<'_>) -> bool {
+    /// Whether one header line satisfies the condition.
+    fn line_matches(&self, v: &[u8]) -> bool {
+        let v = trim_ows(v);
+        (self.values.is_empty() || self.values.iter().any(|p| p.matches_bytes(v)))
+            && !self.not_values.iter().any(|p| p.matches_bytes(v))
+    }
+
+    /// `all_lines`: a header sent on several lines satisfies the condition only if every
+    /// line does (ALLOW); otherwise if any line does (DENY, CUSTOM, AUDIT). Either way a
+    /// client cannot split a value across lines to slip past a policy that one line would
+    /// trigger, whichever line the origin reads.
+    fn matches(&self, a: &Attributes<'_>, all_lines: bool) -> bool {
         let strs = |v: Option<&str>| {
             (self.values.is_empty() || any(&self.values, v)) && !any(&self.not_values, v)
         };
@@ -439,20 +482,14 @@ impl CCondition {
                 match key {
                     Key::RemoteIp => ips(a.remote_ip),
                     Key::Header(name) => {
-                        let mut values = h.headers.get_all(name).iter();
-                        match (values.next(), values.next()) {
-                            (None, _) => strs(None),
-                            (Some(v), None) => strs(v.to_str().ok()),
-                            (Some(_), Some(_)) => {
-                                // Several lines: matched as Envoy does, joined with ",".
-                                let joined: Vec<&str> = h
-                                    .headers
-                                    .get_all(name)
-                                    .iter()
-                                    .filter_map(|v| v.to_str().ok())
-                                    .collect();
-                                strs(Some(&joined.join(",")))
-                            }
+                        let mut lines = h.headers.get_all(name).iter().peekable();
+                        if lines.peek().is_none() {
+                            return strs(None);
+                        }
+                        if all_lines {
+                            lines.all(|v| self.line_matches(v.as_bytes()))
+                        } else {
+                            lines.any(|v| self.line_matches(v.as_bytes()))
                         }
                     }
                     Key::AuthPrincipal => strs(h.auth.map(|x| &*x.principal)),
@@ -508,7 +545,10 @@ impl CRule {
         }
         (self.from.is_empty() || self.from.iter().any(|s| s.matches(a)))
             && (self.to.is_empty() || self.to.iter().any(|o| o.matches(a)))
-            && self.when.iter().all(|c| c.matches(a))
+            && self
+                .when
+                .iter()
+                .all(|c| c.matches(a, action == AuthzAction::Allow))
     }
 }
 
@@ -642,6 +682,9 @@ pub struct AuthzPolicies {
     allow: PolicyList,
     audit: PolicyList,
     providers: Vec<(Arc<str>, Arc<ExtAuthzHttp>)>,
+    /// `headersToUpstreamOnAllow` of every provider a CUSTOM policy in force uses: what
+    /// the authorizer alone may set upstream, so never taken from the client.
+    authorizer_headers: Arc<[Pattern]>,
     summary: Vec<PolicySummary>,
 }
 
@@ -719,6 +762,18 @@ impl AuthzPolicies {
                 action: p.action,
                 applies: Ok(compiled.rules.len()),
             });
+            if p.action == AuthzAction::Custom
+                && let Some(provider) = p.provider.as_deref().and_then(|n| set.provider(n))
+            {
+                let mut headers = set.authorizer_headers.to_vec();
+                for h in &provider.headers_to_upstream_on_allow {
+                    let pattern = Pattern::new(&h.to_ascii_lowercase());
+                    if !headers.contains(&pattern) {
+                        headers.push(pattern);
+                    }
+                }
+                set.authorizer_headers = headers.into();
+            }
             match p.action {
                 AuthzAction::Custom => set.custom.push(compiled),
                 AuthzAction::Deny => set.deny.push(compiled),
@@ -730,6 +785,17 @@ impl AuthzPolicies {
             return Err(errors);
         }
         Ok((set, diags))
+    }
+
+    /// Removes from a client's request every header that an authorizer in force may set
+    /// upstream (`headersToUpstreamOnAllow`): the upstream sees only the authorizer's values.
+    pub fn remove_authorizer_headers(&self, headers: &mut http::HeaderMap) {
+        remove_matching(&self.authorizer_headers, headers);
+    }
+
+    /// The patterns [`AuthzPolicies::remove_authorizer_headers`] removes.
+    pub fn authorizer_headers(&self) -> Arc<[Pattern]> {
+        self.authorizer_headers.clone()
     }
 
     /// Whether no CUSTOM policy applies.

@@ -2,15 +2,20 @@
 //! (`meshConfig.pathNormalization`): what a policy checks is what goes upstream.
 //!
 //! - `NONE`: the path as received.
-//! - `BASE` (the default): RFC 3986 section 6 normalisation: percent-encoded unreserved
+//! - `BASE` (Istio's default): RFC 3986 section 6 normalisation: percent-encoded unreserved
 //!   characters decoded, percent-encodings upper-cased, `\` read as `/`, dot segments
 //!   removed (never above the root).
 //! - `MERGE_SLASHES`: `BASE`, then runs of `/` merged.
-//! - `DECODE_AND_MERGE_SLASHES`: `%2F` and `%5C` decoded to `/` and `\` first, then
-//!   `MERGE_SLASHES`.
+//! - `DECODE_AND_MERGE_SLASHES` (this gateway's default): `%2F` and `%5C` decoded to `/`
+//!   and `\` first, then `MERGE_SLASHES`. A gateway in front of origins it does not know
+//!   cannot assume how they read `%2F` or `//`, so the strictest reading is the default, as
+//!   `REGISTRY_ONLY` is; an explicit MeshConfig or `--path-normalization` is honoured.
 //!
 //! A path that cannot be normalised without guessing (a bad percent-encoding, an encoded
 //! NUL, a fragment, a non-ASCII byte) is refused: two parsers could read it differently.
+//! So is, unless allowed, a path with parameters (`;` in a segment, `/admin;x=1`,
+//! `/a/..;/admin`): Tomcat, Jetty and Spring strip them before routing, a policy would not.
+//! The query string never takes part and is forwarded as received.
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -28,17 +33,22 @@ use tower::{Layer, Service};
 pub enum Normalization {
     /// As received.
     None,
-    /// RFC 3986 normalisation.
-    #[default]
+    /// RFC 3986 normalisation (Istio's default, `DEFAULT`).
     Base,
     /// `BASE` and merged slashes.
     MergeSlashes,
-    /// Decoded `%2F`/`%5C`, then `MERGE_SLASHES`.
+    /// Decoded `%2F`/`%5C`, then `MERGE_SLASHES`: the strictest, and this gateway's default.
+    #[default]
     DecodeAndMergeSlashes,
 }
 
 impl Normalization {
-    /// From Istio's names (`DEFAULT` is `BASE`).
+    /// Whether this mode reads fewer path spellings as one than the default does.
+    pub fn is_weaker_than_default(self) -> bool {
+        self != Normalization::default()
+    }
+
+    /// From Istio's names (`DEFAULT` is `BASE`, as in Istio).
     pub fn from_istio(s: &str) -> Self {
         match s {
             "NONE" => Normalization::None,
@@ -67,9 +77,18 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
-/// Normalises `path` (no query). Returns `None` when it is already normal (the common case
-/// costs no allocation).
+/// Normalises `path` (no query), refusing path parameters. Returns `None` when it is already
+/// normal (the common case costs no allocation).
 pub fn normalize(path: &str, mode: Normalization) -> Result<Option<String>, PathError> {
+    normalize_with(path, mode, false)
+}
+
+/// [`normalize`], with path parameters (`;`) allowed when `params` is true.
+pub fn normalize_with(
+    path: &str,
+    mode: Normalization,
+    params: bool,
+) -> Result<Option<String>, PathError> {
     let bytes = path.as_bytes();
     if !path.starts_with('/') {
         // `*` (OPTIONS) and authority-form have no path to normalise.
@@ -80,6 +99,11 @@ pub fn normalize(path: &str, mode: Normalization) -> Result<Option<String>, Path
     }
     if path.contains('#') {
         return Err(PathError("the path has a fragment"));
+    }
+    if !params && path.contains(';') {
+        return Err(PathError(
+            "the path has parameters (;), which origins strip and policies would not",
+        ));
     }
     if mode == Normalization::None {
         return Ok(None);
@@ -166,6 +190,7 @@ pub fn normalize(path: &str, mode: Normalization) -> Result<Option<String>, Path
 #[derive(Clone, Debug, Default)]
 pub struct PathNormalizeLayer {
     mode: Arc<ArcSwap<Normalization>>,
+    params: bool,
 }
 
 impl PathNormalizeLayer {
@@ -176,7 +201,17 @@ impl PathNormalizeLayer {
 
     /// A layer whose mode can be swapped at run time (a reload of MeshConfig).
     pub fn from_swap(mode: Arc<ArcSwap<Normalization>>) -> Self {
-        Self { mode }
+        Self {
+            mode,
+            params: false,
+        }
+    }
+
+    /// Lets paths with parameters (`/a;v=1/b`) through, for origins that use them: the
+    /// policy then sees the `;` and what follows it as part of the segment.
+    pub fn allow_path_parameters(mut self, allow: bool) -> Self {
+        self.params = allow;
+        self
     }
 }
 
@@ -187,6 +222,7 @@ impl<S> Layer<S> for PathNormalizeLayer {
         PathNormalize {
             inner,
             mode: self.mode.clone(),
+            params: self.params,
         }
     }
 }
@@ -196,6 +232,7 @@ impl<S> Layer<S> for PathNormalizeLayer {
 pub struct PathNormalize<S> {
     inner: S,
     mode: Arc<ArcSwap<Normalization>>,
+    params: bool,
 }
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for PathNormalize<S>
@@ -217,7 +254,7 @@ where
             return RefuseOr::inner(self.inner.call(req));
         }
         let mode = **self.mode.load();
-        match normalize(req.uri().path(), mode) {
+        match normalize_with(req.uri().path(), mode, self.params) {
             Ok(None) => RefuseOr::inner(self.inner.call(req)),
             Ok(Some(path)) => {
                 let pq = match req.uri().query() {

@@ -47,6 +47,21 @@ impl StringMatch {
             StringMatch::Present => true,
         }
     }
+
+    /// Whether the bytes `value` match; `None` when this matcher cannot evaluate them (a
+    /// regex over bytes that are not UTF-8), which callers treat as a refusal to match.
+    pub fn matches_bytes(&self, value: &[u8], ignore_case: bool) -> Option<bool> {
+        Some(match self {
+            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e.as_bytes()),
+            StringMatch::Exact(e) => value == e.as_bytes(),
+            StringMatch::Prefix(p) if ignore_case => value
+                .get(..p.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
+            StringMatch::Prefix(p) => value.starts_with(p.as_bytes()),
+            StringMatch::Regex(r) => r.is_match(std::str::from_utf8(value).ok()?),
+            StringMatch::Present => true,
+        })
+    }
 }
 
 /// `HTTPMatchRequest`.

@@ -1,8 +1,9 @@
 //! `JwtLayer`: validates JWTs on HTTP requests (see the module docs of [`crate::jwt`]).
 //!
 //! - Reads: [`Destination`] (for the `realm`). Inserts: [`RequestAuth`].
-//! - Refuses with `x-egress-denied: jwt-invalid`: **401** (invalid token), **403**
-//!   (audience not allowed). `CONNECT` tunnels carry no HTTP request to authenticate.
+//! - Refuses with `x-egress-denied: jwt-invalid`: **401** for every token that fails
+//!   (issuer, audience, key, expiry, signature). `CONNECT` tunnels carry no HTTP request
+//!   to authenticate.
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;

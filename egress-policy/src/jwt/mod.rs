@@ -6,7 +6,9 @@
 //!   no matching key, `alg: none` or a symmetric algorithm): **401** with
 //!   `www-authenticate: Bearer realm="…", error="invalid_token"` and a body naming the
 //!   failure.
-//! - A valid token whose audience is not allowed: **403**.
+//! - A token whose audience is not allowed fails authentication too: **401**, as every
+//!   failure of the token itself (Envoy's `jwt_authn`); 403 only ever comes from
+//!   authorization.
 //! - A valid token: [`RequestAuth`] (principal `iss/sub`, audiences, presenter, claims) in
 //!   the request extensions; the token removed before forwarding unless
 //!   `forwardOriginalToken`; `outputPayloadToHeader` / `outputClaimToHeaders` written — and
@@ -238,7 +240,7 @@ pub struct JwtPolicy {
 /// Why a request was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JwtFailure {
-    /// 401, or 403 for a disallowed audience.
+    /// Always 401: every failure of a token is a failure of authentication.
     pub status: StatusCode,
     /// Envoy's wording.
     pub message: String,
@@ -510,10 +512,7 @@ impl JwtPolicy {
                     if !rule.audiences.is_empty()
                         && !audiences.iter().any(|a| rule.audiences.contains(a))
                     {
-                        return Err(JwtFailure {
-                            status: StatusCode::FORBIDDEN,
-                            message: "Audiences in Jwt are not allowed".into(),
-                        });
+                        return Err(JwtFailure::invalid("Audiences in Jwt are not allowed"));
                     }
                     let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
                     let presenter = claims

@@ -118,8 +118,28 @@ where
             }
         };
         let authority = dst.host_header().to_str().unwrap_or("");
-        let Some(found) = table.route(host, dst.port(), dst.scheme().as_str(), authority, &req)
-        else {
+        let found = match table.route_checked(
+            host,
+            dst.port(),
+            dst.scheme().as_str(),
+            authority,
+            &req,
+        ) {
+            Ok(found) => found,
+            Err(name) => {
+                let why = format!(
+                    "egress: malformed request: header {name:?} is sent on several lines that a route reads differently\n"
+                );
+                return RouteFuture::Ready {
+                    response: Some(Rejection::new(RejectionKind::Malformed).respond(
+                        StatusCode::BAD_REQUEST,
+                        true,
+                        why,
+                    )),
+                };
+            }
+        };
+        let Some(found) = found else {
             return RouteFuture::Passthrough {
                 future: self.inner.call(req),
             };

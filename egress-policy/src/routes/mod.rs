@@ -373,20 +373,42 @@ impl RouteTable {
         authority: &str,
         req: &Request<B>,
     ) -> Option<Option<(&CompiledRoute, Option<usize>)>> {
-        let vs = self.lookup(host)?;
+        match self.route_checked(host, port, scheme, authority, req) {
+            Ok(found) => found,
+            Err(_) => self.lookup(host).map(|_| None),
+        }
+    }
+
+    /// [`RouteTable::route`], or the name of a header that a route matches and that the
+    /// request sends on several lines which the match reads differently (ambiguous: refuse).
+    pub fn route_checked<B>(
+        &self,
+        host: &str,
+        port: u16,
+        scheme: &str,
+        authority: &str,
+        req: &Request<B>,
+    ) -> Result<Option<Option<(&CompiledRoute, Option<usize>)>>, String> {
+        let Some(vs) = self.lookup(host) else {
+            return Ok(None);
+        };
+        let mut ambiguous = None;
         for route in &vs.routes {
             if route.matches.is_empty() {
-                return Some(Some((route, None)));
+                return Ok(Some(Some((route, None))));
             }
-            if let Some(i) = route
+            let hit = route
                 .matches
                 .iter()
-                .position(|m| matches(m, port, scheme, authority, req))
-            {
-                return Some(Some((route, Some(i))));
+                .position(|m| matches(m, port, scheme, authority, req, &mut ambiguous));
+            if let Some(name) = ambiguous {
+                return Err(name);
+            }
+            if let Some(i) = hit {
+                return Ok(Some(Some((route, Some(i)))));
             }
         }
-        Some(None)
+        Ok(Some(None))
     }
 
     /// Whether a request falls within `percent` of all (from the same sequence as
@@ -652,7 +674,14 @@ fn retry_policy(r: &crate::istio::Retries) -> RetryPolicy {
 }
 
 /// Whether one match block applies (AND of its conditions).
-fn matches<B>(m: &HttpMatch, port: u16, scheme: &str, authority: &str, req: &Request<B>) -> bool {
+fn matches<B>(
+    m: &HttpMatch,
+    port: u16,
+    scheme: &str,
+    authority: &str,
+    req: &Request<B>,
+    ambiguous: &mut Option<String>,
+) -> bool {
     if m.port.is_some_and(|p| p != port) {
         return false;
     }
@@ -677,14 +706,16 @@ fn matches<B>(m: &HttpMatch, port: u16, scheme: &str, authority: &str, req: &Req
         return false;
     }
     for (name, sm) in &m.headers {
-        match header_value(req, name) {
-            Some(v) if sm.matches(&v, false) => {}
+        match header_verdict(req, name, sm, ambiguous) {
+            Verdict::Yes => {}
             _ => return false,
         }
     }
     for (name, sm) in &m.without_headers {
-        if header_value(req, name).is_some_and(|v| sm.matches(&v, false)) {
-            return false;
+        match header_verdict(req, name, sm, ambiguous) {
+            Verdict::Absent | Verdict::No => {}
+            // A value this matcher cannot read may be the one it excludes.
+            _ => return false,
         }
     }
     for (name, sm) in &m.query_params {
@@ -701,25 +732,40 @@ fn matches<B>(m: &HttpMatch, port: u16, scheme: &str, authority: &str, req: &Req
     true
 }
 
-/// A header's value as Envoy matches it: several values joined by `,`.
-fn header_value<'a, B>(req: &'a Request<B>, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    let mut all = req
-        .headers()
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok());
-    let first = all.next()?;
-    match all.next() {
-        None => Some(std::borrow::Cow::Borrowed(first)),
-        Some(second) => {
-            let mut joined = format!("{first},{second}");
-            for v in all {
-                joined.push(',');
-                joined.push_str(v);
-            }
-            Some(std::borrow::Cow::Owned(joined))
+/// What one header match says of a request's header.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Verdict {
+    Absent,
+    Yes,
+    No,
+    /// Some line cannot be evaluated (a regex over bytes that are not UTF-8).
+    Unknown,
+}
+
+/// Matches every line of the header (bytes, surrounding whitespace trimmed). Lines that
+/// disagree make the request ambiguous: an origin reading the first line and one reading
+/// the last would be routed differently, so `ambiguous` names the header and the request is
+/// refused by the caller.
+fn header_verdict<B>(
+    req: &Request<B>,
+    name: &str,
+    sm: &StringMatch,
+    ambiguous: &mut Option<String>,
+) -> Verdict {
+    let mut verdict = Verdict::Absent;
+    for line in req.headers().get_all(name) {
+        let v = match sm.matches_bytes(crate::authz::trim_ows(line.as_bytes()), false) {
+            Some(true) => Verdict::Yes,
+            Some(false) => Verdict::No,
+            None => return Verdict::Unknown,
+        };
+        if verdict != Verdict::Absent && verdict != v {
+            ambiguous.get_or_insert_with(|| name.to_owned());
+            return Verdict::Unknown;
         }
+        verdict = v;
     }
+    verdict
 }
 
 impl StringMatch {
