@@ -97,6 +97,23 @@ pub struct IdleTimeout<B> {
     timeout: Option<Duration>,
     sleep: Option<Pin<Box<Sleep>>>,
     armed: bool,
+    /// A client's request body: its errors are the client's ([`ClientBodyError`]).
+    client: bool,
+}
+
+/// A request body from the client failed (a malformed chunk, a reset, a stall) while it
+/// was being sent upstream: the client's fault, reported as such rather than as the
+/// upstream's.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub BoxError);
+
+impl ClientBodyError {
+    /// Whether the body stalled for longer than the idle timeout (rather than being broken).
+    pub fn is_timeout(&self) -> bool {
+        crate::error::cause_ref::<BodyIdleTimeout>(&*self.0).is_some()
+            || self.0.is::<BodyIdleTimeout>()
+    }
 }
 
 /// The error of an [`IdleTimeout`] body that waited too long.
@@ -112,6 +129,23 @@ impl<B> IdleTimeout<B> {
             timeout,
             sleep: None,
             armed: false,
+            client: false,
+        }
+    }
+
+    /// Wraps a client's request body: its errors become [`ClientBodyError`]s.
+    pub fn for_request(inner: B, timeout: Option<Duration>) -> Self {
+        Self {
+            client: true,
+            ..Self::new(inner, timeout)
+        }
+    }
+
+    fn error(&self, e: BoxError) -> BoxError {
+        if self.client {
+            Box::new(ClientBodyError(e))
+        } else {
+            e
         }
     }
 }
@@ -131,7 +165,7 @@ where
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            return Poll::Ready(frame.map(|f| f.map_err(|e| this.error(e.into()))));
         }
         let Some(timeout) = this.timeout else {
             return Poll::Pending;
@@ -149,7 +183,7 @@ where
             None => false,
         };
         if expired {
-            return Poll::Ready(Some(Err(BodyIdleTimeout(timeout).into())));
+            return Poll::Ready(Some(Err(this.error(BodyIdleTimeout(timeout).into()))));
         }
         Poll::Pending
     }

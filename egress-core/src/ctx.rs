@@ -506,6 +506,8 @@ pub enum RejectionKind {
     BodyTooLarge,
     /// `--max-tunnels` tunnels are open; this one would exceed the cap (429).
     TunnelLimit,
+    /// The client's request body stalled for longer than `--body-idle-timeout` (408).
+    BodyTimeout,
 }
 
 impl RejectionKind {
@@ -526,6 +528,7 @@ impl RejectionKind {
             RejectionKind::ExtAuthzError => "ext-authz-error",
             RejectionKind::BodyTooLarge => "body-too-large",
             RejectionKind::TunnelLimit => "tunnel-limit",
+            RejectionKind::BodyTimeout => "request-body-timeout",
         }
     }
 }

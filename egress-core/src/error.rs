@@ -29,6 +29,11 @@ pub enum UpstreamErrorKind {
     Protocol,
     /// The TLS handshake with the upstream failed (untrusted or mismatched certificate...).
     TlsHandshake,
+    /// The client's request body was malformed (a bad chunk) after the upstream request
+    /// had started: 400, and the upstream connection is discarded.
+    ClientBodyMalformed,
+    /// The client's request body stalled for longer than the body idle timeout: 408.
+    ClientBodyTimeout,
 }
 
 impl UpstreamErrorKind {
@@ -44,6 +49,8 @@ impl UpstreamErrorKind {
             UpstreamErrorKind::ResponseTimeout => "upstream-timeout",
             UpstreamErrorKind::Protocol => "upstream-protocol-error",
             UpstreamErrorKind::TlsHandshake => "tls-handshake-failed",
+            UpstreamErrorKind::ClientBodyMalformed => "malformed",
+            UpstreamErrorKind::ClientBodyTimeout => "request-body-timeout",
         }
     }
 
@@ -51,7 +58,10 @@ impl UpstreamErrorKind {
     pub fn is_refusal(self) -> bool {
         matches!(
             self,
-            UpstreamErrorKind::IpDenied | UpstreamErrorKind::LoopDetected
+            UpstreamErrorKind::IpDenied
+                | UpstreamErrorKind::LoopDetected
+                | UpstreamErrorKind::ClientBodyMalformed
+                | UpstreamErrorKind::ClientBodyTimeout
         )
     }
 }

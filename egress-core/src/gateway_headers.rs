@@ -64,9 +64,10 @@ pub struct GatewayHeaders<S> {
     extra: Arc<[HeaderName]>,
 }
 
-/// Removes every `x-egress-*` header and `x-forwarded-client-cert`, and the `extra` names.
-pub fn sanitize(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    // Most requests carry none: look before building a list of names to remove.
+/// Removes every `x-egress-*` header: in a request from a client, or in a response from an
+/// upstream, these can only be forgeries of what this gateway says.
+pub fn remove_gateway_headers(headers: &mut HeaderMap) {
+    // Most messages carry none: look before building a list of names to remove.
     let forged = |n: &HeaderName| n.as_str().as_bytes().starts_with(GATEWAY_PREFIX);
     if headers.keys().any(forged) {
         let names: Vec<HeaderName> = headers.keys().filter(|n| forged(n)).cloned().collect();
@@ -74,6 +75,11 @@ pub fn sanitize(headers: &mut HeaderMap, extra: &[HeaderName]) {
             headers.remove(n);
         }
     }
+}
+
+/// Removes every `x-egress-*` header and `x-forwarded-client-cert`, and the `extra` names.
+pub fn sanitize(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    remove_gateway_headers(headers);
     headers.remove(FORWARDED_CLIENT_CERT);
     for n in extra {
         headers.remove(n);

@@ -5,9 +5,8 @@
 //! `Proxy-Authorization`, which was meant for this hop only; it appends this gateway to `Via`.
 //! A request whose `Via` already names this gateway has looped and gets **508**. A request
 //! with both `Transfer-Encoding` and `Content-Length` is framed ambiguously and gets **400**.
-//! On the way down it removes hop-by-hop headers, `Proxy-Authenticate` and any
-//! `x-egress-denied` / `x-egress-error` an upstream sent (only this gateway may say those),
-//! and adds `Via`.
+//! On the way down it removes hop-by-hop headers, `Proxy-Authenticate` and any `x-egress-*`
+//! header an upstream sent (only this gateway may say those), and adds `Via`.
 //!
 //! - Reads: request headers. Refuses: [`RejectionKind::LoopDetected`] (508),
 //!   [`RejectionKind::Malformed`] (400).
@@ -22,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use crate::ctx::{DENIED_HEADER, ERROR_HEADER, Rejection, RejectionKind};
+use crate::ctx::{Rejection, RejectionKind};
 use crate::respond::RefuseOr;
 
 /// The configuration: the pseudonym this gateway writes in `Via`.
@@ -212,9 +211,9 @@ where
             let headers = rsp.headers_mut();
             remove_hop_by_hop(headers);
             headers.remove(header::PROXY_AUTHENTICATE);
-            // Only this gateway speaks these tokens: an upstream must not forge a refusal.
-            headers.remove(DENIED_HEADER);
-            headers.remove(ERROR_HEADER);
+            // Only this gateway speaks `x-egress-*`: an upstream must not forge a refusal,
+            // an error or any other fact of the gateway's.
+            crate::gateway_headers::remove_gateway_headers(headers);
             append_via(headers, this.via);
         }
         Poll::Ready(Ok(rsp))
@@ -224,6 +223,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ctx::DENIED_HEADER;
     use std::convert::Infallible;
     use tower::{ServiceExt, service_fn};
 
@@ -245,6 +245,8 @@ mod tests {
                 .insert("x-secret", HeaderValue::from_static("s"));
             rsp.headers_mut()
                 .insert(DENIED_HEADER, HeaderValue::from_static("forged"));
+            rsp.headers_mut()
+                .insert("x-egress-fault", HeaderValue::from_static("abort"));
             Ok::<_, Infallible>(rsp)
         }));
         let req = Request::builder()
@@ -262,6 +264,7 @@ mod tests {
             rsp.headers().get(DENIED_HEADER).is_none(),
             "upstream forged a refusal"
         );
+        assert!(rsp.headers().get("x-egress-fault").is_none());
         assert_eq!(rsp.headers()[header::VIA], "1.1 egress-gateway");
     }
 

@@ -37,11 +37,14 @@ pub fn error_response<B: From<Bytes>>(error: &(dyn std::error::Error + 'static))
     let status = status_for(kind);
     let body = format!("egress: {upstream}\n");
     if kind.is_refusal() {
-        let rejection = match kind {
-            UpstreamErrorKind::LoopDetected => RejectionKind::LoopDetected,
-            _ => RejectionKind::IpDenied,
+        let (rejection, close) = match kind {
+            UpstreamErrorKind::LoopDetected => (RejectionKind::LoopDetected, false),
+            // The client's framing broke: nothing more can be read from its connection.
+            UpstreamErrorKind::ClientBodyMalformed => (RejectionKind::Malformed, true),
+            UpstreamErrorKind::ClientBodyTimeout => (RejectionKind::BodyTimeout, true),
+            _ => (RejectionKind::IpDenied, false),
         };
-        return Rejection::new(rejection).respond(status, false, body);
+        return Rejection::new(rejection).respond(status, close, body);
     }
     tracing::info!(error = kind.token(), %status, why = %upstream, "upstream failure");
     let mut rsp = Response::new(B::from(Bytes::from(body)));
@@ -64,6 +67,8 @@ pub fn status_for(kind: UpstreamErrorKind) -> StatusCode {
         UpstreamErrorKind::LoopDetected => StatusCode::LOOP_DETECTED,
         UpstreamErrorKind::DnsFailed => StatusCode::SERVICE_UNAVAILABLE,
         UpstreamErrorKind::TlsHandshake => StatusCode::BAD_GATEWAY,
+        UpstreamErrorKind::ClientBodyMalformed => StatusCode::BAD_REQUEST,
+        UpstreamErrorKind::ClientBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
     }
 }

@@ -89,6 +89,9 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
                 .map(Into::into)
                 .or_else(|| config.mesh.as_ref().and_then(|m| m.path_normalization))
                 .unwrap_or_default();
+            if let Some(d) = weak_normalization(&config, normalization) {
+                diagnostics.push(d);
+            }
             Ok(Loaded {
                 registry,
                 routes,
@@ -102,6 +105,53 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
         }
         Err(d) => Err(LoadError::Invalid(d)),
     }
+}
+
+/// A warning when a normalisation weaker than the default meets rules that match paths:
+/// those rules then see spellings (`//admin`, `%2Fadmin`) that an origin may read as the
+/// path they protect.
+fn weak_normalization(
+    config: &ConfigSet,
+    mode: Normalization,
+) -> Option<egress_policy::diag::Diagnostic> {
+    if !mode.is_weaker_than_default() {
+        return None;
+    }
+    let policy = config.authorization_policies.iter().find(|p| {
+        p.rules.iter().flatten().any(|r| {
+            r.to.iter()
+                .any(|o| !o.paths.is_empty() || !o.not_paths.is_empty())
+        })
+    });
+    let route = config.virtual_services.iter().find(|vs| {
+        vs.http
+            .iter()
+            .any(|r| r.matches.iter().any(|m| m.uri.is_some()))
+    });
+    let (meta, kind, field) = match (policy, route) {
+        (Some(p), _) => (
+            &p.meta,
+            "AuthorizationPolicy",
+            "spec.rules[].to[].operation.paths",
+        ),
+        (None, Some(vs)) => (&vs.meta, "VirtualService", "spec.http[].match[].uri"),
+        (None, None) => return None,
+    };
+    let name = serde_json::to_value(mode)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Some(egress_policy::diag::Diagnostic {
+        severity: egress_policy::diag::Severity::Warning,
+        file: meta.file.clone(),
+        line: meta.line,
+        col: 1,
+        resource: Some(format!("{kind} {}", meta.id()).into()),
+        field: field.to_owned(),
+        message: format!(
+            "path normalisation is {name}, weaker than this gateway's default DECODE_AND_MERGE_SLASHES: rules on paths may not see //, %2F or %5C spellings the origin reads as the same path"
+        ),
+    })
 }
 
 #[cfg(test)]

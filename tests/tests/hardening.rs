@@ -125,8 +125,9 @@ async fn content_length_beside_chunked_is_framed_by_the_chunks_and_closes() {
     }
 }
 
-/// A body that breaks after the upstream request started: the exchange fails, the client
-/// connection closes, and the half-sent upstream connection is never reused.
+/// A body that breaks after the upstream request started: the client gets 400 (its body,
+/// not the upstream, failed), its connection closes, and the half-sent upstream connection
+/// is never reused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_body_discards_the_upstream_connection() {
     let origin = Origin::start().await;
@@ -149,9 +150,14 @@ async fn a_broken_body_discards_the_upstream_connection() {
             "POST http://api.test:{p}/upload HTTP/1.1\r\nHost: api.test:{p}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n{bad_chunk}"
         );
         let (reply, closed) = raw_exchange_async(gw.proxy, req.as_bytes()).await;
-        let s = status(&reply);
+        // The client's framing broke, not the upstream: 400 malformed, and closed.
+        assert_eq!(status(&reply), 400, "{bad_chunk:?}: {reply}");
         assert!(
-            s == 400 || s == 502 || reply.is_empty(),
+            reply.contains("x-egress-denied: malformed"),
+            "{bad_chunk:?}: {reply}"
+        );
+        assert!(
+            reply.contains("connection: close"),
             "{bad_chunk:?}: {reply}"
         );
         assert!(closed, "{bad_chunk:?}: connection left open: {reply}");
@@ -422,4 +428,33 @@ spec:
     assert_eq!(origin.requests().pop().unwrap().uri, "/pub/y/z?a=/../b");
     let r = get("/pub;x=1").await;
     assert_eq!(r.status, 400, "{r:?}");
+}
+
+/// `check` warns when a normalisation weaker than the default meets rules on paths, and
+/// says nothing of the default.
+#[test]
+fn check_warns_of_weak_path_normalisation_beside_path_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.yaml");
+    let policy = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: deny-admin, namespace: istio-system}\nspec:\n  action: DENY\n  rules:\n  - to: [{operation: {paths: [\"/admin*\"]}}]\n";
+    std::fs::write(&path, policy).unwrap();
+    let check = |args: &[&str]| {
+        let out = std::process::Command::new(egress_tests::gateway_bin())
+            .arg("check")
+            .arg("--config")
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let warned = check(&["--path-normalization", "BASE"]);
+    assert!(
+        warned.contains("policy.yaml:1:1: warning: AuthorizationPolicy istio-system/deny-admin")
+            && warned.contains("path normalisation is BASE, weaker than"),
+        "{warned}"
+    );
+    let quiet = check(&[]);
+    assert!(!quiet.contains("weaker than"), "{quiet}");
 }

@@ -224,7 +224,8 @@ where
                     },
                 );
                 let authority = pool_authority(&sni, port, scheme == Scheme::HTTPS)?;
-                let req = prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::new(b, idle));
+                let req = prepare(req, &dst, scheme, authority)?
+                    .map(|b| IdleTimeout::for_request(b, idle));
                 let send = client.request(req);
                 let result = match timeout {
                     Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
@@ -292,7 +293,8 @@ where
             } else {
                 Scheme::HTTP
             };
-            let req = prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::new(b, idle));
+            let req =
+                prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::for_request(b, idle));
             let send = client.request(req);
             let result = match timeout {
                 Some(t) => match tokio::time::timeout(t, send).await {
@@ -419,6 +421,18 @@ fn classify(
     if let Some(inner) = crate::error::cause_ref::<UpstreamError>(&e) {
         // The connector already said what failed (a TLS handshake, say).
         return UpstreamError::new(inner.kind(), inner.to_string());
+    }
+    if let Some(body) = crate::error::cause_ref::<crate::body::ClientBodyError>(&e) {
+        let (kind, what) = if body.is_timeout() {
+            (UpstreamErrorKind::ClientBodyTimeout, "stalled")
+        } else {
+            (UpstreamErrorKind::ClientBodyMalformed, "is malformed")
+        };
+        return UpstreamError::new(
+            kind,
+            format!("{dst}: the request body {what}; the upstream request to {addr} was aborted"),
+        )
+        .with_source(e);
     }
     if e.is_connect() {
         let timed_out = crate::error::cause_ref::<std::io::Error>(&e)

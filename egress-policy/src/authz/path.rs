@@ -342,4 +342,22 @@ mod tests {
         }
         assert_eq!(normalize("/plain/path", Base), Ok(Option::None));
     }
+
+    #[test]
+    fn path_parameters_are_refused_unless_allowed() {
+        for mode in [None, Base, MergeSlashes, DecodeAndMergeSlashes] {
+            for p in ["/admin;x=1", "/a/..;/admin", "/;"] {
+                assert!(normalize(p, mode).is_err(), "{p} {mode:?}");
+            }
+        }
+        assert_eq!(
+            normalize_with("/a;v=1/../b", Base, true),
+            Ok(Some("/b".into()))
+        );
+        assert_eq!(normalize_with("/a;v=1", Base, true), Ok(Option::None));
+        // An encoded `;` is data, not a parameter.
+        assert_eq!(normalize("/a%3Bb", Base), Ok(Option::None));
+        assert_eq!(Normalization::default(), DecodeAndMergeSlashes);
+        assert!(Base.is_weaker_than_default() && !DecodeAndMergeSlashes.is_weaker_than_default());
+    }
 }

@@ -621,3 +621,70 @@ fn the_host_index_keeps_declaration_order() {
     assert_eq!(who(&a("example.org", "192.0.2.1")), None);
     assert_eq!(who(&a("other.com", "192.0.2.1")), None);
 }
+
+/// Header conditions read bytes, and several lines never help a client: a DENY fires on any
+/// line, an ALLOW needs every line.
+#[test]
+fn header_conditions_on_bytes_and_lines() {
+    let deny = policies(&policy(
+        "DENY",
+        "  rules:\n  - when: [{key: \"request.headers[X-User]\", values: [\"evil*\"]}]\n  - when: [{key: \"request.headers[x-env]\", notValues: [\"prod\"]}]\n",
+    ));
+    let allow = policies(&policy(
+        "ALLOW",
+        "  rules:\n  - when: [{key: \"request.headers[x-team]\", values: [\"blue\", \"*-ops\"]}]\n",
+    ));
+    let run = |p: &AuthzPolicies, lines: &[(&'static str, &[u8])]| {
+        let mut headers = HeaderMap::new();
+        for (k, v) in lines {
+            headers.append(
+                http::HeaderName::from_static(k),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        let a = Attributes {
+            http: Some(HttpAttributes {
+                method: "GET",
+                path: "/",
+                headers: &headers,
+                auth: None,
+            }),
+            source_ip: None,
+            remote_ip: None,
+            principal: None,
+            namespace: None,
+            host: "api.example.com",
+            port: 80,
+            destination_ip: None,
+            sni: None,
+        };
+        p.evaluate(&a).allowed
+    };
+    let prod: (&str, &[u8]) = ("x-env", b"prod");
+    assert!(run(&deny, &[prod]));
+    assert!(
+        !run(&deny, &[prod, ("x-user", b"evil\xff")]),
+        "obs-text prefix"
+    );
+    assert!(!run(&deny, &[prod, ("x-user", b"  evil  ")]), "trimmed");
+    assert!(
+        !run(&deny, &[prod, ("x-user", b"ok"), ("x-user", b"evil")]),
+        "any line"
+    );
+    assert!(
+        !run(&deny, &[prod, ("x-env", b"dev")]),
+        "notValues on any line"
+    );
+    assert!(!run(&deny, &[]), "notValues of an absent header");
+    assert!(run(&deny, &[prod, ("x-user", b"\xffevil")]));
+
+    assert!(run(&allow, &[("x-team", b"blue")]));
+    assert!(run(&allow, &[("x-team", b"blue"), ("x-team", b"db-ops")]));
+    assert!(
+        !run(&allow, &[("x-team", b"blue"), ("x-team", b"red")]),
+        "every line"
+    );
+    assert!(!run(&allow, &[("x-team", b"blue\xff")]), "exact bytes");
+    assert!(run(&allow, &[("x-team", b"\xff-ops")]), "suffix of bytes");
+    assert!(!run(&allow, &[]));
+}

@@ -392,3 +392,70 @@ fn gateway_binding_picks_the_hop() {
     );
     assert!(!warnings.to_string().contains("sidecar-only"), "{warnings}");
 }
+
+/// Header matches read bytes; lines that a match reads differently are ambiguous, and a
+/// regex that cannot read a value never takes its route.
+#[test]
+fn header_matches_on_bytes_and_lines() {
+    let t = table(&vs(r#"  - name: exact
+    match: [{headers: {x-user: {exact: alice}}}]
+    directResponse: {status: 200}
+  - name: without
+    match: [{withoutHeaders: {x-debug: {regex: "on|yes"}}, uri: {prefix: /w}}]
+    directResponse: {status: 200}
+  - name: regex
+    match: [{headers: {x-ver: {regex: "v[0-9]+"}}}]
+    directResponse: {status: 200}
+  - name: rest
+    directResponse: {status: 200}
+"#));
+    let with = |lines: &[(&'static str, &'static [u8])], uri: &str| {
+        let mut r = req("GET", uri, &[]);
+        for (k, v) in lines {
+            r.headers_mut().append(
+                http::HeaderName::from_static(k),
+                http::HeaderValue::from_bytes(v).unwrap(),
+            );
+        }
+        r
+    };
+    let pick = |r: &Request<()>| {
+        t.route_checked("api.example.com", 80, "http", "api.example.com", r)
+            .map(|f| {
+                f.unwrap()
+                    .unwrap()
+                    .0
+                    .id
+                    .rsplit('/')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+    };
+    assert_eq!(pick(&with(&[("x-user", b"alice")], "/")).unwrap(), "exact");
+    assert_eq!(
+        pick(&with(&[("x-user", b" alice ")], "/")).unwrap(),
+        "exact"
+    );
+    assert_eq!(
+        pick(&with(&[("x-user", b"alice\xff")], "/")).unwrap(),
+        "rest"
+    );
+    assert_eq!(
+        pick(&with(&[("x-user", b"alice"), ("x-user", b"alice")], "/")).unwrap(),
+        "exact"
+    );
+    assert_eq!(
+        pick(&with(&[("x-user", b"alice"), ("x-user", b"bob")], "/")),
+        Err("x-user".to_owned())
+    );
+    assert_eq!(pick(&with(&[("x-ver", b"v12")], "/")).unwrap(), "regex");
+    assert_eq!(pick(&with(&[("x-ver", b"v1\xff")], "/")).unwrap(), "rest");
+    assert_eq!(pick(&with(&[], "/w")).unwrap(), "without");
+    assert_eq!(pick(&with(&[("x-debug", b"on")], "/w")).unwrap(), "rest");
+    assert_eq!(
+        pick(&with(&[("x-debug", b"\xff")], "/w")).unwrap(),
+        "rest",
+        "cannot read: excluded"
+    );
+}
