@@ -153,6 +153,7 @@ impl Gateway {
         let proxy_headers = ProxyHeadersConfig::new(&args.via_name)
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
         let ext_authz_overrides = overrides;
+        let ext_authz_dial = ext_authz_overrides.clone();
         let Loaded {
             registry,
             routes,
@@ -211,10 +212,25 @@ impl Gateway {
                 .with_timeout(args.mirror_timeout)
                 .with_shadow_suffix(args.mirror_host_suffix),
         );
-        let otlp_tls: Option<Arc<dyn egress_core::transport::ProxyTls>> = match &args.otlp_endpoint
-        {
+        // Traces go to --otlp-endpoint, else to MeshConfig's default tracing provider (an
+        // `opentelemetry` extension provider), reached through the registry as Envoy would.
+        let (otlp_endpoint, otlp_protocol) = match &args.otlp_endpoint {
+            Some(e) => (Some(e.clone()), args.otlp_protocol),
+            None => match config
+                .mesh
+                .as_ref()
+                .and_then(mesh_collector(&registry.load(), &ext_authz_dial))
+            {
+                Some((uri, protocol, name)) => {
+                    tracing::info!(provider = %name, endpoint = %uri, "traces exported to MeshConfig's default tracing provider");
+                    (Some(uri), protocol)
+                }
+                None => (None, args.otlp_protocol),
+            },
+        };
+        let otlp_tls: Option<Arc<dyn egress_core::transport::ProxyTls>> = match &otlp_endpoint {
             Some(e) if e.scheme_str() == Some("https") => {
-                let alpn = match args.otlp_protocol {
+                let alpn = match otlp_protocol {
                     crate::cli::OtlpProtocolArg::Grpc => vec![b"h2".to_vec()],
                     crate::cli::OtlpProtocolArg::Http => vec![b"http/1.1".to_vec()],
                 };
@@ -224,10 +240,10 @@ impl Gateway {
             }
             _ => None,
         };
-        let tracer = args.otlp_endpoint.as_ref().map(|endpoint| {
+        let tracer = otlp_endpoint.as_ref().map(|endpoint| {
             let mut c =
                 egress_core::trace::TraceConfig::new(endpoint.clone(), &args.config.gateway_name);
-            c.protocol = match args.otlp_protocol {
+            c.protocol = match otlp_protocol {
                 crate::cli::OtlpProtocolArg::Http => egress_core::trace::OtlpProtocol::HttpProtobuf,
                 crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
             };
@@ -375,13 +391,13 @@ impl Gateway {
                 server.tls,
             ));
         }
-        if let Some(endpoint) = &args.otlp_endpoint
+        if let Some(endpoint) = &otlp_endpoint
             && !args.otlp_metrics_interval.is_zero()
         {
             let state = state.clone();
             egress_core::trace::spawn_metrics_export(egress_core::trace::MetricsExport {
                 endpoint: endpoint.clone(),
-                protocol: match args.otlp_protocol {
+                protocol: match otlp_protocol {
                     crate::cli::OtlpProtocolArg::Http => {
                         egress_core::trace::OtlpProtocol::HttpProtobuf
                     }
@@ -458,6 +474,32 @@ impl Gateway {
             f.flush();
         }
         Ok(())
+    }
+}
+
+/// The collector of MeshConfig's `defaultProviders.tracing`: the first name that is an
+/// `opentelemetry` provider, dialled through the registry (`ServiceEntry` endpoints), then
+/// `--resolve`, then DNS.
+fn mesh_collector<'a>(
+    registry: &'a egress_policy::Registry,
+    overrides: &'a egress_core::transport::Overrides,
+) -> impl FnOnce(
+    &egress_policy::istio::mesh::MeshConfig,
+) -> Option<(http::Uri, crate::cli::OtlpProtocolArg, String)>
++ 'a {
+    move |mesh| {
+        let p = mesh
+            .default_tracing
+            .iter()
+            .find_map(|name| mesh.otel_providers.iter().find(|p| &p.name == name))?;
+        let target = registry.service_target(&p.service, p.port);
+        let authority = egress_policy::registry::dial_target(&target, p.port, overrides);
+        let (path, protocol) = match &p.http_path {
+            Some(path) => (path.as_str(), crate::cli::OtlpProtocolArg::Http),
+            None => ("", crate::cli::OtlpProtocolArg::Grpc),
+        };
+        let uri = format!("http://{authority}{path}").parse().ok()?;
+        Some((uri, protocol, p.name.clone()))
     }
 }
 

@@ -128,29 +128,11 @@ impl ExtAuthzLayer {
     /// Where a provider's checks are sent: a registered endpoint of its `service`, else
     /// `--resolve`, else the name itself (resolved by DNS when dialled).
     fn target(&self, p: &ExtAuthzHttp) -> String {
-        if let Some(registry) = &self.registry {
-            let registry = registry.load();
-            let name = p.service.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(rp) = registry.lookup_name(&name, p.port) {
-                let port = rp.plan.port.unwrap_or(p.port);
-                match rp.plan.targets.first() {
-                    Some(egress_core::ctx::Target::Addr(a)) => return a.to_string(),
-                    Some(egress_core::ctx::Target::Name(n, np)) => {
-                        return format!("{n}:{}", np.unwrap_or(port));
-                    }
-                    None if port != p.port => return format!("{}:{port}", p.service),
-                    None => {}
-                }
-            }
-        }
-        match self
-            .overrides
-            .get(&p.service, p.port)
-            .and_then(|a| a.first())
-        {
-            Some(a) => a.socket(p.port).to_string(),
-            None => format!("{}:{}", p.service, p.port),
-        }
+        let target = match &self.registry {
+            Some(r) => r.load().service_target(&p.service, p.port),
+            None => egress_core::ctx::Target::Name(p.service.as_str().into(), Some(p.port)),
+        };
+        crate::registry::dial_target(&target, p.port, &self.overrides)
     }
 
     /// Addresses for authorizer names (the gateway's `--resolve`), tried before DNS.

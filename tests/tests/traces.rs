@@ -414,3 +414,69 @@ async fn otlp_over_tls_to_a_verified_collector() {
     );
     assert!(recv.spans.lock().unwrap().is_empty());
 }
+
+/// Without `--otlp-endpoint`, traces go to MeshConfig's `defaultProviders.tracing`: an
+/// `opentelemetry` extension provider whose collector is found through the registry (a
+/// `ServiceEntry` with a `STATIC` endpoint and that endpoint's own port), as Envoy reaches it
+/// through its cluster; both its gRPC and HTTP forms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_go_to_the_mesh_default_provider_found_in_the_registry() {
+    for grpc in [true, false] {
+        let origin = Origin::start().await;
+        let (recv, port) = receiver(grpc, None).await;
+        let http = if grpc {
+            ""
+        } else {
+            "\n        http: {path: /v1/traces}"
+        };
+        let yaml = service_entry(
+            "api",
+            "api.test",
+            origin.port(),
+            "HTTP",
+            "  resolution: DNS\n",
+        ) + &format!(
+            r#"---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: istio, namespace: istio-system}}
+data:
+  mesh: |-
+    defaultProviders:
+      tracing: [otel]
+    extensionProviders:
+    - name: otel
+      opentelemetry:
+        service: opentelemetry-collector.observability.svc.cluster.local
+        port: 4317{http}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: collector, namespace: observability}}
+spec:
+  hosts: [opentelemetry-collector.observability.svc.cluster.local]
+  ports: [{{number: 4317, name: otlp, protocol: GRPC}}]
+  resolution: STATIC
+  endpoints: [{{address: 127.0.0.1, ports: {{otlp: {port}}}}}]
+"#
+        );
+        let gw = Gateway::start(
+            &yaml,
+            &[
+                &format!("--resolve=api.test:{}:127.0.0.1", origin.port()),
+                "--trace-sampling=0",
+            ],
+        );
+        let tp = format!("traceparent: 00-{TRACE}-{PARENT}-01");
+        let url = format!("http://api.test:{}/traced", origin.port());
+        let r = curl_async(&["-x", &gw.proxy_url(), "-H", &tp, &url]).await;
+        assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+        let spans = spans_of(&recv, TRACE, 2).await;
+        assert_eq!(spans.len(), 2, "grpc={grpc}: {spans:#?}\n{}", gw.log());
+        assert!(
+            gw.log().contains("default tracing provider") && gw.log().contains("provider=otel"),
+            "{}",
+            gw.log()
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! (`data.mesh`, a YAML text) or an `IstioOperator`'s `spec.meshConfig`.
 //!
 //! Read: `extensionProviders[].envoyExtAuthzHttp` (the CUSTOM authorizers),
+//! `extensionProviders[].opentelemetry` with `defaultProviders.tracing` (where traces go),
 //! `outboundTrafficPolicy.mode`, `pathNormalization.normalization` and `rootNamespace`.
 //! The many other MeshConfig fields configure other parts of a mesh and are left alone.
 
@@ -65,6 +66,20 @@ pub struct ExtensionProvider {
     pub http: ExtAuthzHttp,
 }
 
+/// `extensionProviders[].opentelemetry`: an OTLP collector for traces.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OtelProvider {
+    /// `name`, as `defaultProviders.tracing` refers to it.
+    pub name: String,
+    /// `service`: the collector's host name (`ns/host` accepted; the namespace is dropped).
+    pub service: String,
+    /// `port`.
+    pub port: u16,
+    /// `http.path` when the provider speaks OTLP/HTTP (`http` is set); `None`: OTLP/gRPC.
+    pub http_path: Option<String>,
+}
+
 /// The MeshConfig fields this gateway reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -73,8 +88,12 @@ pub struct MeshConfig {
     pub meta: Meta,
     /// `outboundTrafficPolicy.mode`.
     pub outbound: Option<OutboundPolicy>,
-    /// `extensionProviders`.
+    /// `extensionProviders` that are HTTP authorizers.
     pub extension_providers: Vec<ExtensionProvider>,
+    /// `extensionProviders` that are OpenTelemetry collectors.
+    pub otel_providers: Vec<OtelProvider>,
+    /// `defaultProviders.tracing`: provider names, the first OpenTelemetry one is used.
+    pub default_tracing: Vec<String>,
     /// `pathNormalization.normalization`.
     pub path_normalization: Option<Normalization>,
     /// `rootNamespace`.
@@ -138,6 +157,8 @@ pub(crate) fn read_mesh(
         meta,
         outbound: None,
         extension_providers: Vec::new(),
+        otel_providers: Vec::new(),
+        default_tracing: Vec::new(),
         path_normalization: None,
         root_namespace: None,
     };
@@ -182,20 +203,36 @@ pub(crate) fn read_mesh(
     if let Some(n) = f.take("extensionProviders") {
         let p = format!("{path}.extensionProviders");
         for (i, item) in r.list(n, &p).unwrap_or(&[]).iter().enumerate() {
-            if let Some(provider) = read_provider(r, item, &format!("{p}[{i}]")) {
-                if mesh
-                    .extension_providers
-                    .iter()
-                    .any(|x| x.name == provider.name)
-                {
-                    r.error(
-                        item,
-                        format!("{p}[{i}].name"),
-                        format!("provider {:?} is declared twice", provider.name),
-                    );
-                }
-                mesh.extension_providers.push(provider);
+            let Some(provider) = read_provider(r, item, &format!("{p}[{i}]")) else {
+                continue;
+            };
+            let name = match &provider {
+                Provider::ExtAuthz(x) => &x.name,
+                Provider::Otel(x) => &x.name,
+            };
+            let taken = mesh.extension_providers.iter().any(|x| &x.name == name)
+                || mesh.otel_providers.iter().any(|x| &x.name == name);
+            if taken {
+                r.error(
+                    item,
+                    format!("{p}[{i}].name"),
+                    format!("provider {name:?} is declared twice"),
+                );
             }
+            match provider {
+                Provider::ExtAuthz(x) => mesh.extension_providers.push(x),
+                Provider::Otel(x) => mesh.otel_providers.push(x),
+            }
+        }
+    }
+    if let Some(n) = f.take("defaultProviders") {
+        let p = format!("{path}.defaultProviders");
+        if let Some(mut df) = r.map(n, &p) {
+            if let Some(t) = df.take("tracing") {
+                mesh.default_tracing = r.strings(t, &format!("{p}.tracing"));
+            }
+            // Metrics and access logging providers configure other parts of a mesh.
+            df.ignore_rest();
         }
     }
     // The rest of MeshConfig configures other parts of a mesh.
@@ -203,7 +240,12 @@ pub(crate) fn read_mesh(
     (r.diags.errors().count() == errors_before).then_some(mesh)
 }
 
-fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ExtensionProvider> {
+enum Provider {
+    ExtAuthz(ExtensionProvider),
+    Otel(OtelProvider),
+}
+
+fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Provider> {
     let mut f = r.map(node, path)?;
     let name = f
         .take("name")
@@ -220,12 +262,69 @@ fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Extensio
         Some(n) => read_ext_authz_http(r, n, &format!("{path}.envoyExtAuthzHttp")),
         None => None,
     };
+    if let Some(n) = f.take("opentelemetry") {
+        let p = format!("{path}.opentelemetry");
+        let mut of = r.map(n, &p)?;
+        let service = of
+            .take("service")
+            .and_then(|n| r.string(n, &format!("{p}.service")))
+            .unwrap_or_default();
+        let service = service
+            .split_once('/')
+            .map_or(service.as_str(), |(_, h)| h)
+            .to_ascii_lowercase();
+        let port = of
+            .take("port")
+            .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535).map(|p| p as u16));
+        let http_path = of.take("http").map(|h| {
+            let hp = format!("{p}.http");
+            let mut hf = r.map(h, &hp);
+            let path = hf.as_mut().and_then(|hf| hf.take("path"));
+            let path = path.and_then(|n| r.string(n, &format!("{hp}.path")));
+            if let Some(hf) = hf {
+                hf.finish(r, &["timeout", "headers"]);
+            }
+            path.unwrap_or_else(|| "/v1/traces".to_owned())
+        });
+        of.finish(
+            r,
+            &[
+                "grpc",
+                "maxTagLength",
+                "resourceDetectors",
+                "dynatraceSampler",
+            ],
+        );
+        if service.is_empty() {
+            r.error(
+                n,
+                format!("{p}.service"),
+                "an OpenTelemetry provider needs a service",
+            );
+            return None;
+        }
+        let Some(port) = port else {
+            r.error(
+                n,
+                format!("{p}.port"),
+                "an OpenTelemetry provider needs a port",
+            );
+            return None;
+        };
+        f.ignore_rest();
+        return Some(Provider::Otel(OtelProvider {
+            name,
+            service,
+            port,
+            http_path,
+        }));
+    }
     if f.take("envoyExtAuthzGrpc").is_some() {
         r.warn(node, format!("{path}.envoyExtAuthzGrpc"), "the gRPC authorizer is not supported by this gateway; policies naming this provider are refused");
     }
     // Tracing, logging and metrics providers are for other parts of the mesh.
     f.ignore_rest();
-    Some(ExtensionProvider { name, http: http? })
+    Some(Provider::ExtAuthz(ExtensionProvider { name, http: http? }))
 }
 
 fn patterns(r: &mut Reader<'_>, f: &mut Fields<'_>, key: &str) -> Vec<String> {

@@ -232,6 +232,25 @@ impl Registry {
         }
     }
 
+    /// Where a service the gateway itself calls (an `extensionProviders` authorizer or
+    /// collector) is reached, as Envoy reaches it through its cluster: the first endpoint
+    /// of the `ServiceEntry` registering that host and port (a `STATIC` address, or a `DNS`
+    /// name with the endpoint's port), else the name itself on the registered target port.
+    /// A name is then resolved by the caller (`--resolve`, then DNS).
+    pub fn service_target(&self, service: &str, port: u16) -> egress_core::ctx::Target {
+        use egress_core::ctx::Target;
+        let name = service.trim_end_matches('.').to_ascii_lowercase();
+        let Some(rp) = self.lookup_name(&name, port) else {
+            return Target::Name(name.into(), Some(port));
+        };
+        let port = rp.plan.port.unwrap_or(port);
+        match rp.plan.targets.first() {
+            Some(Target::Addr(a)) => Target::Addr(*a),
+            Some(Target::Name(n, np)) => Target::Name(n.clone(), Some(np.unwrap_or(port))),
+            None => Target::Name(name.into(), Some(port)),
+        }
+    }
+
     /// Looks up a lower-case host name and port.
     pub fn lookup_name(&self, name: &str, port: u16) -> Option<&Arc<RegisteredPort>> {
         // Ports are matched per host, as Envoy matches per listener: an exact host without
@@ -434,6 +453,25 @@ fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<Outboun
     found
         .map(|(m, _)| m)
         .or_else(|| config.mesh.as_ref().and_then(|m| m.outbound))
+}
+
+/// `host:port` (or `ip:port`) to dial for a [`Registry::service_target`]: an address as it
+/// is, a name through `--resolve` when it pins one, else the name for DNS.
+pub fn dial_target(
+    target: &egress_core::ctx::Target,
+    default_port: u16,
+    overrides: &egress_core::transport::Overrides,
+) -> String {
+    match target {
+        egress_core::ctx::Target::Addr(a) => a.to_string(),
+        egress_core::ctx::Target::Name(n, port) => {
+            let port = port.unwrap_or(default_port);
+            match overrides.get(n, port).and_then(|a| a.first()) {
+                Some(a) => a.socket(port).to_string(),
+                None => format!("{n}:{port}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]
