@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::ctx::{Destination, Host, Rejection, RejectionKind, RequestForm, Scheme};
+use crate::framing::AmbiguousFraming;
 use crate::host::{HostError, parse_authority};
 use crate::respond::RefuseOr;
 
@@ -65,6 +66,30 @@ pub enum DestinationError {
     /// bytes by one side and as a body by the other.
     #[error("CONNECT with a body (Content-Length or Transfer-Encoding)")]
     ConnectWithBody,
+    /// Both `Content-Length` and `Transfer-Encoding` ([`AmbiguousFraming`]).
+    #[error("both Content-Length and Transfer-Encoding")]
+    AmbiguousFraming,
+    /// A method with lower-case letters: methods are case-sensitive, yet some origins
+    /// upper-case them, so `delete` could be checked as one method and run as another.
+    #[error("method {0:?} is not upper case")]
+    MethodCase(String),
+    /// A header name with `_`, which CGI-style origins read as `-` (`x_user` as `x-user`),
+    /// so it could stand in for a header a policy checks or the gateway writes.
+    #[error("header name {0:?} has an underscore (see --headers-with-underscores)")]
+    Underscore(String),
+}
+
+/// What to do with request header names that contain `_` (Envoy's
+/// `headers_with_underscores_action`).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub enum Underscores {
+    /// Forward them as they are (Envoy's default).
+    Allow,
+    /// Remove them from the request.
+    Drop,
+    /// Refuse the request: 400 and close (this gateway's default).
+    #[default]
+    Reject,
 }
 
 /// Takes the destination from a request received by a server; see the module docs.
@@ -76,6 +101,9 @@ pub fn destination_of<B>(req: &Request<B>) -> Result<Destination, DestinationErr
 /// HTTP/1.1 requires `Host` (RFC 9112 section 3.2). Requests an application builds for its own
 /// client (`Request::get("http://...")`) carry the authority in the URI only.
 fn destination_with<B>(req: &Request<B>, wire: bool) -> Result<Destination, DestinationError> {
+    if req.extensions().get::<AmbiguousFraming>().is_some() {
+        return Err(DestinationError::AmbiguousFraming);
+    }
     let host_header = single_host(req)?;
     let uri = req.uri();
     if req.method() == Method::CONNECT {
@@ -193,6 +221,7 @@ fn mismatch(host: &str, target: &str) -> DestinationError {
 #[derive(Clone, Debug)]
 pub struct DestinationLayer {
     wire: bool,
+    underscores: Underscores,
 }
 
 impl Default for DestinationLayer {
@@ -204,13 +233,25 @@ impl Default for DestinationLayer {
 impl DestinationLayer {
     /// The layer for a server: requests come from the wire and HTTP/1.1 needs `Host`.
     pub fn new() -> Self {
-        Self { wire: true }
+        Self {
+            wire: true,
+            underscores: Underscores::default(),
+        }
+    }
+
+    /// What to do with header names that contain `_` (default: refuse the request).
+    pub fn with_underscores(mut self, underscores: Underscores) -> Self {
+        self.underscores = underscores;
+        self
     }
 
     /// The layer for an application's own HTTP client, whose requests carry their authority
     /// in an absolute URI and need no `Host` header (the same checks apply when one is set).
     pub fn for_client() -> Self {
-        Self { wire: false }
+        Self {
+            wire: false,
+            underscores: Underscores::Allow,
+        }
     }
 }
 
@@ -221,6 +262,7 @@ impl<S> Layer<S> for DestinationLayer {
         ExtractDestination {
             inner,
             wire: self.wire,
+            underscores: self.underscores,
         }
     }
 }
@@ -230,6 +272,35 @@ impl<S> Layer<S> for DestinationLayer {
 pub struct ExtractDestination<S> {
     inner: S,
     wire: bool,
+    underscores: Underscores,
+}
+
+/// The checks of a request head that are not about its destination: method case and
+/// header names with underscores.
+fn check_head<B>(req: &mut Request<B>, underscores: Underscores) -> Result<(), DestinationError> {
+    let method = req.method().as_str();
+    if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Err(DestinationError::MethodCase(method.to_owned()));
+    }
+    if underscores == Underscores::Allow {
+        return Ok(());
+    }
+    let headers = req.headers_mut();
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return Ok(());
+    }
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    if underscores == Underscores::Reject {
+        return Err(DestinationError::Underscore(names[0].as_str().to_owned()));
+    }
+    for n in names {
+        headers.remove(n);
+    }
+    Ok(())
 }
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for ExtractDestination<S>
@@ -247,7 +318,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        match destination_with(&req, self.wire) {
+        let checked =
+            check_head(&mut req, self.underscores).and_then(|()| destination_with(&req, self.wire));
+        match checked {
             Ok(dst) => {
                 req.extensions_mut().insert(dst);
                 RefuseOr::inner(self.inner.call(req))

@@ -24,6 +24,7 @@ pub mod body;
 pub mod ctx;
 pub mod destination;
 pub mod error;
+pub mod framing;
 pub mod gateway_headers;
 pub mod host;
 pub mod ip;

@@ -110,6 +110,28 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `--headers-with-underscores` values (Envoy's `headers_with_underscores_action`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum UnderscoresArg {
+    /// Forward them.
+    Allow,
+    /// Remove them.
+    Drop,
+    /// Refuse the request with 400.
+    Reject,
+}
+
+impl From<UnderscoresArg> for egress_core::destination::Underscores {
+    fn from(a: UnderscoresArg) -> Self {
+        use egress_core::destination::Underscores as U;
+        match a {
+            UnderscoresArg::Allow => U::Allow,
+            UnderscoresArg::Drop => U::Drop,
+            UnderscoresArg::Reject => U::Reject,
+        }
+    }
+}
+
 /// `--outbound-policy` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum PolicyArg {
@@ -251,6 +273,10 @@ pub struct RunArgs {
     /// line, the event's fields at top level).
     #[arg(long, default_value = "text", value_parser = ["text", "json"], value_name = "text|json")]
     pub log_format: String,
+    /// Request header names with `_`, which CGI-style origins read as `-` (`x_user` as
+    /// `x-user`): `reject` (400, the default), `drop` (removed), or `allow` (Envoy's default).
+    #[arg(long, value_enum, default_value = "reject", value_name = "ACTION")]
+    pub headers_with_underscores: UnderscoresArg,
     /// Let paths with parameters (`;` in a segment, `/a;v=1`) through; by default they are
     /// refused 400, since origins that strip them read another path than the policy did.
     #[arg(long)]

@@ -2,6 +2,7 @@
 
 use arc_swap::ArcSwap;
 use egress_core::ctx::{ClientAddr, ClientCertificate, SourcePrincipal};
+use egress_core::framing::{AmbiguousFraming, ConnectionFraming, FramingGuard};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
@@ -180,6 +181,7 @@ impl Gateway {
             jwks: egress_policy::jwt::JwksStore::default(),
             normalization: Arc::new(ArcSwap::from_pointee(normalization)),
             allow_path_parameters: args.allow_path_parameters,
+            underscores: args.headers_with_underscores.into(),
             xff_hops: args.xff_num_trusted_hops,
         };
         {
@@ -662,6 +664,7 @@ fn with_client<S>(
     peer: SocketAddr,
     principal: Option<SourcePrincipal>,
     cert: Option<ClientCertificate>,
+    framing: Arc<ConnectionFraming>,
 ) -> TowerToHyperService<
     impl tower::Service<
         http::Request<Incoming>,
@@ -677,6 +680,9 @@ where
         svc,
         move |mut req: http::Request<Incoming>| {
             req.extensions_mut().insert(ClientAddr(peer));
+            if framing.take() {
+                req.extensions_mut().insert(AmbiguousFraming);
+            }
             if let Some(p) = &principal {
                 req.extensions_mut().insert(p.clone());
             }
@@ -735,7 +741,8 @@ async fn accept_loop<S>(
             // source IP, authorization by ipBlocks), and so does a proven principal.
             let result = match tls {
                 None => {
-                    let svc = with_client(svc, peer, None, None);
+                    let (io, framing) = FramingGuard::new(io);
+                    let svc = with_client(svc, peer, None, None, framing);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(io), svc)
                         .into_owned();
@@ -776,7 +783,8 @@ async fn accept_loop<S>(
                         ),
                         None => (None, None),
                     };
-                    let svc = with_client(svc, peer, principal, cert);
+                    let (stream, framing) = FramingGuard::new(stream);
+                    let svc = with_client(svc, peer, principal, cert, framing);
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                         .into_owned();

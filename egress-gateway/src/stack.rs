@@ -79,6 +79,8 @@ pub struct Security {
     pub normalization: Arc<ArcSwap<Normalization>>,
     /// `--allow-path-parameters`.
     pub allow_path_parameters: bool,
+    /// `--headers-with-underscores`.
+    pub underscores: egress_core::destination::Underscores,
     /// Trusted `X-Forwarded-For` hops.
     pub xff_hops: usize,
     /// The external authorizer client (pooled, bounded), shared by every listener.
@@ -130,7 +132,7 @@ pub fn build(
         // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
         .map_result(respond::into_response)
         // The only parser of where a request goes; 400 and close on anything ambiguous.
-        .layer(DestinationLayer::new())
+        .layer(DestinationLayer::new().with_underscores(config.security.underscores))
         // What only the gateway writes (x-egress-*, x-forwarded-client-cert) is never taken
         // from the client; a verified client certificate sets x-forwarded-client-cert.
         .layer(GatewayHeadersLayer::new())

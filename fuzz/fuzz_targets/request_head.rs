@@ -119,6 +119,7 @@ fn world() -> &'static World {
                     jwks: egress_policy::jwt::JwksStore::default(),
                     normalization: Arc::new(ArcSwap::from_pointee(loaded.normalization)),
                     allow_path_parameters: false,
+                    underscores: egress_core::destination::Underscores::Reject,
                     xff_hops: 1,
                 },
                 tracer: None,
@@ -134,7 +135,18 @@ fuzz_target!(|data: &[u8]| {
     let svc = stack::build(w.config.clone(), None);
     let reply = w.rt.block_on(async move {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let svc = hyper_util::service::TowerToHyperService::new(svc);
+        // As the server does: the framing guard sees the bytes, the stack hears of it.
+        let (server, framing) = egress_core::framing::FramingGuard::new(server);
+        let svc = hyper_util::service::TowerToHyperService::new(tower::ServiceExt::map_request(
+            svc,
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                if framing.take() {
+                    req.extensions_mut()
+                        .insert(egress_core::framing::AmbiguousFraming);
+                }
+                req
+            },
+        ));
         let conn = tokio::spawn(async move {
             let mut b = hyper_util::server::conn::auto::Builder::new(
                 hyper_util::rt::TokioExecutor::new(),

@@ -94,35 +94,57 @@ async fn framing_errors_are_refused_and_close_the_connection() {
     assert_eq!(origin.count(), 0, "{:?}", origin.requests());
 }
 
-/// `Content-Length` beside `Transfer-Encoding: chunked`: hyper frames the request by the
-/// chunks and drops the length before any layer sees it (RFC 9112 section 6.3), so what the
-/// gateway cannot refuse it makes harmless: the upstream gets the chunked body without the
-/// length, and the client connection is closed after the answer, so nothing can be
-/// smuggled behind it.
+/// `Content-Length` beside `Transfer-Encoding`, in either order, alone or after good
+/// requests on the same connection (HTTP/1.1 and through a TLS-terminating server alike,
+/// which share the guard): 400, closed, and nothing reaches the origin, although hyper
+/// drops the length before any layer sees the request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn content_length_beside_chunked_is_framed_by_the_chunks_and_closes() {
+async fn content_length_beside_transfer_encoding_is_refused() {
     let origin = Origin::start().await;
     let gw = start(&origin, "", &[]);
     let p = origin.port();
-    for order in [
-        "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
-        "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",
+    let good = format!(
+        "POST http://api.test:{p}/good HTTP/1.1\r\nHost: api.test:{p}\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    let chunked = format!(
+        "POST http://api.test:{p}/good HTTP/1.1\r\nHost: api.test:{p}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    );
+    for (before, order) in [
+        ("", "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n"),
+        ("", "Transfer-Encoding: chunked\r\nContent-Length: 3\r\n"),
+        (
+            good.as_str(),
+            "Content-Length: 3\r\nTransfer-Encoding: chunked\r\n",
+        ),
+        (
+            chunked.as_str(),
+            "transfer-encoding: chunked\r\ncontent-length: 0\r\n",
+        ),
     ] {
         let smuggled =
             format!("GET http://api.test:{p}/smuggled HTTP/1.1\r\nHost: api.test:{p}\r\n\r\n");
         let req = format!(
-            "POST http://api.test:{p}/upload HTTP/1.1\r\nHost: api.test:{p}\r\n{order}\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
+            "{before}POST http://api.test:{p}/upload HTTP/1.1\r\nHost: api.test:{p}\r\n{order}\r\n5\r\nhello\r\n0\r\n\r\n{smuggled}"
         );
         let (reply, closed) = raw_exchange_async(gw.proxy, req.as_bytes()).await;
         assert!(closed, "{order}: {reply}");
-        assert_eq!(reply.matches("HTTP/1.1 ").count(), 1, "{order}: {reply}");
+        let answers: Vec<u16> = reply
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| status(&reply[i..]))
+            .collect();
+        let want: &[u16] = if before.is_empty() {
+            &[400]
+        } else {
+            &[200, 400]
+        };
+        assert_eq!(answers, want, "{before:?} {order}: {reply}");
+        assert!(
+            reply.contains("both Content-Length and Transfer-Encoding"),
+            "{reply}"
+        );
     }
-    let seen = origin.requests();
-    assert!(seen.iter().all(|s| s.uri == "/upload"), "{seen:?}");
-    for s in &seen {
-        assert_eq!(&s.body[..], b"hello");
-        assert!(!s.headers.contains_key("content-length"), "{s:?}");
-    }
+    let uris: Vec<String> = origin.requests().into_iter().map(|s| s.uri).collect();
+    assert_eq!(uris, ["/good", "/good"], "{uris:?}");
 }
 
 /// A body that breaks after the upstream request started: the client gets 400 (its body,
@@ -457,4 +479,49 @@ fn check_warns_of_weak_path_normalisation_beside_path_rules() {
     );
     let quiet = check(&[]);
     assert!(!quiet.contains("weaker than"), "{quiet}");
+}
+
+/// Two readings of one header or method: `x_user` is `x-user` to CGI-style origins (PHP,
+/// WSGI: `HTTP_X_USER`), and some origins upper-case methods. Refused by default; a header
+/// with `_` can be dropped or allowed instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscored_headers_and_lower_case_methods() {
+    let origin = Origin::start().await;
+    let p = origin.port();
+    let req = |method: &str, header: &str| {
+        format!(
+            "{method} http://api.test:{p}/x HTTP/1.1\r\nHost: api.test:{p}\r\n{header}Connection: close\r\n\r\n"
+        )
+    };
+    let gw = start(&origin, "", &[]);
+    for (what, bytes) in [
+        (
+            "underscore",
+            req("GET", "x_forwarded_client_cert: URI=spiffe://x\r\n"),
+        ),
+        ("lower-case method", req("delete", "")),
+        ("mixed-case method", req("Get", "")),
+    ] {
+        let (reply, closed) = raw_exchange_async(gw.proxy, bytes.as_bytes()).await;
+        assert_eq!(status(&reply), 400, "{what}: {reply}");
+        assert!(
+            reply.contains("x-egress-denied: malformed"),
+            "{what}: {reply}"
+        );
+        assert!(closed, "{what}");
+    }
+    assert_eq!(origin.count(), 0);
+    drop(gw);
+    for (action, forwarded) in [("drop", false), ("allow", true)] {
+        let gw = start(&origin, "", &["--headers-with-underscores", action]);
+        let (reply, _) =
+            raw_exchange_async(gw.proxy, req("GET", "x_user: admin\r\n").as_bytes()).await;
+        assert_eq!(status(&reply), 200, "{action}: {reply}");
+        let seen = origin.requests().pop().unwrap();
+        assert_eq!(
+            seen.headers.contains_key("x_user"),
+            forwarded,
+            "{action}: {seen:?}"
+        );
+    }
 }
