@@ -50,7 +50,8 @@ impl ConnectionFraming {
 
 #[derive(Debug)]
 enum State {
-    Head(Vec<u8>),
+    /// Reading a head; its bytes so far are in `FramingGuard::head`.
+    Head,
     Body(u64),
     ChunkSize(Vec<u8>),
     ChunkData(u64),
@@ -65,6 +66,8 @@ enum State {
 pub struct FramingGuard<IO> {
     io: IO,
     state: State,
+    /// A head split across reads (reused: most heads arrive whole and never touch it).
+    head: Vec<u8>,
     heads: u64,
     shared: Arc<ConnectionFraming>,
 }
@@ -75,7 +78,8 @@ impl<IO> FramingGuard<IO> {
         let shared = Arc::new(ConnectionFraming::default());
         let guard = Self {
             io,
-            state: State::Head(Vec::new()),
+            state: State::Head,
+            head: Vec::new(),
             heads: 0,
             shared: shared.clone(),
         };
@@ -91,24 +95,33 @@ impl<IO> FramingGuard<IO> {
         while !bytes.is_empty() {
             match &mut self.state {
                 State::Done => return,
-                State::Head(buf) => {
+                State::Head => {
                     // Leading empty lines before a request line are tolerated (RFC 9112 2.2).
-                    if buf.is_empty() {
+                    if self.head.is_empty() {
                         let skip = bytes.iter().take_while(|b| matches!(b, b'\r' | b'\n'));
                         bytes = &bytes[skip.count()..];
                         if bytes.is_empty() {
                             return;
                         }
+                        // The common case: the whole head in this read, parsed in place.
+                        if let Some(end) = find_end(bytes, 0) {
+                            self.state = self.after_head(&bytes[..end]);
+                            bytes = &bytes[end..];
+                            continue;
+                        }
                     }
-                    let before = buf.len();
-                    buf.extend_from_slice(bytes);
-                    match find_end(buf, before) {
-                        None if buf.len() > MAX_HEAD => self.state = State::Done,
+                    let before = self.head.len();
+                    self.head.extend_from_slice(bytes);
+                    match find_end(&self.head, before) {
+                        None if self.head.len() > MAX_HEAD => self.state = State::Done,
                         None => return,
                         Some(end) => {
                             let used = end - before;
-                            let head = std::mem::take(buf);
+                            let head = std::mem::take(&mut self.head);
                             self.state = self.after_head(&head[..end]);
+                            // Keep the allocation for the next split head.
+                            self.head = head;
+                            self.head.clear();
                             bytes = &bytes[used..];
                         }
                     }
@@ -118,7 +131,7 @@ impl<IO> FramingGuard<IO> {
                     *left -= n;
                     bytes = &bytes[n as usize..];
                     if *left == 0 {
-                        self.state = State::Head(Vec::new());
+                        self.state = State::Head;
                     }
                 }
                 State::ChunkSize(line) => match bytes.iter().position(|b| *b == b'\n') {
@@ -164,7 +177,7 @@ impl<IO> FramingGuard<IO> {
                         line.clear();
                         bytes = &bytes[i + 1..];
                         if empty {
-                            self.state = State::Head(Vec::new());
+                            self.state = State::Head;
                         }
                     }
                 },
@@ -207,7 +220,7 @@ impl<IO> FramingGuard<IO> {
                 .ok()
                 .and_then(|s| s.trim().parse::<u64>().ok())
         }) {
-            None | Some(Some(0)) => State::Head(Vec::new()),
+            None | Some(Some(0)) => State::Head,
             Some(Some(n)) => State::Body(n),
             Some(None) => State::Done,
         }
