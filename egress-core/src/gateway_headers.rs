@@ -10,6 +10,10 @@
 //! (removed). Headers written from tokens or by an external authorizer are cleaned by their
 //! own layers, which know the configured names.
 //!
+//! Hop-by-hop headers (RFC 9110 section 7.6.1, and those `Connection` names) are removed
+//! here first, so that policies evaluate the headers the upstream will receive and a client
+//! cannot name a header the gateway writes in `Connection` to have it removed later.
+//!
 //! - Reads: [`ClientCertificate`]. Writes: `x-forwarded-client-cert`.
 
 use http::header::{HeaderMap, HeaderName};
@@ -100,6 +104,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // Hop-by-hop headers first, so that policies see what the upstream will be sent and
+        // `Connection: <name>` cannot remove a header the gateway writes below.
+        crate::proxy_headers::remove_hop_by_hop(req.headers_mut());
         sanitize(req.headers_mut(), &self.extra);
         if let Some(cert) = req.extensions().get::<ClientCertificate>() {
             let value = cert.0.clone();

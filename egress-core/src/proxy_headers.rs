@@ -88,7 +88,18 @@ const HOP_BY_HOP: [HeaderName; 6] = [
 /// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including those `Connection`
 /// names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // `Connection: keep-alive` / `close` (the usual values) name nothing to remove.
+    let names_other = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| {
+            let t = t.trim_ascii();
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+                && !t.eq_ignore_ascii_case(b"close")
+        });
+    if names_other {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()

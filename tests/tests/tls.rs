@@ -568,6 +568,9 @@ spec:
         &client.key_path.display().to_string(),
         "-H",
         forged,
+        // Naming the gateway's header as hop-by-hop does not remove the gateway's value.
+        "-H",
+        "Connection: x-forwarded-client-cert",
         "--resolve",
         &resolve(mutual_port),
         &url(mutual_port),

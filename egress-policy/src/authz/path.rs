@@ -145,6 +145,17 @@ pub fn normalize_with(
             i += 1;
         }
     }
+    // `%252F` is `%2F` to an origin that decodes twice: refused where the gateway promises
+    // that no spelling hides a path (checked after decoding: `%25%32%46` spells it too).
+    if mode == Normalization::DecodeAndMergeSlashes
+        && decoded.windows(5).any(|w| {
+            w[..3].eq_ignore_ascii_case(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some()
+        })
+    {
+        return Err(PathError(
+            "the path has a double percent-encoding (%25 before hex digits)",
+        ));
+    }
     // 2. `\` is a separator, as browsers and Envoy's canonicaliser read it.
     for b in decoded.iter_mut() {
         if *b == b'\\' {
@@ -357,6 +368,15 @@ mod tests {
         assert_eq!(normalize_with("/a;v=1", Base, true), Ok(Option::None));
         // An encoded `;` is data, not a parameter.
         assert_eq!(normalize("/a%3Bb", Base), Ok(Option::None));
+        // Double encodings: refused by the strict default, kept as data otherwise.
+        for p in ["/%252e%252e/admin", "/a%252Fb", "/%25%32%46"] {
+            assert!(normalize(p, DecodeAndMergeSlashes).is_err(), "{p}");
+        }
+        assert_eq!(normalize("/a%252Fb", Base), Ok(Option::None));
+        assert_eq!(
+            normalize("/100%25", DecodeAndMergeSlashes),
+            Ok(Option::None)
+        );
         assert_eq!(Normalization::default(), DecodeAndMergeSlashes);
         assert!(Base.is_weaker_than_default() && !DecodeAndMergeSlashes.is_weaker_than_default());
     }
