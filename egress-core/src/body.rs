@@ -163,8 +163,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
-        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+        while let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.armed = false;
+            // A client's trailers are headers no policy saw (and that some origins merge
+            // into the headers): they are never forwarded.
+            if this.client && matches!(&frame, Some(Ok(f)) if f.is_trailers()) {
+                continue;
+            }
             return Poll::Ready(frame.map(|f| f.map_err(|e| this.error(e.into()))));
         }
         let Some(timeout) = this.timeout else {
@@ -201,6 +206,23 @@ where
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn a_clients_trailers_are_never_forwarded() {
+        let (mut tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(4);
+        tokio::spawn(async move {
+            let _ = tx.send_data(Bytes::from_static(b"data")).await;
+            let mut t = http::HeaderMap::new();
+            t.insert(
+                "x-forwarded-client-cert",
+                http::HeaderValue::from_static("forged"),
+            );
+            let _ = tx.send_trailers(t).await;
+        });
+        let collected = IdleTimeout::for_request(rx, None).collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"data"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_bodies_fail_and_busy_ones_do_not() {
