@@ -187,23 +187,35 @@ impl<IO> FramingGuard<IO> {
 
     /// The state after a complete head: its body, or the next head.
     fn after_head(&mut self, head: &[u8]) -> State {
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
+        // Only the names that decide framing are looked for; hyper parses the head itself
+        // and refuses what is malformed, so a lean scan of lines is enough here.
+        let mut lines = head
+            .split(|b| *b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+        let Some(request_line) = lines.next() else {
             return State::Done;
-        }
+        };
         self.heads += 1;
-        if req.version != Some(1) || req.method.is_none_or(|m| m == "CONNECT" || m == "PRI") {
+        let method = request_line
+            .split(|b| *b == b' ')
+            .next()
+            .unwrap_or_default();
+        let http1 = request_line.ends_with(b" HTTP/1.1") || request_line.ends_with(b" HTTP/1.0");
+        if !http1 || method == b"CONNECT" || method == b"PRI" {
             return State::Done;
         }
         let mut length: Option<&[u8]> = None;
         let mut chunked = false;
-        for h in req.headers.iter() {
-            if h.name.eq_ignore_ascii_case("content-length") {
-                length = Some(h.value);
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        for line in lines {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], &line[colon + 1..]);
+            if name.eq_ignore_ascii_case(b"content-length") {
+                length = Some(value);
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 chunked = true;
-            } else if h.name.eq_ignore_ascii_case("upgrade") {
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
                 return State::Done;
             }
         }
@@ -216,9 +228,9 @@ impl<IO> FramingGuard<IO> {
             return State::ChunkSize(Vec::new());
         }
         match length.map(|v| {
-            std::str::from_utf8(v)
+            std::str::from_utf8(v.trim_ascii())
                 .ok()
-                .and_then(|s| s.trim().parse::<u64>().ok())
+                .and_then(|s| s.parse::<u64>().ok())
         }) {
             None | Some(Some(0)) => State::Head,
             Some(Some(n)) => State::Body(n),
@@ -230,10 +242,7 @@ impl<IO> FramingGuard<IO> {
 /// The end of a head (after `\r\n\r\n`), searching from a little before `from`.
 fn find_end(buf: &[u8], from: usize) -> Option<usize> {
     let start = from.saturating_sub(3);
-    buf[start..]
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| start + i + 4)
+    memchr::memmem::find(&buf[start..], b"\r\n\r\n").map(|i| start + i + 4)
 }
 
 fn chunk_size(line: &[u8]) -> Option<u64> {
