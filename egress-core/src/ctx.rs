@@ -309,6 +309,29 @@ pub struct SourcePrincipal(pub Arc<str>);
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientCertificate(pub HeaderValue);
 
+/// The upstream step that failed for a response the gateway wrote itself (`None`: an
+/// internal error). With [`Rejection`] for refusals, this is what telemetry, the access log
+/// and traces read; the `x-egress-error` header only renders it for the client.
+///
+/// - Inserted by: [`respond::error_response`](crate::respond::error_response). - Read by:
+///   telemetry, traces.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Failure(pub Option<crate::error::UpstreamErrorKind>);
+
+impl Failure {
+    /// The stable token of `x-egress-error`.
+    pub fn token(self) -> &'static str {
+        self.0
+            .map_or("internal", crate::error::UpstreamErrorKind::token)
+    }
+}
+
+/// A `VirtualService` fault aborted this request (Envoy's `FI` flag).
+///
+/// - Inserted by: the route layer. - Read by: telemetry.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct FaultInjected;
+
 /// The address the client connected from.
 ///
 /// - Inserted by: the server, per connection. - Read by: consistent hashing, authz.

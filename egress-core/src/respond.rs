@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::ctx::{ERROR_HEADER, Rejection, RejectionKind};
+use crate::ctx::{ERROR_HEADER, Failure, Rejection, RejectionKind};
 use crate::error::{BoxError, UpstreamError, UpstreamErrorKind, cause_ref};
 
 /// Maps a failed call to a response that says which failure happened. Use it outermost, with
@@ -31,6 +31,7 @@ pub fn error_response<B: From<Bytes>>(error: &(dyn std::error::Error + 'static))
         *rsp.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         rsp.headers_mut()
             .insert(ERROR_HEADER, HeaderValue::from_static("internal"));
+        rsp.extensions_mut().insert(Failure(None));
         return rsp;
     };
     let kind = upstream.kind();
@@ -55,6 +56,7 @@ pub fn error_response<B: From<Bytes>>(error: &(dyn std::error::Error + 'static))
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(ERROR_HEADER, HeaderValue::from_static(kind.token()));
+    rsp.extensions_mut().insert(Failure(Some(kind)));
     rsp
 }
 

@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::BoxBody;
-use crate::ctx::{DENIED_HEADER, ERROR_HEADER, TelemetrySlot};
+use crate::ctx::{Failure, FaultInjected, Rejection, RejectionKind, TelemetrySlot};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
@@ -279,7 +279,7 @@ impl Metrics {
             return;
         }
         let ms = duration.as_secs_f64() * 1000.0;
-        let flags = flags(reason, false);
+        let flags = connection_flags(reason);
         if let Some(file) = &self.access_file {
             file.log(&crate::access_log::Entry {
                 method: kind,
@@ -597,50 +597,49 @@ where
     }
 }
 
-fn token(rsp_headers: &http::HeaderMap, name: &str) -> Option<&'static str> {
-    let v = rsp_headers.get(name)?.to_str().ok()?;
-    // Map to the static tokens the gateway itself writes, so labels stay bounded.
-    const TOKENS: &[&str] = &[
-        "malformed",
-        "missing-destination",
-        "registry-only",
-        "tunnel-not-allowed",
-        "ip-denied",
-        "loop-detected",
-        "unsupported",
-        "no-route",
-        "rbac-denied",
-        "jwt-invalid",
-        "ext-authz-denied",
-        "ext-authz-error",
-        "body-too-large",
-        "tunnel-limit",
-        "request-body-timeout",
-        "dns-failed",
-        "dns-timeout",
-        "connect-failed",
-        "connect-timeout",
-        "upstream-timeout",
-        "upstream-protocol-error",
-        "internal",
-    ];
-    TOKENS.iter().copied().find(|t| *t == v)
-}
-
-/// Envoy's response flag for a gateway reason.
-fn flags(reason: &str, fault: bool) -> &'static str {
+/// Envoy's response flag for why a connection (tunnel, passthrough, TCP) was refused or
+/// ended; those reasons are the L4 paths' own tokens.
+fn connection_flags(reason: &str) -> &'static str {
     match reason {
-        _ if fault => "FI",
         "registry-only" | "no-route" | "tunnel-not-allowed" => "NR",
         "malformed" | "unsupported" => "DPE",
-        "request-body-timeout" => "SI",
         "dns-failed" | "dns-timeout" => "UH",
-        "connect-failed" | "connect-timeout" | "upstream-protocol-error" => "UF",
-        "upstream-timeout" => "UT",
+        "connect-failed" | "connect-timeout" => "UF",
         "tunnel-limit" => "UO",
         "rbac-denied" => "RBAC",
-        "ext-authz-denied" | "ext-authz-error" | "jwt-invalid" => "UAEX",
-        "ip-denied" | "loop-detected" | "missing-destination" => "UAEX",
+        "ext-authz-error" | "ip-denied" | "loop-detected" => "UAEX",
+        _ => "-",
+    }
+}
+
+/// Envoy's response flag for what the gateway answered.
+fn flags(denied: Option<RejectionKind>, failed: Option<Failure>, fault: bool) -> &'static str {
+    use crate::error::UpstreamErrorKind as U;
+    if fault {
+        return "FI";
+    }
+    if let Some(kind) = denied {
+        return match kind {
+            RejectionKind::NotInRegistry
+            | RejectionKind::NoRoute
+            | RejectionKind::TunnelNotAllowed => "NR",
+            RejectionKind::Malformed | RejectionKind::Unsupported => "DPE",
+            RejectionKind::BodyTimeout => "SI",
+            RejectionKind::TunnelLimit => "UO",
+            RejectionKind::RbacDenied => "RBAC",
+            RejectionKind::ExtAuthzDenied
+            | RejectionKind::ExtAuthzError
+            | RejectionKind::JwtInvalid
+            | RejectionKind::IpDenied
+            | RejectionKind::LoopDetected
+            | RejectionKind::MissingDestination => "UAEX",
+            RejectionKind::BodyTooLarge => "-",
+        };
+    }
+    match failed.and_then(|f| f.0) {
+        Some(U::DnsFailed | U::DnsTimeout) => "UH",
+        Some(U::ConnectFailed | U::ConnectTimeout | U::Protocol | U::TlsHandshake) => "UF",
+        Some(U::ResponseTimeout) => "UT",
         _ => "-",
     }
 }
@@ -652,14 +651,19 @@ fn record<B>(
     rsp: &Response<B>,
     elapsed: std::time::Duration,
 ) -> RequestLabels {
-    let headers = rsp.headers();
-    let denied = token(headers, DENIED_HEADER);
-    let failed = token(headers, ERROR_HEADER);
-    let reason = denied.or(failed).unwrap_or("-");
-    let fault = headers.contains_key("x-egress-fault");
+    // What the gateway answered, as typed facts: never re-read from the headers that only
+    // render them for the client.
+    let ext = rsp.extensions();
+    let denied = ext.get::<Rejection>().map(Rejection::kind);
+    let failed = ext.get::<Failure>().copied();
+    let reason = denied
+        .map(RejectionKind::token)
+        .or(failed.map(Failure::token))
+        .unwrap_or("-");
+    let fault = ext.get::<FaultInjected>().is_some();
     let (service, name) = match slot.service() {
         Some((h, n)) => (h.clone(), n.clone()),
-        None if denied == Some("registry-only") => blackhole(),
+        None if denied == Some(RejectionKind::NotInRegistry) => blackhole(),
         None => unknown(),
     };
     let labels = RequestLabels {
@@ -673,7 +677,7 @@ fn record<B>(
         destination_service: Label(service.clone()),
         destination_service_name: Label(name),
         response_code: rsp.status().as_u16(),
-        response_flags: flags(reason, fault),
+        response_flags: flags(denied, failed, fault),
         request_protocol: if info.version >= http::Version::HTTP_2 {
             "grpc_or_http2"
         } else {
@@ -691,7 +695,7 @@ fn record<B>(
     if let Some(r) = denied {
         metrics
             .refusals
-            .get_or_create(&ReasonLabels { reason: r })
+            .get_or_create(&ReasonLabels { reason: r.token() })
             .inc();
     }
     if !metrics.access_log {

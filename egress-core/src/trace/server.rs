@@ -17,7 +17,7 @@ use super::{
     B3Form, SpanRecord, TraceContext, Tracer, attr_int, attr_str, extract, new_span_id,
     new_trace_id, now_nanos,
 };
-use crate::ctx::{ClientAddr, DENIED_HEADER, Destination, ERROR_HEADER};
+use crate::ctx::{ClientAddr, Destination, Failure, Rejection};
 
 /// Starts a trace context per request and records its server span when sampled.
 #[derive(Clone, Debug)]
@@ -159,10 +159,10 @@ where
                         .attributes
                         .push(attr_int("http.response.status_code", i64::from(status)));
                     let reason = rsp
-                        .headers()
-                        .get(DENIED_HEADER)
-                        .or_else(|| rsp.headers().get(ERROR_HEADER))
-                        .and_then(|v| v.to_str().ok());
+                        .extensions()
+                        .get::<Rejection>()
+                        .map(|r| r.kind().token())
+                        .or_else(|| rsp.extensions().get::<Failure>().map(|f| f.token()));
                     if let Some(r) = reason {
                         p.record.attributes.push(attr_str("egress.reason", r));
                     }

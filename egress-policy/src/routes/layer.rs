@@ -166,6 +166,7 @@ where
                 StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
             rsp.headers_mut()
                 .insert("x-egress-fault", HeaderValue::from_static("abort"));
+            rsp.extensions_mut().insert(egress_core::ctx::FaultInjected);
             return RouteFuture::Ready {
                 response: Some(rsp),
             };
