@@ -531,6 +531,9 @@ pub enum RejectionKind {
     TunnelLimit,
     /// The client's request body stalled for longer than `--body-idle-timeout` (408).
     BodyTimeout,
+    /// A layer that reads the request's configuration snapshot found none (a stack
+    /// assembled without the snapshot layer): refused rather than decided without policy.
+    MissingPolicy,
 }
 
 impl RejectionKind {
@@ -552,6 +555,7 @@ impl RejectionKind {
             RejectionKind::BodyTooLarge => "body-too-large",
             RejectionKind::TunnelLimit => "tunnel-limit",
             RejectionKind::BodyTimeout => "request-body-timeout",
+            RejectionKind::MissingPolicy => "missing-policy",
         }
     }
 }

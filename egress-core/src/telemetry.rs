@@ -632,7 +632,8 @@ fn flags(denied: Option<RejectionKind>, failed: Option<Failure>, fault: bool) ->
             | RejectionKind::JwtInvalid
             | RejectionKind::IpDenied
             | RejectionKind::LoopDetected
-            | RejectionKind::MissingDestination => "UAEX",
+            | RejectionKind::MissingDestination
+            | RejectionKind::MissingPolicy => "UAEX",
             RejectionKind::BodyTooLarge => "-",
         };
     }

@@ -2,7 +2,6 @@
 
 use bytes::Bytes;
 use egress_core::BoxBody;
-use egress_policy::Registry;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use serde::Serialize;
 use std::convert::Infallible;
@@ -16,8 +15,7 @@ pub(crate) struct AdminState {
     pub(crate) mirror_stats: Arc<egress_core::mirror::MirrorStats>,
     pub(crate) metrics: Arc<egress_core::telemetry::Metrics>,
     pub(crate) reloader: Arc<crate::reload::Reloader>,
-    pub(crate) registry: Arc<arc_swap::ArcSwap<Registry>>,
-    pub(crate) routes: Arc<arc_swap::ArcSwap<egress_policy::routes::RouteTable>>,
+    pub(crate) policy: Arc<arc_swap::ArcSwap<egress_policy::snapshot::Policy>>,
     pub(crate) security: crate::stack::Security,
     pub(crate) tracer: Option<Arc<egress_core::trace::Tracer>>,
     pub(crate) conn_stats: Arc<egress_tls::ConnStats>,
@@ -108,14 +106,15 @@ pub(crate) async fn handle(
             }
         }
         (&Method::GET, "/config_dump") => {
-            let registry = state.registry.load();
+            // One snapshot for the whole dump, as for a request.
+            let policy = state.policy.load_full();
             let resources = state.reloader.resources.load();
             let dump = Dump {
-                registry: registry.summary(),
-                routes: state.routes.load().summary(),
+                registry: policy.registry.summary(),
+                routes: policy.routes.summary(),
                 resources: &resources,
                 authorization: {
-                    let authz = state.security.authz.load();
+                    let authz = &policy.authz;
                     AuthzDump {
                         policies: authz
                             .summary()
@@ -127,9 +126,9 @@ pub(crate) async fn handle(
                                 not_applied: p.applies.as_ref().err().cloned(),
                             })
                             .collect(),
-                        jwt_issuers: state.security.jwt.load().issuers(),
+                        jwt_issuers: policy.jwt.issuers(),
                         jwks: state.security.jwks.status(),
-                        path_normalization: **state.security.normalization.load(),
+                        path_normalization: policy.normalization,
                     }
                 },
                 last_reload: state

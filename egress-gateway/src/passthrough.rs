@@ -15,10 +15,10 @@ use egress_core::ctx::{Destination, Host, RequestForm, Scheme, UpstreamPlan};
 use egress_core::host::parse_host;
 use egress_core::telemetry::Metrics;
 use egress_core::transport::Dialer;
-use egress_policy::Registry;
-use egress_policy::authz::{Attributes, AuthzPolicies};
+use egress_policy::authz::Attributes;
 use egress_policy::istio::OutboundPolicy;
-use egress_policy::routes::{RouteTable, ServerHosts};
+use egress_policy::routes::ServerHosts;
+use egress_policy::snapshot::Policy;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -29,8 +29,8 @@ use tokio_util::task::TaskTracker;
 pub(crate) struct Passthrough {
     pub(crate) hosts: Arc<ServerHosts>,
     pub(crate) port: u16,
-    pub(crate) registry: Arc<ArcSwap<Registry>>,
-    pub(crate) routes: Arc<ArcSwap<RouteTable>>,
+    /// The configuration; one snapshot is taken per connection.
+    pub(crate) policy: Arc<ArcSwap<Policy>>,
     pub(crate) dialer: Arc<Dialer>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tunnels: TaskTracker,
@@ -40,8 +40,6 @@ pub(crate) struct Passthrough {
     pub(crate) tunnel_slots: Arc<Semaphore>,
     /// A `protocol: TCP` server (routed by port) rather than TLS passthrough (by SNI).
     pub(crate) tcp: bool,
-    /// `AuthorizationPolicy`, checked at L4.
-    pub(crate) authz: Arc<ArcSwap<AuthzPolicies>>,
 }
 
 impl Passthrough {
@@ -59,13 +57,13 @@ impl Passthrough {
 /// cannot be asked about bytes that are not HTTP: when one matches, the connection is
 /// refused (fail closed).
 fn authorize(
-    p: &Passthrough,
+    policy: &Policy,
     peer: std::net::SocketAddr,
     host: &str,
     port: u16,
     sni: Option<&str>,
 ) -> Result<(), (&'static str, String)> {
-    let policies = p.authz.load();
+    let policies = &policy.authz;
     if policies.is_empty() {
         return Ok(());
     }
@@ -177,14 +175,16 @@ async fn handle(
     let Ok(Host::Name(name)) = parse_host(&sni) else {
         return Err(("malformed", format!("invalid SNI {sni:?}")));
     };
+    // One snapshot decides the connection: route, registry and policies alike.
+    let policy = p.policy.load_full();
     let (dst, plan): (Destination, Option<UpstreamPlan>) =
-        match p.routes.load().tls_route(&sni, p.port) {
+        match policy.routes.tls_route(&sni, p.port) {
             Some((host, port, plan)) => (
                 Destination::new(Host::Name(host), port, Scheme::Https, RequestForm::Connect),
                 Some(plan),
             ),
             None => {
-                let registry = p.registry.load();
+                let registry = &policy.registry;
                 let dst = Destination::new(
                     Host::Name(name),
                     p.port,
@@ -209,7 +209,7 @@ async fn handle(
                 }
             }
         };
-    authorize(p, peer, &sni, p.port, Some(&sni))?;
+    authorize(&policy, peer, &sni, p.port, Some(&sni))?;
     let upstream = p
         .dialer
         .connect(&dst, plan.as_ref())
@@ -227,7 +227,8 @@ async fn handle_tcp(
     peer: std::net::SocketAddr,
 ) -> Result<(), (&'static str, String)> {
     let _ = io.set_nodelay(true);
-    let Some((host, port, plan)) = p.routes.load().tcp_route_for_server(&p.hosts, p.port) else {
+    let policy = p.policy.load_full();
+    let Some((host, port, plan)) = policy.routes.tcp_route_for_server(&p.hosts, p.port) else {
         return Err((
             "no-route",
             format!(
@@ -240,7 +241,7 @@ async fn handle_tcp(
         Ok(h) => h,
         Err(e) => return Err(("malformed", format!("route destination {host:?}: {e}"))),
     };
-    authorize(p, peer, &host.to_string(), p.port, None)?;
+    authorize(&policy, peer, &host.to_string(), p.port, None)?;
     let dst = Destination::new(host, port, Scheme::Http, RequestForm::Connect);
     let upstream = p
         .dialer

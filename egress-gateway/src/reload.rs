@@ -2,8 +2,7 @@
 //! only when it compiles without errors; a bad configuration leaves the old one serving.
 
 use arc_swap::ArcSwap;
-use egress_policy::Registry;
-use egress_policy::routes::RouteTable;
+use egress_policy::snapshot::Policy;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,9 +28,7 @@ pub(crate) struct Reloader {
     args: ConfigArgs,
     /// Every resource of the configuration in force, for `/config_dump`.
     pub(crate) resources: ArcSwap<egress_policy::istio::ConfigSet>,
-    registry: Arc<ArcSwap<Registry>>,
-    routes: Arc<ArcSwap<RouteTable>>,
-    security: crate::stack::Security,
+    policy: Arc<ArcSwap<Policy>>,
     pub(crate) successes: AtomicU64,
     pub(crate) failures: AtomicU64,
     // Held only to copy or replace the status, never across an await.
@@ -42,16 +39,12 @@ impl Reloader {
     pub(crate) fn new(
         args: ConfigArgs,
         resources: egress_policy::istio::ConfigSet,
-        registry: Arc<ArcSwap<Registry>>,
-        routes: Arc<ArcSwap<RouteTable>>,
-        security: crate::stack::Security,
+        policy: Arc<ArcSwap<Policy>>,
     ) -> Self {
         Self {
             args,
             resources: ArcSwap::from_pointee(resources),
-            registry,
-            routes,
-            security,
+            policy,
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             status: Mutex::default(),
@@ -74,20 +67,18 @@ impl Reloader {
                 // that meets new routes and the old registry only skips the registry check
                 // for destinations the new routes chose.
                 // Security before routes: a request never meets new routes under old policies.
-                self.security.authz.store(Arc::new(loaded.authz));
-                self.security.jwt.store(Arc::new(loaded.jwt));
-                self.security
-                    .normalization
-                    .store(Arc::new(loaded.normalization));
-                self.routes.store(Arc::new(loaded.routes));
-                self.registry.store(Arc::new(loaded.registry));
+                let service_entries = loaded.registry.services().len();
+                // One store: a request sees the old configuration or the new one, whole.
+                self.policy.store(Arc::new(Policy {
+                    registry: Arc::new(loaded.registry),
+                    routes: Arc::new(loaded.routes),
+                    authz: Arc::new(loaded.authz),
+                    jwt: Arc::new(loaded.jwt),
+                    normalization: loaded.normalization,
+                }));
                 self.resources.store(Arc::new(loaded.config));
                 self.successes.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(
-                    trigger = why,
-                    service_entries = self.registry.load().services().len(),
-                    "configuration reloaded"
-                );
+                tracing::info!(trigger = why, service_entries, "configuration reloaded");
                 ReloadStatus {
                     outcome: "success".into(),
                     at,

@@ -23,6 +23,7 @@ use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
 use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
+use egress_policy::snapshot::Policy;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
 
@@ -165,21 +166,22 @@ impl Gateway {
             config,
             diagnostics,
         } = self.loaded;
-        let (service_entries, policy) = (registry.services().len(), registry.policy().as_str());
-        let registry = Arc::new(ArcSwap::from_pointee(registry));
-        let authz = Arc::new(ArcSwap::from_pointee(authz));
+        let (service_entries, outbound) = (registry.services().len(), registry.policy().as_str());
+        // The one swappable snapshot every request layer reads (a reload stores a new one).
+        let policy = Arc::new(ArcSwap::from_pointee(Policy {
+            registry: Arc::new(registry),
+            routes: Arc::new(routes),
+            authz: Arc::new(authz),
+            jwt: Arc::new(jwt),
+            normalization,
+        }));
         let security = crate::stack::Security {
-            ext_authz: egress_policy::ext_authz::ExtAuthzLayer::new(
-                authz.clone(),
+            ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(
                 args.ext_authz_max_in_flight,
                 args.xff_num_trusted_hops,
             )
-            .with_overrides(ext_authz_overrides)
-            .with_registry(registry.clone()),
-            authz,
-            jwt: Arc::new(ArcSwap::from_pointee(jwt)),
+            .with_overrides(ext_authz_overrides),
             jwks: egress_policy::jwt::JwksStore::default(),
-            normalization: Arc::new(ArcSwap::from_pointee(normalization)),
             allow_path_parameters: args.allow_path_parameters,
             underscores: args.headers_with_underscores.into(),
             xff_hops: args.xff_num_trusted_hops,
@@ -190,9 +192,9 @@ impl Gateway {
                 crate::jwks::Fetcher::new().map_err(|e| StartError(format!("JWKS client: {e}")))?,
             );
             let store = security.jwks.clone();
-            let policy = security.jwt.clone();
+            let current = policy.clone();
             let interval = args.jwks_refresh_interval;
-            tokio::spawn(store.run(policy, fetcher, interval));
+            tokio::spawn(store.run_with(move || current.load().jwt.uris(), fetcher, interval));
         }
         for w in diagnostics.warnings() {
             tracing::warn!("{w}");
@@ -201,12 +203,11 @@ impl Gateway {
             sources = %config.sources.join(", "),
             service_entries,
             virtual_services = config.virtual_services.len(),
-            policy,
+            policy = outbound,
             gateway = %args.config.gateway_name,
             selected_by = %binding.selected.join(", "),
             "configuration loaded"
         );
-        let routes = Arc::new(ArcSwap::from_pointee(routes));
         let mirror = MirrorLayer::new(
             MirrorConfig::default()
                 .with_max_concurrency(args.mirror_max_concurrency)
@@ -221,7 +222,7 @@ impl Gateway {
             None => match config
                 .mesh
                 .as_ref()
-                .and_then(mesh_collector(&registry.load(), &ext_authz_dial))
+                .and_then(mesh_collector(&policy.load().registry, &ext_authz_dial))
             {
                 Some((uri, protocol, name)) => {
                     tracing::info!(provider = %name, endpoint = %uri, "traces exported to MeshConfig's default tracing provider");
@@ -272,8 +273,7 @@ impl Gateway {
         };
         let graceful = Arc::new(GracefulShutdown::new());
         let stack_config = StackConfig {
-            registry: registry.clone(),
-            routes: routes.clone(),
+            policy: policy.clone(),
             dialer,
             upstream: UpstreamConfig::default()
                 .with_request_timeout(request_timeout)
@@ -298,12 +298,9 @@ impl Gateway {
             reloader: Arc::new(crate::reload::Reloader::new(
                 args.config.clone(),
                 config.clone(),
-                registry.clone(),
-                routes.clone(),
-                security.clone(),
+                policy.clone(),
             )),
-            registry,
-            routes,
+            policy,
             security: security.clone(),
             tracer: tracer.clone(),
             conn_stats,
@@ -368,8 +365,7 @@ impl Gateway {
                     crate::passthrough::Passthrough {
                         hosts: Arc::new(server.hosts),
                         port: server.port,
-                        registry: stack_config.registry.clone(),
-                        routes: stack_config.routes.clone(),
+                        policy: stack_config.policy.clone(),
                         dialer: stack_config.dialer.clone(),
                         metrics: metrics.clone(),
                         tunnels: tunnels.clone(),
@@ -377,7 +373,6 @@ impl Gateway {
                         limit: limit.clone(),
                         tunnel_slots: tunnel_slots.clone(),
                         tcp: server.tcp,
-                        authz: stack_config.security.authz.clone(),
                     },
                 ));
                 continue;

@@ -14,12 +14,13 @@ use egress_core::telemetry::{Metrics, TelemetryLayer};
 use egress_core::trace::{ClientSpanLayer, TraceLayer, Tracer};
 use egress_core::transport::{DialTable, Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
-use egress_policy::authz::path::{Normalization, PathNormalizeLayer};
-use egress_policy::authz::{AuthzLayer, AuthzPolicies};
+use egress_policy::RegistryOnlyLayer;
+use egress_policy::authz::AuthzLayer;
+use egress_policy::authz::path::PathNormalizeLayer;
 use egress_policy::ext_authz::ExtAuthzLayer;
-use egress_policy::jwt::{JwksStore, JwtLayer, JwtPolicy};
-use egress_policy::routes::{RouteLayer, RouteTable, ServerHosts, ServerHostsLayer};
-use egress_policy::{Registry, RegistryOnlyLayer};
+use egress_policy::jwt::{JwksStore, JwtLayer};
+use egress_policy::routes::{RouteLayer, ServerHosts, ServerHostsLayer};
+use egress_policy::snapshot::{Policy, SnapshotLayer};
 use egress_tls::EgressConnector;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -38,10 +39,8 @@ use crate::tunnel;
 /// Everything the stack is built from.
 #[derive(Clone)]
 pub struct StackConfig {
-    /// The registry, swappable as a whole.
-    pub registry: Arc<ArcSwap<Registry>>,
-    /// The routes, swappable as a whole.
-    pub routes: Arc<ArcSwap<RouteTable>>,
+    /// The compiled configuration, swapped as one on reload and loaded once per request.
+    pub policy: Arc<ArcSwap<Policy>>,
     /// Resolution, SSRF guard and dialling.
     pub dialer: Arc<Dialer>,
     /// Upstream pool settings.
@@ -66,17 +65,12 @@ pub struct StackConfig {
     pub conn_stats: Arc<egress_tls::ConnStats>,
 }
 
-/// The swappable security configuration and what it shares across listeners.
+/// Security settings and what the security layers share across listeners (their policies
+/// are in the snapshot).
 #[derive(Clone)]
 pub struct Security {
-    /// `AuthorizationPolicy` (CUSTOM, DENY, ALLOW).
-    pub authz: Arc<ArcSwap<AuthzPolicies>>,
-    /// `RequestAuthentication`.
-    pub jwt: Arc<ArcSwap<JwtPolicy>>,
     /// Keys of `jwksUri`s.
     pub jwks: JwksStore,
-    /// Path normalisation.
-    pub normalization: Arc<ArcSwap<Normalization>>,
     /// `--allow-path-parameters`.
     pub allow_path_parameters: bool,
     /// `--headers-with-underscores`.
@@ -127,6 +121,8 @@ pub fn build(
     ServiceBuilder::new()
         // Metrics and the access log: outermost, so they see every answer.
         .layer(TelemetryLayer::new(config.metrics.clone()))
+        // One configuration snapshot for the whole request: every layer below reads it.
+        .layer(SnapshotLayer::new(config.policy))
         // The server span, around everything the gateway answers.
         .option_layer(config.tracer.map(TraceLayer::new))
         // Errors become 502/503/504 with `x-egress-error` and a body; nothing escapes as a reset.
@@ -138,25 +134,22 @@ pub fn build(
         .layer(GatewayHeadersLayer::new())
         // One path for everything below: what is authorised is what goes upstream.
         .layer(
-            PathNormalizeLayer::from_swap(config.security.normalization)
+            PathNormalizeLayer::from_snapshot()
                 .allow_path_parameters(config.security.allow_path_parameters),
         )
         // On a Gateway server's listener: only the hosts that server declares (404 else).
         .option_layer(server_hosts.map(ServerHostsLayer::new))
         // RequestAuthentication: 401 for a bad token, identity for the policies below.
-        .layer(JwtLayer::new(config.security.jwt, config.security.jwks))
+        .layer(JwtLayer::from_snapshot(config.security.jwks))
         // CUSTOM policies: the external authorizer decides first.
         .layer(config.security.ext_authz)
         // DENY, then ALLOW: 403 `RBAC: access denied`.
-        .layer(AuthzLayer::new(
-            config.security.authz,
-            config.security.xff_hops,
-        ))
+        .layer(AuthzLayer::from_snapshot(config.security.xff_hops))
         // VirtualService routes: choose the destination (checked against the registry when
         // compiled), or answer directly, redirect, or 404 when no route matches.
-        .layer(RouteLayer::from_swap(config.routes))
+        .layer(RouteLayer::from_snapshot())
         // Unrouted requests: unregistered destinations never reach the network.
-        .layer(RegistryOnlyLayer::from_swap(config.registry))
+        .layer(RegistryOnlyLayer::from_snapshot())
         .service(Dispatch {
             http,
             dialer: config.dialer,

@@ -18,6 +18,8 @@
 //! a slow authorizer cannot hold the gateway's memory or tasks.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{Rejection, RejectionKind};
 use egress_core::{BoxBody, BoxError};
@@ -80,12 +82,12 @@ where
 /// Checks matching requests with the CUSTOM provider of a swappable [`AuthzPolicies`].
 #[derive(Clone)]
 pub struct ExtAuthzLayer {
-    policies: Arc<ArcSwap<AuthzPolicies>>,
+    policies: Source<AuthzPolicies>,
     client: Client<HttpConnector, Full<Bytes>>,
     limit: Arc<Semaphore>,
     xff_hops: usize,
     overrides: Arc<egress_core::transport::Overrides>,
-    registry: Option<Arc<ArcSwap<crate::Registry>>>,
+    registry: Option<Source<crate::Registry>>,
 }
 
 impl std::fmt::Debug for ExtAuthzLayer {
@@ -101,6 +103,18 @@ impl ExtAuthzLayer {
         max_in_flight: usize,
         xff_hops: usize,
     ) -> Self {
+        Self::with_source(Source::Swap(policies), max_in_flight, xff_hops)
+    }
+
+    /// A layer reading the policies and the registry of each request's
+    /// [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot(max_in_flight: usize, xff_hops: usize) -> Self {
+        let mut layer = Self::with_source(Source::Snapshot(|p| &p.authz), max_in_flight, xff_hops);
+        layer.registry = Some(Source::Snapshot(|p| &p.registry));
+        layer
+    }
+
+    fn with_source(policies: Source<AuthzPolicies>, max_in_flight: usize, xff_hops: usize) -> Self {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
@@ -121,15 +135,15 @@ impl ExtAuthzLayer {
     /// authorizer through its cluster: a `ServiceEntry` for that host and port gives its
     /// endpoints (`STATIC` addresses, `DNS` names).
     pub fn with_registry(mut self, registry: Arc<ArcSwap<crate::Registry>>) -> Self {
-        self.registry = Some(registry);
+        self.registry = Some(Source::Swap(registry));
         self
     }
 
     /// Where a provider's checks are sent: a registered endpoint of its `service`, else
     /// `--resolve`, else the name itself (resolved by DNS when dialled).
-    fn target(&self, p: &ExtAuthzHttp) -> String {
-        let target = match &self.registry {
-            Some(r) => r.load().service_target(&p.service, p.port),
+    fn target<B>(&self, p: &ExtAuthzHttp, req: &Request<B>) -> String {
+        let target = match self.registry.as_ref().and_then(|r| r.load(req)) {
+            Some(r) => r.service_target(&p.service, p.port),
             None => egress_core::ctx::Target::Name(p.service.as_str().into(), Some(p.port)),
         };
         crate::registry::dial_target(&target, p.port, &self.overrides)
@@ -182,7 +196,9 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use egress_core::respond::InnerOrBoxed;
-        let policies = self.layer.policies.load();
+        let Some(policies) = self.layer.policies.load(&req) else {
+            return InnerOrBoxed::boxed(Box::pin(async { Ok(crate::snapshot::missing()) }));
+        };
         if policies.custom_is_empty() {
             return InnerOrBoxed::inner(ErrInto(self.inner.call(req.map(Either::Left))));
         }
@@ -207,6 +223,7 @@ where
             // Compilation refuses unknown providers; fail closed if one slips through.
             return InnerOrBoxed::boxed(Box::pin(async { Ok(error_response(403)) }));
         };
+        let target = self.layer.target(&provider, &req);
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
@@ -241,7 +258,6 @@ where
             let verdict = match layer.limit.clone().try_acquire_owned() {
                 Err(_) => Err("too many authorization checks in flight".to_owned()),
                 Ok(_permit) => {
-                    let target = layer.target(&provider);
                     let check = build_check(&provider, &parts, check_body, &target);
                     match tokio::time::timeout(provider.timeout, layer.client.request(check)).await
                     {

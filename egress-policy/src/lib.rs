@@ -38,6 +38,7 @@ pub mod istio;
 pub mod jwt;
 pub mod registry;
 pub mod routes;
+pub mod snapshot;
 pub mod yaml;
 
 pub use registry::{Registry, RegistryOnlyLayer};

@@ -94,11 +94,15 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let config = rt.block_on(async {
-            let authz = Arc::new(ArcSwap::from_pointee(loaded.authz));
-            let registry = Arc::new(ArcSwap::from_pointee(loaded.registry));
+            let policy = Arc::new(ArcSwap::from_pointee(egress_policy::snapshot::Policy {
+                registry: Arc::new(loaded.registry),
+                routes: Arc::new(loaded.routes),
+                authz: Arc::new(loaded.authz),
+                jwt: Arc::new(loaded.jwt),
+                normalization: loaded.normalization,
+            }));
             StackConfig {
-                registry: registry.clone(),
-                routes: Arc::new(ArcSwap::from_pointee(loaded.routes)),
+                policy,
                 dialer: Arc::new(Dialer::with_resolver(
                     DialerConfig::default().with_connect_timeout(Duration::from_millis(100)),
                     Arc::new(Loopback),
@@ -112,12 +116,8 @@ fn world() -> &'static World {
                 tunnel_slots: Arc::new(tokio::sync::Semaphore::new(4)),
                 metrics: Metrics::new("fuzz", false),
                 security: Security {
-                    ext_authz: egress_policy::ext_authz::ExtAuthzLayer::new(authz.clone(), 4, 0)
-                        .with_registry(registry),
-                    authz,
-                    jwt: Arc::new(ArcSwap::from_pointee(loaded.jwt)),
+                    ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(4, 0),
                     jwks: egress_policy::jwt::JwksStore::default(),
-                    normalization: Arc::new(ArcSwap::from_pointee(loaded.normalization)),
                     allow_path_parameters: false,
                     underscores: egress_core::destination::Underscores::Reject,
                     xff_hops: 1,

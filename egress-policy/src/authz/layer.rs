@@ -7,6 +7,8 @@
 //!   client.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{
     ClientAddr, Destination, Host, Rejection, RejectionKind, RequestForm, SourcePrincipal,
@@ -134,7 +136,7 @@ pub(crate) fn bad_xff<RspB: From<Bytes>>() -> Response<RspB> {
 /// Evaluates DENY and ALLOW policies from a swappable [`AuthzPolicies`].
 #[derive(Clone, Debug)]
 pub struct AuthzLayer {
-    policies: Arc<ArcSwap<AuthzPolicies>>,
+    policies: Source<AuthzPolicies>,
     xff_hops: usize,
 }
 
@@ -142,7 +144,19 @@ impl AuthzLayer {
     /// A layer over a swappable policy set; `xff_hops` trusted proxies in front of the
     /// gateway (0: `X-Forwarded-For` is never trusted).
     pub fn new(policies: Arc<ArcSwap<AuthzPolicies>>, xff_hops: usize) -> Self {
-        Self { policies, xff_hops }
+        Self {
+            policies: Source::Swap(policies),
+            xff_hops,
+        }
+    }
+
+    /// A layer reading the policies of each request's
+    /// [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot(xff_hops: usize) -> Self {
+        Self {
+            policies: Source::Snapshot(|p| &p.authz),
+            xff_hops,
+        }
     }
 }
 
@@ -162,7 +176,7 @@ impl<S> Layer<S> for AuthzLayer {
 #[derive(Clone, Debug)]
 pub struct AuthzService<S> {
     inner: S,
-    policies: Arc<ArcSwap<AuthzPolicies>>,
+    policies: Source<AuthzPolicies>,
     xff_hops: usize,
 }
 
@@ -203,7 +217,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let policies = self.policies.load();
+        let Some(policies) = self.policies.load(&req) else {
+            return RefuseOr::refused(crate::snapshot::missing());
+        };
         if policies.deny.is_empty() && policies.allow.is_empty() && policies.audit.is_empty() {
             return RefuseOr::inner(self.inner.call(req));
         }

@@ -18,6 +18,8 @@
 //! The query string never takes part and is forwarded as received.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{Rejection, RejectionKind};
 use egress_core::respond::RefuseOr;
@@ -200,7 +202,7 @@ pub fn normalize_with(
 /// closed connection, a path that cannot be normalised unambiguously.
 #[derive(Clone, Debug, Default)]
 pub struct PathNormalizeLayer {
-    mode: Arc<ArcSwap<Normalization>>,
+    mode: Source<Normalization>,
     params: bool,
 }
 
@@ -213,7 +215,16 @@ impl PathNormalizeLayer {
     /// A layer whose mode can be swapped at run time (a reload of MeshConfig).
     pub fn from_swap(mode: Arc<ArcSwap<Normalization>>) -> Self {
         Self {
-            mode,
+            mode: Source::Swap(mode),
+            params: false,
+        }
+    }
+
+    /// A layer normalising with the mode of each request's
+    /// [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot() -> Self {
+        Self {
+            mode: Source::Snapshot(|p| &p.normalization),
             params: false,
         }
     }
@@ -242,7 +253,7 @@ impl<S> Layer<S> for PathNormalizeLayer {
 #[derive(Clone, Debug)]
 pub struct PathNormalize<S> {
     inner: S,
-    mode: Arc<ArcSwap<Normalization>>,
+    mode: Source<Normalization>,
     params: bool,
 }
 
@@ -264,7 +275,10 @@ where
         if req.method() == Method::CONNECT {
             return RefuseOr::inner(self.inner.call(req));
         }
-        let mode = **self.mode.load();
+        let Some(mode) = self.mode.load(&req) else {
+            return RefuseOr::refused(crate::snapshot::missing());
+        };
+        let mode = *mode;
         match normalize_with(req.uri().path(), mode, self.params) {
             Ok(None) => RefuseOr::inner(self.inner.call(req)),
             Ok(Some(path)) => {

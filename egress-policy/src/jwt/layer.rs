@@ -6,6 +6,8 @@
 //!   to authenticate.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm};
 use egress_core::respond::RefuseOr;
@@ -19,14 +21,25 @@ use super::{JwksStore, JwtPolicy};
 /// Validates JWTs with a swappable [`JwtPolicy`] and the keys of a [`JwksStore`].
 #[derive(Clone, Debug)]
 pub struct JwtLayer {
-    policy: Arc<ArcSwap<JwtPolicy>>,
+    policy: Source<JwtPolicy>,
     store: JwksStore,
 }
 
 impl JwtLayer {
     /// A layer over a swappable policy.
     pub fn new(policy: Arc<ArcSwap<JwtPolicy>>, store: JwksStore) -> Self {
-        Self { policy, store }
+        Self {
+            policy: Source::Swap(policy),
+            store,
+        }
+    }
+
+    /// A layer reading the rules of each request's [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot(store: JwksStore) -> Self {
+        Self {
+            policy: Source::Snapshot(|p| &p.jwt),
+            store,
+        }
     }
 }
 
@@ -46,7 +59,7 @@ impl<S> Layer<S> for JwtLayer {
 #[derive(Clone, Debug)]
 pub struct JwtService<S> {
     inner: S,
-    policy: Arc<ArcSwap<JwtPolicy>>,
+    policy: Source<JwtPolicy>,
     store: JwksStore,
 }
 
@@ -65,7 +78,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let policy = self.policy.load();
+        let Some(policy) = self.policy.load(&req) else {
+            return RefuseOr::refused(crate::snapshot::missing());
+        };
         if policy.is_empty() {
             return RefuseOr::inner(self.inner.call(req));
         }

@@ -168,9 +168,21 @@ impl JwksStore {
         fetcher: Arc<dyn FetchJwks>,
         interval: Duration,
     ) {
+        self.run_with(move || policy.load().uris(), fetcher, interval)
+            .await
+    }
+
+    /// [`JwksStore::run`] for the URIs `uris` names each time it looks (the current
+    /// snapshot's, say).
+    pub async fn run_with(
+        self,
+        uris: impl Fn() -> Vec<(Arc<str>, Duration)> + Send,
+        fetcher: Arc<dyn FetchJwks>,
+        interval: Duration,
+    ) {
         loop {
             let now = Instant::now();
-            let uris = policy.load().uris();
+            let uris = uris();
             let due: Vec<(Arc<str>, Duration)> = {
                 let Ok(mut sched) = self.schedule.lock() else {
                     return;

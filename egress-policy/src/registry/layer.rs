@@ -9,6 +9,8 @@
 //! - The upstream never sees a byte of a refused request.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{
     Destination, Passthrough, Rejection, RejectionKind, RequestForm, TelemetrySlot,
@@ -26,7 +28,7 @@ use crate::istio::{OutboundPolicy, Protocol};
 /// Checks each request's destination against a [`Registry`] that can be swapped at run time.
 #[derive(Clone, Debug)]
 pub struct RegistryOnlyLayer {
-    registry: Arc<ArcSwap<Registry>>,
+    registry: Source<Registry>,
 }
 
 impl RegistryOnlyLayer {
@@ -37,7 +39,16 @@ impl RegistryOnlyLayer {
 
     /// A layer over a swappable registry: `store` a new one to reload, atomically.
     pub fn from_swap(registry: Arc<ArcSwap<Registry>>) -> Self {
-        Self { registry }
+        Self {
+            registry: Source::Swap(registry),
+        }
+    }
+
+    /// A layer reading the registry of each request's [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot() -> Self {
+        Self {
+            registry: Source::Snapshot(|p| &p.registry),
+        }
     }
 }
 
@@ -56,7 +67,7 @@ impl<S> Layer<S> for RegistryOnlyLayer {
 #[derive(Clone, Debug)]
 pub struct RegistryOnly<S> {
     inner: S,
-    registry: Arc<ArcSwap<Registry>>,
+    registry: Source<Registry>,
 }
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for RegistryOnly<S>
@@ -87,7 +98,9 @@ where
         if req.extensions().get::<UpstreamPlan>().is_some() {
             return RefuseOr::inner(self.inner.call(req));
         }
-        let registry = self.registry.load();
+        let Some(registry) = self.registry.load(&req) else {
+            return RefuseOr::refused(crate::snapshot::missing());
+        };
         let connect = dst.form() == RequestForm::Connect;
         match registry.lookup(dst) {
             Some(found) => {

@@ -10,6 +10,8 @@
 //! - `CONNECT` requests pass untouched: HTTP routes do not apply to tunnels.
 
 use arc_swap::ArcSwap;
+
+use crate::snapshot::Source;
 use bytes::Bytes;
 use egress_core::ctx::{
     Destination, MirrorTarget, Mirrors, Rejection, RejectionKind, RequestForm, RouteDecision,
@@ -30,13 +32,22 @@ use crate::istio::{HeaderOps, Redirect};
 /// Routes requests with a [`RouteTable`] that can be swapped at run time.
 #[derive(Clone, Debug)]
 pub struct RouteLayer {
-    table: Arc<ArcSwap<RouteTable>>,
+    table: Source<RouteTable>,
 }
 
 impl RouteLayer {
     /// A layer over a swappable table.
     pub fn from_swap(table: Arc<ArcSwap<RouteTable>>) -> Self {
-        Self { table }
+        Self {
+            table: Source::Swap(table),
+        }
+    }
+
+    /// A layer reading the routes of each request's [`Policy`](crate::snapshot::Policy).
+    pub fn from_snapshot() -> Self {
+        Self {
+            table: Source::Snapshot(|p| &p.routes),
+        }
     }
 }
 
@@ -55,7 +66,7 @@ impl<S> Layer<S> for RouteLayer {
 #[derive(Clone, Debug)]
 pub struct Routing<S> {
     inner: S,
-    table: Arc<ArcSwap<RouteTable>>,
+    table: Source<RouteTable>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -79,7 +90,11 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
-        let table = self.table.load();
+        let Some(table) = self.table.load(&req) else {
+            return RouteFuture::Ready {
+                response: Some(crate::snapshot::missing()),
+            };
+        };
         let Some(dst) = req.extensions().get::<Destination>() else {
             return RouteFuture::Passthrough {
                 future: self.inner.call(req),
