@@ -10,7 +10,7 @@
 //! ≤ 1.27 compatibility switch is on, a `-shadow` suffix on their `Host`.
 //!
 //! - Reads: [`Destination`], [`Mirrors`]. Inserts into copies: [`Mirrored`], their own
-//!   [`UpstreamPlan`].
+//!   [`UpstreamPlan`](crate::ctx::UpstreamPlan).
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response};

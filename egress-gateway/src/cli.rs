@@ -169,7 +169,7 @@ pub struct RunArgs {
     /// The admin listener (/healthz/ready, /config_dump).
     #[arg(long, default_value = "127.0.0.1:15000", value_name = "ADDR")]
     pub admin: SocketAddr,
-    /// Pin HOST:PORT to addresses, like curl's --resolve (HOST:PORT:ADDR[,ADDR]); wins over
+    /// Pin HOST:PORT to addresses, like curl's --resolve (HOST:PORT:ADDR, several ADDRs comma-separated); wins over
     /// endpoints and DNS, and lets internal addresses through the SSRF guard. Repeatable.
     #[arg(long, value_name = "HOST:PORT:ADDR")]
     pub resolve: Vec<String>,
