@@ -156,3 +156,82 @@ spec:
         "{metrics}"
     );
 }
+
+/// `--max-tunnels` caps TCP Gateway connections with CONNECT tunnels: one over the cap is
+/// closed at once (nothing can be said in a TCP stream), counted; a closed one frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_gateway_connections_count_against_max_tunnels() {
+    use std::io::{Read, Write};
+    let origin = Origin::start().await;
+    let listen = free_port();
+    let offset = listen - 7777;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: external-db}}
+spec:
+  hosts: [my-db.tcp.test]
+  ports: [{{number: {db}, name: tcp, protocol: TCP}}]
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: Gateway
+metadata: {{name: istio-egressgateway}}
+spec:
+  selector: {{istio: egressgateway}}
+  servers:
+  - port: {{number: 7777, name: tcp, protocol: TCP}}
+    hosts: [my-db.tcp.test]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: db}}
+spec:
+  hosts: [my-db.tcp.test]
+  gateways: [istio-egressgateway]
+  tcp:
+  - match: [{{gateways: [istio-egressgateway], port: 7777}}]
+    route: [{{destination: {{host: my-db.tcp.test, port: {{number: {db}}}}}}}]
+"#,
+        db = origin.port(),
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!("--resolve=my-db.tcp.test:{}:127.0.0.1", origin.port()),
+            "--gateway-port-offset",
+            &offset.to_string(),
+            "--max-tunnels",
+            "1",
+        ],
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], listen));
+    let request = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        s.write_all(b"GET /t HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    tokio::task::block_in_place(|| {
+        // The first connection holds the only slot while the second tries.
+        let first = std::net::TcpStream::connect(addr).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let mut second = std::net::TcpStream::connect(addr).unwrap();
+        assert_eq!(request(&mut second), "", "over the cap: closed");
+        drop(first);
+        let mut ok = false;
+        for _ in 0..50 {
+            let mut third = std::net::TcpStream::connect(addr).unwrap();
+            if request(&mut third).ends_with("hello from origin") {
+                ok = true;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(ok, "the freed slot was never reused\n{}", gw.log());
+    });
+    assert!(gw.wait_log("--max-tunnels reached"), "{}", gw.log());
+}
