@@ -23,6 +23,16 @@ where
 /// The response for one error: status, `x-egress-error` (or `x-egress-denied` for the SSRF
 /// guard and loop refusals), and a body that names the destination and the cause.
 pub fn error_response<B: From<Bytes>>(error: &(dyn std::error::Error + 'static)) -> Response<B> {
+    if let Some(body) = cause_ref::<crate::body::ClientBodyError>(error)
+        && cause_ref::<UpstreamError>(error).is_none()
+    {
+        let (kind, status) = if body.is_timeout() {
+            (RejectionKind::BodyTimeout, StatusCode::REQUEST_TIMEOUT)
+        } else {
+            (RejectionKind::Malformed, StatusCode::BAD_REQUEST)
+        };
+        return Rejection::new(kind).respond(status, true, format!("egress: {body}\n"));
+    }
     let Some(upstream) = cause_ref::<UpstreamError>(error) else {
         tracing::warn!(%error, "request failed");
         let mut rsp = Response::new(B::from(Bytes::from(format!(

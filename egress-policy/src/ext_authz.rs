@@ -235,7 +235,10 @@ where
                 Some(cfg) => {
                     let max = cfg.max_request_bytes as usize;
                     let mut body = body;
-                    let (read, complete) = read_up_to(&mut body, max).await?;
+                    // A broken body is the client's: 400, never a 500 of the gateway's.
+                    let (read, complete) = read_up_to(&mut body, max)
+                        .await
+                        .map_err(egress_core::body::ClientBodyError)?;
                     if !complete && !cfg.allow_partial_message {
                         return Ok(Rejection::new(RejectionKind::BodyTooLarge).respond(
                             StatusCode::PAYLOAD_TOO_LARGE,

@@ -309,3 +309,26 @@ spec:
     let seen = origin.requests().pop().unwrap();
     assert!(!seen.headers.contains_key("x-user"), "{seen:?}");
 }
+
+/// A body the authorizer must see that breaks on the way in (a bad chunk) is the client's
+/// fault: 400 malformed and closed, no check, nothing upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_body_for_the_check_is_a_400() {
+    let origin = Origin::start().await;
+    let authz = authorizer().await;
+    let gw = start(
+        &origin,
+        authz.port,
+        "        includeRequestBodyInCheck: {maxRequestBytes: 100}\n",
+    );
+    let p = origin.port();
+    let req = format!(
+        "POST http://api.test:{p}/upload HTTP/1.1\r\nHost: api.test:{p}\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n"
+    );
+    let (reply, closed) = egress_tests::raw_exchange_async(gw.proxy, req.as_bytes()).await;
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}\n{}", gw.log());
+    assert!(reply.contains("x-egress-denied: malformed"), "{reply}");
+    assert!(closed);
+    assert_eq!(authz.checks.lock().unwrap().len(), 0);
+    assert_eq!(origin.count(), 0);
+}
