@@ -190,7 +190,8 @@ where
                 let bytes = Limited::new(body, limit as usize)
                     .collect()
                     .await
-                    .map_err(|e| -> BoxError { format!("reading the request body: {e}").into() })?
+                    // The client's body broke (or is over the limit it declared): its fault.
+                    .map_err(|e| -> BoxError { Box::new(crate::body::ClientBodyError(e)) })?
                     .to_bytes();
                 for target in mirrors.0.iter() {
                     shared.spawn_copy(&parts, &bytes, target, primary.clone());
@@ -276,5 +277,50 @@ fn shadow(dst: Destination) -> Destination {
     match HeaderValue::from_str(&shadowed) {
         Ok(v) => dst.with_host_header(v),
         Err(_) => dst,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctx::{MirrorTarget, UpstreamPlan};
+    use std::pin::Pin;
+    use tower::{ServiceExt, service_fn};
+
+    /// Five bytes announced, an error delivered: a client whose body breaks.
+    struct Broken;
+
+    impl Body for Broken {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+            Poll::Ready(Some(Err("connection reset mid-body".into())))
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::SizeHint::with_exact(5)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_body_being_buffered_is_the_clients_fault() {
+        let svc = MirrorLayer::new(MirrorConfig::default()).layer(service_fn(
+            |_: Request<MirrorBody<Broken>>| async {
+                Ok::<_, BoxError>(http::Response::new(Bytes::new()))
+            },
+        ));
+        let mut req = Request::new(Broken);
+        req.extensions_mut()
+            .insert(Mirrors(Arc::from([MirrorTarget {
+                host: "shadow.test".into(),
+                plan: UpstreamPlan::default(),
+            }])));
+        let rsp = crate::respond::into_response(svc.oneshot(req).await).unwrap();
+        assert_eq!(rsp.status(), http::StatusCode::BAD_REQUEST);
+        assert_eq!(rsp.headers()[crate::ctx::DENIED_HEADER], "malformed");
     }
 }
