@@ -13,10 +13,10 @@
 //! identities the source namespace is unknown; the policy says so in a warning, and an
 //! `AuthorizationPolicy` on the gateway is the way to restrict sources.
 
+use super::destination_rule::{ClientTls, DestinationRule};
 use super::model::{Location, Meta, Port, Protocol, Resolution, ServiceEntry};
 use super::reader::Reader;
 use super::service_entry::{check_host, read_port};
-use super::virtual_service::{ClientTls, DestinationRule};
 use crate::yaml::Node;
 
 /// The API versions of `ASMEgressTrafficPolicy` read.

@@ -6,7 +6,10 @@
 //! "not yet supported, ignored", never silently. `kind: List` documents are unpacked.
 
 mod asm;
+mod destination_rule;
 mod gateway;
+mod http_match;
+mod l4_route;
 pub mod mesh;
 mod model;
 mod reader;
@@ -14,14 +17,16 @@ pub mod security;
 mod service_entry;
 mod virtual_service;
 
+pub use destination_rule::{ClientTls, DestinationRule, LoadBalancer, Subset};
 pub use gateway::{Binding, Gateway, Server, ServerPort, ServerTlsFiles};
+pub use http_match::{HttpMatch, StringMatch};
+pub use l4_route::{TcpRoute, TlsMatch, TlsRoute};
 pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
 };
 pub use virtual_service::{
-    ClientTls, DestinationRule, DirectResponse, Fault, HeaderOps, Headers, HttpMatch, HttpRoute,
-    LoadBalancer, Redirect, Retries, Rewrite, RouteTarget, StringMatch, Subset, TcpRoute, TlsMatch,
-    TlsRoute, VirtualService, WeightedDestination,
+    DirectResponse, Fault, HeaderOps, Headers, HttpRoute, Redirect, Retries, Rewrite, RouteTarget,
+    VirtualService, WeightedDestination,
 };
 
 use serde::Serialize;
@@ -281,7 +286,7 @@ impl ConfigSet {
                 }
             }
             "DestinationRule" => {
-                if let Some(dr) = virtual_service::read_destination_rule(&mut r, meta, spec) {
+                if let Some(dr) = destination_rule::read_destination_rule(&mut r, meta, spec) {
                     self.destination_rules.push(dr);
                 }
             }

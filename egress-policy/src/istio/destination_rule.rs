@@ -1,0 +1,431 @@
+//! Reading and validating `DestinationRule`: subsets, traffic policies (load balancing,
+//! client TLS), per port and per subset.
+
+use serde::Serialize;
+
+use super::model::Meta;
+use super::reader::{Fields, Reader};
+use crate::yaml::Node;
+
+/// `DestinationRule.subsets[]`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Subset {
+    /// `name`.
+    pub name: String,
+    /// `labels` selecting `ServiceEntry` endpoints.
+    pub labels: Vec<(String, String)>,
+    /// `trafficPolicy.loadBalancer` of the subset.
+    pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.tls` of the subset.
+    pub tls: Option<ClientTls>,
+}
+
+/// A `DestinationRule` (subsets; traffic policies come later).
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationRule {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// `host`.
+    pub host: String,
+    /// `subsets`.
+    pub subsets: Vec<Subset>,
+    /// `trafficPolicy.loadBalancer`.
+    pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.portLevelSettings[].loadBalancer`, by port.
+    pub port_lb: Vec<(u16, LoadBalancer)>,
+    /// `trafficPolicy.tls`.
+    pub tls: Option<ClientTls>,
+    /// `trafficPolicy.portLevelSettings[].tls`, by port.
+    pub port_tls: Vec<(u16, ClientTls)>,
+}
+
+impl DestinationRule {
+    /// The TLS settings for a port and subset: the subset's, else the port's, else the
+    /// rule's.
+    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
+        subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.tls.as_ref())
+            .or_else(|| {
+                self.port_tls
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, t)| t)
+            })
+            .or(self.tls.as_ref())
+    }
+
+    /// The balancer for a port and subset: the subset's, else the port's, else the rule's.
+    pub fn balance_for(&self, port: u16, subset: Option<&str>) -> Option<LoadBalancer> {
+        let from_subset = subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.lb.clone());
+        from_subset
+            .or_else(|| {
+                self.port_lb
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, b)| b.clone())
+            })
+            .or_else(|| self.lb.clone())
+    }
+}
+
+/// `DestinationRule.trafficPolicy.loadBalancer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// `ROUND_ROBIN` (and `UNSPECIFIED`).
+    RoundRobin,
+    /// `RANDOM`.
+    Random,
+    /// `LEAST_REQUEST` (and the older `LEAST_CONN`).
+    LeastRequest,
+    /// `PASSTHROUGH`.
+    Passthrough,
+    /// `consistentHash.httpHeaderName` (lower-case).
+    HashHeader(String),
+    /// `consistentHash.useSourceIp`.
+    HashSourceIp,
+}
+
+impl LoadBalancer {
+    /// The transport's policy.
+    pub fn to_balance(&self) -> egress_core::ctx::Balance {
+        use egress_core::ctx::Balance;
+        match self {
+            LoadBalancer::RoundRobin => Balance::RoundRobin,
+            LoadBalancer::Random => Balance::Random,
+            LoadBalancer::LeastRequest => Balance::LeastRequest,
+            LoadBalancer::Passthrough => Balance::Passthrough,
+            LoadBalancer::HashHeader(h) => http::HeaderName::from_bytes(h.as_bytes())
+                .map_or(Balance::RoundRobin, Balance::HashHeader),
+            LoadBalancer::HashSourceIp => Balance::HashSourceIp,
+        }
+    }
+}
+
+/// Reads a `trafficPolicy`, keeping its load balancer and port-level load balancers.
+/// `trafficPolicy`: what this gateway applies of it.
+#[derive(Clone, Debug, Default)]
+struct TrafficPolicy {
+    lb: Option<LoadBalancer>,
+    port_lb: Vec<(u16, LoadBalancer)>,
+    tls: Option<ClientTls>,
+    port_tls: Vec<(u16, ClientTls)>,
+}
+
+fn read_traffic_policy(r: &mut Reader<'_>, node: &Node, path: &str) -> TrafficPolicy {
+    let Some(mut f) = r.map(node, path) else {
+        return TrafficPolicy::default();
+    };
+    let mut tp = TrafficPolicy {
+        lb: f
+            .take("loadBalancer")
+            .and_then(|n| read_balance(r, n, &format!("{path}.loadBalancer"))),
+        tls: f
+            .take("tls")
+            .and_then(|n| read_tls(r, n, &format!("{path}.tls"))),
+        ..Default::default()
+    };
+    if let Some(n) = f.take("portLevelSettings") {
+        for (i, s) in r
+            .list(n, &format!("{path}.portLevelSettings"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.portLevelSettings[{i}]");
+            let Some(mut sf) = r.map(s, &p) else { continue };
+            let port = sf.take("port").and_then(|pn| {
+                let mut pf = r.map(pn, &format!("{p}.port"))?;
+                let n = pf
+                    .take("number")
+                    .and_then(|v| r.uint(v, &format!("{p}.port.number"), 1, 65535));
+                pf.finish(r, &[]);
+                n.map(|n| n as u16)
+            });
+            let lb = sf
+                .take("loadBalancer")
+                .and_then(|n| read_balance(r, n, &format!("{p}.loadBalancer")));
+            let tls = sf
+                .take("tls")
+                .and_then(|n| read_tls(r, n, &format!("{p}.tls")));
+            sf.finish(r, &["connectionPool", "outlierDetection"]);
+            let Some(port) = port else {
+                r.error(
+                    s,
+                    format!("{p}.port"),
+                    "port-level settings need a port number",
+                );
+                continue;
+            };
+            if let Some(lb) = lb {
+                tp.port_lb.push((port, lb));
+            }
+            if let Some(tls) = tls {
+                tp.port_tls.push((port, tls));
+            }
+        }
+    }
+    f.finish(
+        r,
+        &[
+            "connectionPool",
+            "outlierDetection",
+            "tunnel",
+            "proxyProtocol",
+        ],
+    );
+    tp
+}
+
+/// `ClientTLSSettings`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
+    pub mode: String,
+    /// `caCertificates`.
+    pub ca_certificates: Option<String>,
+    /// `caCrl`.
+    pub ca_crl: Option<String>,
+    /// `clientCertificate`.
+    pub client_certificate: Option<String>,
+    /// `privateKey`.
+    pub private_key: Option<String>,
+    /// `sni`.
+    pub sni: Option<String>,
+    /// `subjectAltNames`.
+    pub subject_alt_names: Vec<String>,
+    /// `insecureSkipVerify`.
+    pub insecure_skip_verify: bool,
+}
+
+impl ClientTls {
+    /// The transport's settings; `None` for `DISABLE`.
+    pub fn to_settings(&self, origin: &str) -> Option<egress_core::ctx::TlsSettings> {
+        if self.mode == "DISABLE" {
+            return None;
+        }
+        Some(egress_core::ctx::TlsSettings {
+            mutual: self.mode == "MUTUAL",
+            ca_certificates: self.ca_certificates.as_ref().map(Into::into),
+            ca_crl: self.ca_crl.as_ref().map(Into::into),
+            client_certificate: self.client_certificate.as_ref().map(Into::into),
+            private_key: self.private_key.as_ref().map(Into::into),
+            sni: self.sni.as_deref().map(Into::into),
+            subject_alt_names: self.subject_alt_names.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            origin: origin.into(),
+        })
+    }
+}
+
+fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
+    let mut f = r.map(node, path)?;
+    let mode_node = f.take("mode");
+    let mode = mode_node
+        .and_then(|n| {
+            r.one_of(
+                n,
+                &format!("{path}.mode"),
+                &["DISABLE", "SIMPLE", "MUTUAL", "ISTIO_MUTUAL"],
+            )
+        })
+        .unwrap_or("DISABLE");
+    let file = |f: &mut Fields<'_>, r: &mut Reader<'_>, key: &str| -> Option<String> {
+        let n = f.take(key)?;
+        let p = format!("{path}.{key}");
+        let v = r.string(n, &p)?;
+        if std::fs::metadata(&v).is_err() {
+            r.error(n, &p, format!("cannot read {v:?}"));
+        }
+        Some(v)
+    };
+    let ca_certificates = file(&mut f, r, "caCertificates");
+    let ca_crl = file(&mut f, r, "caCrl");
+    let client_certificate = file(&mut f, r, "clientCertificate");
+    let private_key = file(&mut f, r, "privateKey");
+    let sni = f
+        .take("sni")
+        .and_then(|n| r.string(n, &format!("{path}.sni")));
+    let subject_alt_names = f
+        .take("subjectAltNames")
+        .map(|n| r.strings(n, &format!("{path}.subjectAltNames")))
+        .unwrap_or_default();
+    let insecure_skip_verify = f
+        .take("insecureSkipVerify")
+        .and_then(|n| r.boolean(n, &format!("{path}.insecureSkipVerify")))
+        .unwrap_or(false);
+    if let Some(n) = f.take("credentialName") {
+        r.error(n, format!("{path}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give caCertificates, clientCertificate and privateKey as files");
+    }
+    f.finish(r, &[]);
+    if mode == "ISTIO_MUTUAL" {
+        r.error(mode_node.unwrap_or(node), format!("{path}.mode"), "ISTIO_MUTUAL is not supported outside a mesh (there is no mesh certificate authority); use MUTUAL with files");
+        return None;
+    }
+    if mode == "MUTUAL" && (client_certificate.is_none() || private_key.is_none()) {
+        r.error(node, path, "MUTUAL needs clientCertificate and privateKey");
+        return None;
+    }
+    Some(ClientTls {
+        mode: mode.to_owned(),
+        ca_certificates,
+        ca_crl,
+        client_certificate,
+        private_key,
+        sni,
+        subject_alt_names,
+        insecure_skip_verify,
+    })
+}
+
+fn read_balance(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<LoadBalancer> {
+    let mut f = r.map(node, path)?;
+    let simple = f.take("simple");
+    let hash = f.take("consistentHash");
+    f.finish(r, &["localityLbSetting", "warmupDurationSecs", "warmup"]);
+    match (simple, hash) {
+        (Some(n), None) => match r.one_of(
+            n,
+            &format!("{path}.simple"),
+            &[
+                "UNSPECIFIED",
+                "LEAST_CONN",
+                "RANDOM",
+                "PASSTHROUGH",
+                "ROUND_ROBIN",
+                "LEAST_REQUEST",
+            ],
+        )? {
+            "RANDOM" => Some(LoadBalancer::Random),
+            "PASSTHROUGH" => Some(LoadBalancer::Passthrough),
+            "LEAST_REQUEST" | "LEAST_CONN" => Some(LoadBalancer::LeastRequest),
+            _ => Some(LoadBalancer::RoundRobin),
+        },
+        (None, Some(n)) => {
+            let p = format!("{path}.consistentHash");
+            let mut hf = r.map(n, &p)?;
+            let header = hf.take("httpHeaderName");
+            let source = hf.take("useSourceIp");
+            hf.finish(
+                r,
+                &[
+                    "httpCookie",
+                    "httpQueryParameterName",
+                    "minimumRingSize",
+                    "ringHash",
+                    "maglev",
+                ],
+            );
+            match (header, source) {
+                (Some(h), None) => {
+                    let name = r
+                        .string(h, &format!("{p}.httpHeaderName"))?
+                        .to_ascii_lowercase();
+                    match http::HeaderName::from_bytes(name.as_bytes()) {
+                        Ok(_) => Some(LoadBalancer::HashHeader(name)),
+                        Err(_) => {
+                            r.error(
+                                h,
+                                format!("{p}.httpHeaderName"),
+                                format!("invalid header name {name:?}"),
+                            );
+                            None
+                        }
+                    }
+                }
+                (None, Some(s)) => match r.boolean(s, &format!("{p}.useSourceIp"))? {
+                    true => Some(LoadBalancer::HashSourceIp),
+                    false => Some(LoadBalancer::RoundRobin),
+                },
+                _ => {
+                    r.error(n, &p, "consistentHash needs exactly one of httpHeaderName and useSourceIp (cookies and query parameters are not supported)");
+                    None
+                }
+            }
+        }
+        _ => {
+            r.error(
+                node,
+                path,
+                "a loadBalancer needs exactly one of simple and consistentHash",
+            );
+            None
+        }
+    }
+}
+
+/// Reads `spec` of a `DestinationRule` (host and subsets).
+pub(crate) fn read_destination_rule(
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+) -> Option<DestinationRule> {
+    let mut f = r.map(spec, "spec")?;
+    let errors_before = r.diags.errors().count();
+    let host = match f.take("host").and_then(|n| r.string(n, "spec.host")) {
+        Some(h) => h.trim_end_matches('.').to_ascii_lowercase(),
+        None => {
+            r.error(spec, "spec.host", "a DestinationRule needs a host");
+            String::new()
+        }
+    };
+    let mut subsets = Vec::new();
+    if let Some(n) = f.take("subsets") {
+        for (i, s) in r.list(n, "spec.subsets").unwrap_or(&[]).iter().enumerate() {
+            let p = format!("spec.subsets[{i}]");
+            let Some(mut sf) = r.map(s, &p) else { continue };
+            let name = sf
+                .take("name")
+                .and_then(|n| r.string(n, &format!("{p}.name")));
+            let labels = sf
+                .take("labels")
+                .map(|n| r.string_map(n, &format!("{p}.labels")))
+                .unwrap_or_default();
+            let tp = sf
+                .take("trafficPolicy")
+                .map(|n| read_traffic_policy(r, n, &format!("{p}.trafficPolicy")))
+                .unwrap_or_default();
+            let (lb, tls) = (tp.lb, tp.tls);
+            sf.finish(r, &[]);
+            match name {
+                Some(name) if !name.is_empty() => {
+                    if subsets.iter().any(|x: &Subset| x.name == name) {
+                        r.error(
+                            s,
+                            format!("{p}.name"),
+                            format!("subset {name:?} is defined twice"),
+                        );
+                    }
+                    subsets.push(Subset {
+                        name,
+                        labels,
+                        lb,
+                        tls,
+                    });
+                }
+                _ => r.error(s, format!("{p}.name"), "a subset needs a name"),
+            }
+        }
+    }
+    let tp = f
+        .take("trafficPolicy")
+        .map(|n| read_traffic_policy(r, n, "spec.trafficPolicy"))
+        .unwrap_or_default();
+    let _export_to = f.take("exportTo");
+    f.finish(r, &["workloadSelector"]);
+    if r.diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(DestinationRule {
+        meta,
+        host,
+        subsets,
+        lb: tp.lb,
+        port_lb: tp.port_lb,
+        tls: tp.tls,
+        port_tls: tp.port_tls,
+    })
+}

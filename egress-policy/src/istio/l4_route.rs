@@ -1,0 +1,186 @@
+//! Reading `TLSRoute` and `TCPRoute`: where a `VirtualService` sends TLS connections (by
+//! SNI, unterminated) and TCP connections (by port).
+
+use serde::Serialize;
+
+use super::reader::Reader;
+use crate::yaml::Node;
+
+use super::virtual_service::{WeightedDestination, read_weighted};
+
+/// `TCPRoute`.
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpRoute {
+    /// `match`: port and gateways (empty: everything).
+    pub matches: Vec<TlsMatch>,
+    /// `route`: weighted destinations.
+    pub route: Vec<WeightedDestination>,
+}
+
+pub(super) fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TcpRoute> {
+    let mut f = r.map(node, path)?;
+    let mut matches = Vec::new();
+    if let Some(n) = f.take("match") {
+        for (i, m) in r
+            .list(n, &format!("{path}.match"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.match[{i}]");
+            let Some(mut mf) = r.map(m, &p) else { continue };
+            let port = mf
+                .take("port")
+                .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535))
+                .map(|p| p as u16);
+            let gateways = mf
+                .take("gateways")
+                .map(|n| r.strings(n, &format!("{p}.gateways")))
+                .unwrap_or_default();
+            mf.finish(
+                r,
+                &[
+                    "destinationSubnets",
+                    "sourceLabels",
+                    "sourceNamespace",
+                    "sourceSubnet",
+                ],
+            );
+            matches.push(TlsMatch {
+                sni_hosts: vec!["*".into()],
+                port,
+                gateways,
+            });
+        }
+    }
+    let mut route = Vec::new();
+    if let Some(n) = f.take("route") {
+        for (i, d) in r
+            .list(n, &format!("{path}.route"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(d) = read_weighted(r, d, &format!("{path}.route[{i}]")) {
+                route.push(d);
+            }
+        }
+    }
+    if route.is_empty() {
+        r.error(
+            node,
+            format!("{path}.route"),
+            "a TCP route needs at least one destination",
+        );
+    }
+    f.finish(r, &[]);
+    Some(TcpRoute { matches, route })
+}
+
+/// `TLSRoute`: where TLS connections with matching SNI go, unterminated.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    /// `match` blocks: SNI hosts (wildcards allowed), port, gateways.
+    pub matches: Vec<TlsMatch>,
+    /// `route`: weighted destinations.
+    pub route: Vec<WeightedDestination>,
+}
+
+/// `TLSMatchAttributes`.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatch {
+    /// `sniHosts` (lower-case).
+    pub sni_hosts: Vec<String>,
+    /// `port`.
+    pub port: Option<u16>,
+    /// `gateways`.
+    pub gateways: Vec<String>,
+}
+
+impl TlsMatch {
+    /// Whether an SNI is among `sniHosts` (`*.suffix` matches any depth below the suffix).
+    pub fn sni_matches(&self, sni: &str) -> bool {
+        self.sni_hosts.iter().any(|h| match h.strip_prefix("*.") {
+            Some(suffix) => {
+                sni.len() > suffix.len() + 1
+                    && sni.ends_with(suffix)
+                    && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
+            }
+            None => h == "*" || h == sni,
+        })
+    }
+}
+
+pub(super) fn read_tls_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TlsRoute> {
+    let mut f = r.map(node, path)?;
+    let mut matches = Vec::new();
+    if let Some(n) = f.take("match") {
+        for (i, m) in r
+            .list(n, &format!("{path}.match"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("{path}.match[{i}]");
+            let Some(mut mf) = r.map(m, &p) else { continue };
+            let sni_hosts: Vec<String> = mf
+                .take("sniHosts")
+                .map(|n| r.strings(n, &format!("{p}.sniHosts")))
+                .unwrap_or_default()
+                .into_iter()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+                .collect();
+            if sni_hosts.is_empty() {
+                r.error(m, format!("{p}.sniHosts"), "a TLS match needs sniHosts");
+            }
+            let port = mf
+                .take("port")
+                .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535))
+                .map(|p| p as u16);
+            let gateways = mf
+                .take("gateways")
+                .map(|n| r.strings(n, &format!("{p}.gateways")))
+                .unwrap_or_default();
+            mf.finish(
+                r,
+                &["destinationSubnets", "sourceLabels", "sourceNamespace"],
+            );
+            matches.push(TlsMatch {
+                sni_hosts,
+                port,
+                gateways,
+            });
+        }
+    }
+    if matches.is_empty() {
+        r.error(
+            node,
+            format!("{path}.match"),
+            "a TLS route needs at least one match",
+        );
+    }
+    let mut route = Vec::new();
+    if let Some(n) = f.take("route") {
+        for (i, d) in r
+            .list(n, &format!("{path}.route"))
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if let Some(d) = read_weighted(r, d, &format!("{path}.route[{i}]")) {
+                route.push(d);
+            }
+        }
+    }
+    if route.is_empty() {
+        r.error(
+            node,
+            format!("{path}.route"),
+            "a TLS route needs at least one destination",
+        );
+    }
+    f.finish(r, &[]);
+    Some(TlsRoute { matches, route })
+}
