@@ -105,38 +105,8 @@ impl Gateway {
             .local_addr()
             .map_err(|e| StartError(e.to_string()))?;
         let args = &self.args;
-        let mut overrides = Overrides::new();
-        for spec in &args.resolve {
-            overrides.add(spec).map_err(|e| StartError(e.to_string()))?;
-        }
-        let resolve_dump = overrides
-            .iter()
-            .map(|(h, p, a)| ResolveDump {
-                host: h.to_owned(),
-                port: p,
-                addresses: a
-                    .iter()
-                    .map(|a| match a.port {
-                        Some(p) => std::net::SocketAddr::new(a.ip, p).to_string(),
-                        None => a.ip.to_string(),
-                    })
-                    .collect(),
-            })
-            .collect();
-        let upstream_proxy = match &args.upstream_proxy {
-            None => None,
-            Some(url) => {
-                let mut proxy = UpstreamProxy::parse(url)
-                    .map_err(|e| StartError(e.to_string()))?
-                    .only_for(args.upstream_proxy_for.clone());
-                if proxy.is_https() {
-                    let tls = egress_tls::ProxyTlsClient::new(args.upstream_proxy_ca.clone())
-                        .map_err(|e| StartError(format!("--upstream-proxy-ca: {e}")))?;
-                    proxy = proxy.with_tls(Arc::new(tls));
-                }
-                Some(proxy)
-            }
-        };
+        let (overrides, resolve_dump) = overrides(args)?;
+        let upstream_proxy = upstream_proxy(args)?;
         let dialer = Arc::new(Dialer::new(
             DialerConfig::default()
                 .with_connect_timeout(args.connect_timeout)
@@ -217,60 +187,17 @@ impl Gateway {
         );
         // Traces go to --otlp-endpoint, else to MeshConfig's default tracing provider (an
         // `opentelemetry` extension provider), reached through the registry as Envoy would.
-        let (otlp_endpoint, otlp_protocol) = match &args.otlp_endpoint {
-            Some(e) => (Some(e.clone()), args.otlp_protocol),
-            None => match config
-                .mesh
-                .as_ref()
-                .and_then(mesh_collector(&policy.load().registry, &ext_authz_dial))
-            {
-                Some((uri, protocol, name)) => {
-                    tracing::info!(provider = %name, endpoint = %uri, "traces exported to MeshConfig's default tracing provider");
-                    (Some(uri), protocol)
-                }
-                None => (None, args.otlp_protocol),
-            },
-        };
-        let otlp_tls: Option<Arc<dyn egress_core::transport::ProxyTls>> = match &otlp_endpoint {
-            Some(e) if e.scheme_str() == Some("https") => {
-                let alpn = match otlp_protocol {
-                    crate::cli::OtlpProtocolArg::Grpc => vec![b"h2".to_vec()],
-                    crate::cli::OtlpProtocolArg::Http => vec![b"http/1.1".to_vec()],
-                };
-                let client = egress_tls::ProxyTlsClient::with_alpn(args.otlp_ca.clone(), alpn)
-                    .map_err(|e| StartError(format!("--otlp-ca: {e}")))?;
-                Some(Arc::new(client))
-            }
-            _ => None,
-        };
-        let tracer = otlp_endpoint.as_ref().map(|endpoint| {
-            let mut c =
-                egress_core::trace::TraceConfig::new(endpoint.clone(), &args.config.gateway_name);
-            c.protocol = match otlp_protocol {
-                crate::cli::OtlpProtocolArg::Http => egress_core::trace::OtlpProtocol::HttpProtobuf,
-                crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
-            };
-            c.sampling = args.trace_sampling / 100.0;
-            c.tls = otlp_tls.clone();
-            egress_core::trace::Tracer::start(c)
-        });
+        let otlp = otlp(
+            args,
+            config.mesh.as_ref(),
+            &policy.load().registry,
+            &ext_authz_dial,
+        )?;
+        let tracer = otlp.tracer.clone();
         let conn_stats = Arc::new(egress_tls::ConnStats::default());
         let tunnels = TaskTracker::new();
         let tunnel_slots = Arc::new(Semaphore::new(args.max_tunnels));
-        let metrics = match &args.access_log_file {
-            Some(path) => {
-                let file = egress_core::access_log::AccessLogFile::open(
-                    path,
-                    args.access_log_format
-                        .as_deref()
-                        .unwrap_or(&args.log_format)
-                        == "json",
-                )
-                .map_err(|e| StartError(format!("--access-log-file {}: {e}", path.display())))?;
-                Metrics::with_access_file(&args.config.gateway_name, file)
-            }
-            None => Metrics::new(&args.config.gateway_name, args.access_log == "on"),
-        };
+        let metrics = metrics(args)?;
         let graceful = Arc::new(GracefulShutdown::new());
         let stack_config = StackConfig {
             policy: policy.clone(),
@@ -331,20 +258,7 @@ impl Gateway {
             },
         });
 
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(args.header_read_timeout)
-            .max_buf_size(args.max_header_bytes.max(8192))
-            .keep_alive(true);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(args.max_header_bytes as u32)
-            .max_concurrent_streams(256)
-            .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-        let builder = Arc::new(builder);
+        let builder = Arc::new(http_builder(args));
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -388,13 +302,13 @@ impl Gateway {
                 server.tls,
             ));
         }
-        if let Some(endpoint) = &otlp_endpoint
+        if let Some(endpoint) = &otlp.endpoint
             && !args.otlp_metrics_interval.is_zero()
         {
             let state = state.clone();
             egress_core::trace::spawn_metrics_export(egress_core::trace::MetricsExport {
                 endpoint: endpoint.clone(),
-                protocol: match otlp_protocol {
+                protocol: match otlp.protocol {
                     crate::cli::OtlpProtocolArg::Http => {
                         egress_core::trace::OtlpProtocol::HttpProtobuf
                     }
@@ -403,33 +317,10 @@ impl Gateway {
                 interval: args.otlp_metrics_interval,
                 service_name: args.config.gateway_name.clone(),
                 source: Arc::new(move || crate::admin::metrics_text(&state)),
-                tls: otlp_tls.clone(),
+                tls: otlp.tls.clone(),
             });
         }
-        let admin_task = {
-            let listener = self.admin;
-            let state = state.clone();
-            async move {
-                loop {
-                    let Ok((io, _)) = listener.accept().await else {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                        continue;
-                    };
-                    let state = state.clone();
-                    tokio::spawn(async move {
-                        let svc =
-                            hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                                crate::admin::handle(state.clone(), req)
-                            });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(std::time::Duration::from_secs(10))
-                            .serve_connection(TokioIo::new(io), svc)
-                            .await;
-                    });
-                }
-            }
-        };
+        let admin_task = serve_admin(self.admin, state.clone());
         let reloader = state.reloader.clone();
         tokio::spawn(reloader.run(args.watch_interval));
         state.ready.store(true, Ordering::Release);
@@ -439,39 +330,204 @@ impl Gateway {
             _ = tasks.join_next() => tracing::error!("a listener stopped"),
             _ = shutdown_signal() => {}
         }
-        // Drain: readiness turns 503 (load balancers stop sending), listeners close, idle
-        // keep-alive connections close, in-flight requests and tunnels get --drain-timeout.
-        state.ready.store(false, Ordering::Release);
-        tasks.shutdown().await;
-        tunnels.close();
-        let in_flight = graceful.count();
-        tracing::info!(
-            connections = in_flight,
-            tunnels = tunnels.len(),
-            deadline = ?args.drain_timeout,
-            "draining"
-        );
-        let drained = tokio::time::timeout(args.drain_timeout, async {
-            // The accept loops, which held the other references, are gone.
-            if let Ok(graceful) = Arc::try_unwrap(graceful) {
-                graceful.shutdown().await;
-            }
-            tunnels.wait().await;
-        })
-        .await;
-        match drained {
-            Ok(()) => tracing::info!("drained; exiting"),
-            Err(_) => tracing::warn!(
-                tunnels = tunnels.len(),
-                "drain deadline reached; closing what is left"
-            ),
-        }
+        drain(&state, tasks, &tunnels, graceful, args.drain_timeout).await;
         admin.abort();
         if let Some(f) = metrics.access_file() {
             f.flush();
         }
         Ok(())
     }
+}
+
+/// Drain: readiness turns 503 (load balancers stop sending), listeners close, idle
+/// keep-alive connections close, in-flight requests and tunnels get `deadline`.
+async fn drain(
+    state: &AdminState,
+    mut tasks: tokio::task::JoinSet<()>,
+    tunnels: &TaskTracker,
+    graceful: Arc<GracefulShutdown>,
+    deadline: std::time::Duration,
+) {
+    state.ready.store(false, Ordering::Release);
+    tasks.shutdown().await;
+    tunnels.close();
+    tracing::info!(
+        connections = graceful.count(),
+        tunnels = tunnels.len(),
+        ?deadline,
+        "draining"
+    );
+    let drained = tokio::time::timeout(deadline, async {
+        // The accept loops, which held the other references, are gone.
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            graceful.shutdown().await;
+        }
+        tunnels.wait().await;
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("drained; exiting"),
+        Err(_) => tracing::warn!(
+            tunnels = tunnels.len(),
+            "drain deadline reached; closing what is left"
+        ),
+    }
+}
+
+/// The client-facing HTTP/1.1 and h2 settings: header read timeout and size, streams,
+/// keep-alive pings.
+fn http_builder(args: &RunArgs) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(args.header_read_timeout)
+        .max_buf_size(args.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(args.max_header_bytes as u32)
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
+    builder
+}
+
+/// The admin listener: readiness, `/config_dump`, metrics.
+async fn serve_admin(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let Ok((io, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                crate::admin::handle(state.clone(), req)
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+        });
+    }
+}
+
+/// Where traces and pushed metrics go, and the tracer.
+struct Otlp {
+    endpoint: Option<http::Uri>,
+    protocol: crate::cli::OtlpProtocolArg,
+    tls: Option<Arc<dyn egress_core::transport::ProxyTls>>,
+    tracer: Option<Arc<egress_core::trace::Tracer>>,
+}
+
+/// `--otlp-endpoint`, else MeshConfig's default tracing provider (an `opentelemetry`
+/// extension provider), reached through the registry as Envoy would.
+fn otlp(
+    args: &RunArgs,
+    mesh: Option<&egress_policy::istio::mesh::MeshConfig>,
+    registry: &egress_policy::Registry,
+    overrides: &Overrides,
+) -> Result<Otlp, StartError> {
+    let (otlp_endpoint, otlp_protocol) = match &args.otlp_endpoint {
+        Some(e) => (Some(e.clone()), args.otlp_protocol),
+        None => match mesh.and_then(mesh_collector(registry, overrides)) {
+            Some((uri, protocol, name)) => {
+                tracing::info!(provider = %name, endpoint = %uri, "traces exported to MeshConfig's default tracing provider");
+                (Some(uri), protocol)
+            }
+            None => (None, args.otlp_protocol),
+        },
+    };
+    let otlp_tls: Option<Arc<dyn egress_core::transport::ProxyTls>> = match &otlp_endpoint {
+        Some(e) if e.scheme_str() == Some("https") => {
+            let alpn = match otlp_protocol {
+                crate::cli::OtlpProtocolArg::Grpc => vec![b"h2".to_vec()],
+                crate::cli::OtlpProtocolArg::Http => vec![b"http/1.1".to_vec()],
+            };
+            let client = egress_tls::ProxyTlsClient::with_alpn(args.otlp_ca.clone(), alpn)
+                .map_err(|e| StartError(format!("--otlp-ca: {e}")))?;
+            Some(Arc::new(client))
+        }
+        _ => None,
+    };
+    let tracer = otlp_endpoint.as_ref().map(|endpoint| {
+        let mut c =
+            egress_core::trace::TraceConfig::new(endpoint.clone(), &args.config.gateway_name);
+        c.protocol = match otlp_protocol {
+            crate::cli::OtlpProtocolArg::Http => egress_core::trace::OtlpProtocol::HttpProtobuf,
+            crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
+        };
+        c.sampling = args.trace_sampling / 100.0;
+        c.tls = otlp_tls.clone();
+        egress_core::trace::Tracer::start(c)
+    });
+    Ok(Otlp {
+        endpoint: otlp_endpoint,
+        protocol: otlp_protocol,
+        tls: otlp_tls,
+        tracer,
+    })
+}
+
+/// Request metrics, with the access log on stderr or in its own file.
+fn metrics(args: &RunArgs) -> Result<Arc<Metrics>, StartError> {
+    Ok(match &args.access_log_file {
+        Some(path) => {
+            let file = egress_core::access_log::AccessLogFile::open(
+                path,
+                args.access_log_format
+                    .as_deref()
+                    .unwrap_or(&args.log_format)
+                    == "json",
+            )
+            .map_err(|e| StartError(format!("--access-log-file {}: {e}", path.display())))?;
+            Metrics::with_access_file(&args.config.gateway_name, file)
+        }
+        None => Metrics::new(&args.config.gateway_name, args.access_log == "on"),
+    })
+}
+
+/// `--resolve` pins, and how `/config_dump` shows them.
+fn overrides(args: &RunArgs) -> Result<(Overrides, Vec<ResolveDump>), StartError> {
+    let mut overrides = Overrides::new();
+    for spec in &args.resolve {
+        overrides.add(spec).map_err(|e| StartError(e.to_string()))?;
+    }
+    let resolve_dump = overrides
+        .iter()
+        .map(|(h, p, a)| ResolveDump {
+            host: h.to_owned(),
+            port: p,
+            addresses: a
+                .iter()
+                .map(|a| match a.port {
+                    Some(p) => std::net::SocketAddr::new(a.ip, p).to_string(),
+                    None => a.ip.to_string(),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok((overrides, resolve_dump))
+}
+
+/// `--upstream-proxy`, with TLS to it for an `https://` URL.
+fn upstream_proxy(args: &RunArgs) -> Result<Option<UpstreamProxy>, StartError> {
+    Ok(match &args.upstream_proxy {
+        None => None,
+        Some(url) => {
+            let mut proxy = UpstreamProxy::parse(url)
+                .map_err(|e| StartError(e.to_string()))?
+                .only_for(args.upstream_proxy_for.clone());
+            if proxy.is_https() {
+                let tls = egress_tls::ProxyTlsClient::new(args.upstream_proxy_ca.clone())
+                    .map_err(|e| StartError(format!("--upstream-proxy-ca: {e}")))?;
+                proxy = proxy.with_tls(Arc::new(tls));
+            }
+            Some(proxy)
+        }
+    })
 }
 
 /// The collector of MeshConfig's `defaultProviders.tracing`: the first name that is an
