@@ -21,7 +21,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use super::{Attributes, AuthzDecision, AuthzPolicies, HttpAttributes};
-use crate::jwt::RequestAuth;
+use crate::identity::RequestAuth;
 
 /// An `X-Forwarded-For` whose trusted entry is not an IP address.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]

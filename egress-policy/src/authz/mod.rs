@@ -20,78 +20,15 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
+pub use crate::identity::Identity;
+use crate::istio::ConfigSet;
 use crate::istio::mesh::ExtAuthzHttp;
 use crate::istio::security::{
-    AuthorizationPolicy, AuthzAction, Condition, Operation, Rule, Scope, Source, bracketed,
+    AuthorizationPolicy, AuthzAction, Condition, Operation, Rule, Source, bracketed,
     parse_ip_block, when_key_is_http_only,
 };
-use crate::istio::{Binding, ConfigSet};
-use crate::jwt::RequestAuth;
 
-/// Who this gateway is, for deciding which security resources apply to it.
-#[derive(Clone, Debug)]
-pub struct Identity {
-    /// Its namespace (from `--gateway-name ns/name`).
-    pub namespace: String,
-    /// Its name.
-    pub name: String,
-    /// Its labels.
-    pub labels: Vec<(String, String)>,
-    /// The mesh root namespace (`istio-system`): resources there apply to every proxy.
-    pub root_namespace: String,
-    /// The `Gateway` resources that select it.
-    pub selected: Vec<String>,
-}
-
-impl Identity {
-    /// From `ns/name`, labels and the Gateway binding.
-    pub fn new(gateway: &str, labels: &[(String, String)], binding: &Binding) -> Self {
-        let (namespace, name) = gateway.split_once('/').unwrap_or(("istio-system", gateway));
-        Self {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            labels: labels.to_vec(),
-            root_namespace: "istio-system".to_owned(),
-            selected: binding.selected.clone(),
-        }
-    }
-
-    /// Whether a resource with this scope, in this namespace, applies to this gateway; the
-    /// reason when it does not.
-    pub fn applies(&self, scope: &Scope, namespace: &str) -> Result<(), String> {
-        if !scope.target_refs.is_empty() {
-            let hit = scope.target_refs.iter().any(|t| {
-                let ns = t.namespace.as_deref().unwrap_or(namespace);
-                (t.name == self.name && ns == self.namespace)
-                    || (t.kind == "Gateway" && self.selected.contains(&format!("{ns}/{}", t.name)))
-            });
-            return if hit {
-                Ok(())
-            } else {
-                Err(format!(
-                    "its targetRefs name neither this gateway ({}/{}) nor a Gateway selecting it",
-                    self.namespace, self.name
-                ))
-            };
-        }
-        if scope.namespace_given && namespace != self.root_namespace && namespace != self.namespace
-        {
-            return Err(format!(
-                "it is in namespace {namespace:?}, and this gateway is in {:?} (root namespace {:?})",
-                self.namespace, self.root_namespace
-            ));
-        }
-        if let Some(sel) = &scope.selector
-            && !sel.iter().all(|l| self.labels.contains(l))
-        {
-            return Err(format!(
-                "its selector {sel:?} does not match this gateway's labels {:?}",
-                self.labels
-            ));
-        }
-        Ok(())
-    }
-}
+use crate::identity::RequestAuth;
 
 /// One Istio string match: exact, `prefix*`, `*suffix`, or `*` (present and non-empty).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,16 +74,7 @@ impl Pattern {
     }
 }
 
-/// A header value as HTTP reads it: without surrounding spaces and tabs.
-pub fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let Some(start) = start else { return &[] };
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(start);
-    &v[start..=end]
-}
+pub use crate::istio::trim_ows;
 
 /// Removes every header whose (lower-case) name matches one of `patterns`.
 pub fn remove_matching(patterns: &[Pattern], headers: &mut http::HeaderMap) {

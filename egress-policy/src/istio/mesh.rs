@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::model::{Meta, OutboundPolicy};
 use super::reader::{Fields, Reader};
-use crate::authz::path::Normalization;
+use crate::model::Normalization;
 use crate::yaml::{Node, Value};
 
 /// `extensionProviders[].envoyExtAuthzHttp`.

@@ -19,7 +19,7 @@ mod virtual_service;
 
 pub use destination_rule::{ClientTls, DestinationRule, LoadBalancer, Subset};
 pub use gateway::{Binding, Gateway, Server, ServerPort, ServerTlsFiles};
-pub use http_match::{HttpMatch, StringMatch};
+pub use http_match::{HttpMatch, StringMatch, trim_ows};
 pub use l4_route::{TcpRoute, TlsMatch, TlsRoute};
 pub use model::{
     Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,

@@ -729,7 +729,7 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
     let jwks_node = f.take("jwks");
     let jwks = jwks_node.and_then(|n| r.string(n, &format!("{path}.jwks")));
     if let (Some(n), Some(text)) = (jwks_node, &jwks)
-        && let Err(e) = crate::jwt::parse_jwks(text)
+        && let Err(e) = crate::jwks::parse_jwks(text)
     {
         r.error(
             n,

@@ -754,7 +754,7 @@ fn header_verdict<B>(
 ) -> Verdict {
     let mut verdict = Verdict::Absent;
     for line in req.headers().get_all(name) {
-        let v = match sm.matches_bytes(crate::authz::trim_ows(line.as_bytes()), false) {
+        let v = match sm.matches_bytes(crate::istio::trim_ows(line.as_bytes()), false) {
             Some(true) => Verdict::Yes,
             Some(false) => Verdict::No,
             None => return Verdict::Unknown,

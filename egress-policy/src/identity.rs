@@ -1,0 +1,116 @@
+//! Who is who: this gateway's identity (which security resources apply to it) and the
+//! identity a validated token gives a request. Shared by authorization and JWT validation,
+//! which depend on it and not on each other.
+
+use serde::Serialize;
+use std::sync::Arc;
+
+use crate::istio::Binding;
+use crate::istio::security::Scope;
+
+/// Who this gateway is, for deciding which security resources apply to it.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    /// Its namespace (from `--gateway-name ns/name`).
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// The mesh root namespace (`istio-system`): resources there apply to every proxy.
+    pub root_namespace: String,
+    /// The `Gateway` resources that select it.
+    pub selected: Vec<String>,
+}
+
+impl Identity {
+    /// From `ns/name`, labels and the Gateway binding.
+    pub fn new(gateway: &str, labels: &[(String, String)], binding: &Binding) -> Self {
+        let (namespace, name) = gateway.split_once('/').unwrap_or(("istio-system", gateway));
+        Self {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            labels: labels.to_vec(),
+            root_namespace: "istio-system".to_owned(),
+            selected: binding.selected.clone(),
+        }
+    }
+
+    /// Whether a resource with this scope, in this namespace, applies to this gateway; the
+    /// reason when it does not.
+    pub fn applies(&self, scope: &Scope, namespace: &str) -> Result<(), String> {
+        if !scope.target_refs.is_empty() {
+            let hit = scope.target_refs.iter().any(|t| {
+                let ns = t.namespace.as_deref().unwrap_or(namespace);
+                (t.name == self.name && ns == self.namespace)
+                    || (t.kind == "Gateway" && self.selected.contains(&format!("{ns}/{}", t.name)))
+            });
+            return if hit {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its targetRefs name neither this gateway ({}/{}) nor a Gateway selecting it",
+                    self.namespace, self.name
+                ))
+            };
+        }
+        if scope.namespace_given && namespace != self.root_namespace && namespace != self.namespace
+        {
+            return Err(format!(
+                "it is in namespace {namespace:?}, and this gateway is in {:?} (root namespace {:?})",
+                self.namespace, self.root_namespace
+            ));
+        }
+        if let Some(sel) = &scope.selector
+            && !sel.iter().all(|l| self.labels.contains(l))
+        {
+            return Err(format!(
+                "its selector {sel:?} does not match this gateway's labels {:?}",
+                self.labels
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The identity a validated JWT gives a request.
+///
+/// - Inserted by: [`JwtLayer`](crate::jwt::JwtLayer). - Read by: authorization (`requestPrincipals`,
+///   `request.auth.*`), telemetry.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RequestAuth {
+    /// `iss/sub`.
+    pub principal: Arc<str>,
+    /// `aud` (a string or a list in the token).
+    pub audiences: Vec<String>,
+    /// `azp`.
+    pub presenter: Option<String>,
+    /// Every claim.
+    pub claims: serde_json::Value,
+}
+
+impl RequestAuth {
+    /// The values of a claim (`path` walks nested objects): a string, the strings of a
+    /// list, or a number or boolean as text.
+    pub fn claim_strings(&self, path: &[String]) -> Vec<String> {
+        let mut v = &self.claims;
+        for p in path {
+            match v.get(p) {
+                Some(x) => v = x,
+                None => return Vec::new(),
+            }
+        }
+        fn text(v: &serde_json::Value) -> Option<String> {
+            match v {
+                serde_json::Value::String(s) => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                serde_json::Value::Bool(b) => Some(b.to_string()),
+                _ => None,
+            }
+        }
+        match v {
+            serde_json::Value::Array(items) => items.iter().filter_map(text).collect(),
+            other => text(other).into_iter().collect(),
+        }
+    }
+}
