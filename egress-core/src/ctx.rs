@@ -326,6 +326,66 @@ impl Failure {
     }
 }
 
+/// Why the gateway answered, refused or closed instead of the upstream: the one typed
+/// reason behind every refusal token, metric label, access log flag and trace attribute,
+/// for HTTP requests and for connections (tunnels, passthrough, TCP) alike.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A policy or a check refused.
+    Denied(RejectionKind),
+    /// An upstream step failed.
+    Failed(crate::error::UpstreamErrorKind),
+}
+
+impl Outcome {
+    /// The stable token (`x-egress-denied` / `x-egress-error`, metric and log labels).
+    pub fn token(self) -> &'static str {
+        match self {
+            Outcome::Denied(k) => k.token(),
+            Outcome::Failed(k) => k.token(),
+        }
+    }
+
+    /// Envoy's response flag for it.
+    pub fn flags(self) -> &'static str {
+        use crate::error::UpstreamErrorKind as U;
+        match self {
+            Outcome::Denied(k) => match k {
+                RejectionKind::NotInRegistry
+                | RejectionKind::NoRoute
+                | RejectionKind::TunnelNotAllowed => "NR",
+                RejectionKind::Malformed
+                | RejectionKind::Unsupported
+                | RejectionKind::HeaderTooLarge => "DPE",
+                RejectionKind::BodyTimeout | RejectionKind::HeaderTimeout => "SI",
+                RejectionKind::TunnelLimit => "UO",
+                RejectionKind::RbacDenied => "RBAC",
+                RejectionKind::ExtAuthzDenied
+                | RejectionKind::ExtAuthzError
+                | RejectionKind::JwtInvalid
+                | RejectionKind::IpDenied
+                | RejectionKind::LoopDetected
+                | RejectionKind::MissingDestination
+                | RejectionKind::MissingPolicy => "UAEX",
+                RejectionKind::BodyTooLarge
+                | RejectionKind::NotTls
+                | RejectionKind::NoClientHello
+                | RejectionKind::SniMissing
+                | RejectionKind::SniMismatch
+                | RejectionKind::ClientTlsHandshake => "-",
+            },
+            Outcome::Failed(k) => match k {
+                U::DnsFailed | U::DnsTimeout => "UH",
+                U::ConnectFailed | U::ConnectTimeout | U::Protocol | U::TlsHandshake => "UF",
+                U::ResponseTimeout => "UT",
+                U::IpDenied | U::LoopDetected => "UAEX",
+                U::ClientBodyMalformed => "DPE",
+                U::ClientBodyTimeout => "SI",
+            },
+        }
+    }
+}
+
 /// A `VirtualService` fault aborted this request (Envoy's `FI` flag).
 ///
 /// - Inserted by: the route layer. - Read by: telemetry.
@@ -534,6 +594,20 @@ pub enum RejectionKind {
     /// A layer that reads the request's configuration snapshot found none (a stack
     /// assembled without the snapshot layer): refused rather than decided without policy.
     MissingPolicy,
+    /// A tunnel to a TLS port, or a passthrough connection, whose first bytes are not TLS.
+    NotTls,
+    /// No complete `ClientHello` arrived in time.
+    NoClientHello,
+    /// A `ClientHello` without a server name where one is needed.
+    SniMissing,
+    /// A `ClientHello` naming another host than the tunnel was opened to (domain fronting).
+    SniMismatch,
+    /// The TLS handshake of a client with a terminating Gateway server failed.
+    ClientTlsHandshake,
+    /// A request head over `--max-header-bytes` (answered 431 by the HTTP parser).
+    HeaderTooLarge,
+    /// A request head that did not arrive within `--header-read-timeout`.
+    HeaderTimeout,
 }
 
 impl RejectionKind {
@@ -556,6 +630,13 @@ impl RejectionKind {
             RejectionKind::TunnelLimit => "tunnel-limit",
             RejectionKind::BodyTimeout => "request-body-timeout",
             RejectionKind::MissingPolicy => "missing-policy",
+            RejectionKind::NotTls => "not-tls",
+            RejectionKind::NoClientHello => "no-client-hello",
+            RejectionKind::SniMissing => "sni-missing",
+            RejectionKind::SniMismatch => "sni-mismatch",
+            RejectionKind::ClientTlsHandshake => "tls-handshake",
+            RejectionKind::HeaderTooLarge => "header-too-large",
+            RejectionKind::HeaderTimeout => "header-timeout",
         }
     }
 }

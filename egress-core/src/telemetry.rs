@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 
 use crate::BoxError;
 use crate::body::BoxBody;
-use crate::ctx::{Failure, FaultInjected, Rejection, RejectionKind, TelemetrySlot};
+use crate::ctx::{Failure, FaultInjected, Outcome, Rejection, RejectionKind, TelemetrySlot};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
@@ -110,11 +110,15 @@ impl TunnelMetrics {
     /// Records the close of the tunnel and the bytes each way (client to upstream is
     /// `sent`, upstream to client `received`, from the gateway's view as Istio's reporter).
     pub fn closed(self, sent: u64, received: u64) {
-        self.closed_because("-", sent, received);
+        self.end(None, sent, received);
     }
 
-    /// [`closed`](Self::closed), for a tunnel the gateway ended for `reason`.
-    pub fn closed_because(self, reason: &'static str, sent: u64, received: u64) {
+    /// [`closed`](Self::closed), for a tunnel the gateway ended for `outcome`.
+    pub fn closed_because(self, outcome: Outcome, sent: u64, received: u64) {
+        self.end(Some(outcome), sent, received);
+    }
+
+    fn end(self, outcome: Option<Outcome>, sent: u64, received: u64) {
         let m = &self.metrics;
         m.tcp_closed.get_or_create(&self.labels).inc();
         m.tcp_sent.get_or_create(&self.labels).inc_by(sent);
@@ -122,7 +126,7 @@ impl TunnelMetrics {
         m.log_connection(
             self.kind,
             &self.authority,
-            reason,
+            outcome,
             &self.labels.destination_service.0,
             self.start.elapsed(),
             sent,
@@ -253,8 +257,12 @@ impl Metrics {
     }
 
     /// Counts a refusal made outside the request stack (the HTTP parser's own 400 and 431).
-    pub fn refused(&self, reason: &'static str) {
-        self.refusals.get_or_create(&ReasonLabels { reason }).inc();
+    pub fn refused(&self, outcome: Outcome) {
+        self.refusals
+            .get_or_create(&ReasonLabels {
+                reason: outcome.token(),
+            })
+            .inc();
     }
 
     /// Counts one refusal by a limit (`max_connections`, ...).
@@ -269,7 +277,7 @@ impl Metrics {
         &self,
         kind: &'static str,
         authority: &str,
-        reason: &'static str,
+        outcome: Option<Outcome>,
         cluster: &str,
         duration: std::time::Duration,
         sent: u64,
@@ -279,7 +287,8 @@ impl Metrics {
             return;
         }
         let ms = duration.as_secs_f64() * 1000.0;
-        let flags = connection_flags(reason);
+        let reason = outcome.map_or("-", Outcome::token);
+        let flags = outcome.map_or("-", Outcome::flags);
         if let Some(file) = &self.access_file {
             file.log(&crate::access_log::Entry {
                 method: kind,
@@ -597,54 +606,6 @@ where
     }
 }
 
-/// Envoy's response flag for why a connection (tunnel, passthrough, TCP) was refused or
-/// ended; those reasons are the L4 paths' own tokens.
-fn connection_flags(reason: &str) -> &'static str {
-    match reason {
-        "registry-only" | "no-route" | "tunnel-not-allowed" => "NR",
-        "malformed" | "unsupported" => "DPE",
-        "dns-failed" | "dns-timeout" => "UH",
-        "connect-failed" | "connect-timeout" => "UF",
-        "tunnel-limit" => "UO",
-        "rbac-denied" => "RBAC",
-        "ext-authz-error" | "ip-denied" | "loop-detected" => "UAEX",
-        _ => "-",
-    }
-}
-
-/// Envoy's response flag for what the gateway answered.
-fn flags(denied: Option<RejectionKind>, failed: Option<Failure>, fault: bool) -> &'static str {
-    use crate::error::UpstreamErrorKind as U;
-    if fault {
-        return "FI";
-    }
-    if let Some(kind) = denied {
-        return match kind {
-            RejectionKind::NotInRegistry
-            | RejectionKind::NoRoute
-            | RejectionKind::TunnelNotAllowed => "NR",
-            RejectionKind::Malformed | RejectionKind::Unsupported => "DPE",
-            RejectionKind::BodyTimeout => "SI",
-            RejectionKind::TunnelLimit => "UO",
-            RejectionKind::RbacDenied => "RBAC",
-            RejectionKind::ExtAuthzDenied
-            | RejectionKind::ExtAuthzError
-            | RejectionKind::JwtInvalid
-            | RejectionKind::IpDenied
-            | RejectionKind::LoopDetected
-            | RejectionKind::MissingDestination
-            | RejectionKind::MissingPolicy => "UAEX",
-            RejectionKind::BodyTooLarge => "-",
-        };
-    }
-    match failed.and_then(|f| f.0) {
-        Some(U::DnsFailed | U::DnsTimeout) => "UH",
-        Some(U::ConnectFailed | U::ConnectTimeout | U::Protocol | U::TlsHandshake) => "UF",
-        Some(U::ResponseTimeout) => "UT",
-        _ => "-",
-    }
-}
-
 fn record<B>(
     metrics: &Metrics,
     slot: &TelemetrySlot,
@@ -657,10 +618,14 @@ fn record<B>(
     let ext = rsp.extensions();
     let denied = ext.get::<Rejection>().map(Rejection::kind);
     let failed = ext.get::<Failure>().copied();
-    let reason = denied
-        .map(RejectionKind::token)
-        .or(failed.map(Failure::token))
-        .unwrap_or("-");
+    let outcome = denied
+        .map(Outcome::Denied)
+        .or(failed.and_then(|f| f.0).map(Outcome::Failed));
+    let reason = match (outcome, failed) {
+        (Some(o), _) => o.token(),
+        (None, Some(f)) => f.token(),
+        (None, None) => "-",
+    };
     let fault = ext.get::<FaultInjected>().is_some();
     let (service, name) = match slot.service() {
         Some((h, n)) => (h.clone(), n.clone()),
@@ -678,7 +643,11 @@ fn record<B>(
         destination_service: Label(service.clone()),
         destination_service_name: Label(name),
         response_code: rsp.status().as_u16(),
-        response_flags: flags(denied, failed, fault),
+        response_flags: if fault {
+            "FI"
+        } else {
+            outcome.map_or("-", Outcome::flags)
+        },
         request_protocol: if info.version >= http::Version::HTTP_2 {
             "grpc_or_http2"
         } else {

@@ -11,7 +11,9 @@
 //! is closed when there is none.
 
 use arc_swap::ArcSwap;
-use egress_core::ctx::{Destination, Host, RequestForm, Scheme, UpstreamPlan};
+use egress_core::ctx::{
+    Destination, Host, Outcome, RejectionKind, RequestForm, Scheme, UpstreamPlan,
+};
 use egress_core::host::parse_host;
 use egress_core::telemetry::Metrics;
 use egress_core::transport::Dialer;
@@ -62,7 +64,7 @@ fn authorize(
     host: &str,
     port: u16,
     sni: Option<&str>,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), (Outcome, String)> {
     let policies = &policy.authz;
     if policies.is_empty() {
         return Ok(());
@@ -80,7 +82,7 @@ fn authorize(
     };
     if let Some((provider, policy)) = policies.custom_match(&attrs) {
         return Err((
-            "ext-authz-error",
+            Outcome::Denied(RejectionKind::ExtAuthzError),
             format!(
                 "CUSTOM policy {policy} (provider {provider}) matches, and an HTTP authorizer cannot check an opaque connection"
             ),
@@ -91,7 +93,7 @@ fn authorize(
         return Ok(());
     }
     Err((
-        "rbac-denied",
+        Outcome::Denied(RejectionKind::RbacDenied),
         format!(
             "RBAC: access denied (policy {}, rule {})",
             d.policy.as_deref().unwrap_or("-"),
@@ -118,7 +120,8 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
         let Ok(slot) = p.tunnel_slots.clone().try_acquire_owned() else {
             // Nothing can be said in a TLS or TCP byte stream: closed, counted, logged.
             p.metrics.limit_hit("max_tunnels");
-            p.metrics.refused("tunnel-limit");
+            p.metrics
+                .refused(Outcome::Denied(RejectionKind::TunnelLimit));
             tracing::info!(%peer, reason = "tunnel-limit", "connection closed: --max-tunnels reached");
             drop(io);
             continue;
@@ -137,11 +140,11 @@ pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
                 p.metrics.refused(reason);
                 let kind = if p.tcp { "TCP" } else { "TLS" };
                 let at = format!("{}:{}", p.hosts_label(), p.port);
-                p.metrics.log_connection(kind, &at, reason, "BlackHoleCluster", started.elapsed(), 0, 0);
+                p.metrics.log_connection(kind, &at, Some(reason), "BlackHoleCluster", started.elapsed(), 0, 0);
                 if p.tcp {
-                    tracing::info!(%peer, port = p.port, reason, why, "TCP gateway connection closed");
+                    tracing::info!(%peer, port = p.port, reason = reason.token(), why, "TCP gateway connection closed");
                 } else {
-                    tracing::info!(%peer, port = p.port, reason, why, "TLS passthrough connection closed");
+                    tracing::info!(%peer, port = p.port, reason = reason.token(), why, "TLS passthrough connection closed");
                 }
             }
         });
@@ -152,28 +155,31 @@ async fn handle(
     p: &Passthrough,
     mut io: TcpStream,
     peer: std::net::SocketAddr,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), (Outcome, String)> {
     use egress_tls::sni::{HelloError, read_client_hello};
     let _ = io.set_nodelay(true);
     let (hello, sni) = read_client_hello(&mut io, Duration::from_secs(10))
         .await
         .map_err(|e| match e {
-            HelloError::NotTls(_) => ("not-tls", e.to_string()),
-            _ => ("no-client-hello", e.to_string()),
+            HelloError::NotTls(_) => (Outcome::Denied(RejectionKind::NotTls), e.to_string()),
+            _ => (Outcome::Denied(RejectionKind::NoClientHello), e.to_string()),
         })?;
     let sni = sni.ok_or((
-        "sni-missing",
+        Outcome::Denied(RejectionKind::SniMissing),
         "the ClientHello carries no server name".to_owned(),
     ))?;
     let sni = sni.trim_end_matches('.').to_ascii_lowercase();
     if !p.hosts.contains(&sni) {
         return Err((
-            "no-route",
+            Outcome::Denied(RejectionKind::NoRoute),
             format!("{sni} is not among the hosts of this Gateway server"),
         ));
     }
     let Ok(Host::Name(name)) = parse_host(&sni) else {
-        return Err(("malformed", format!("invalid SNI {sni:?}")));
+        return Err((
+            Outcome::Denied(RejectionKind::Malformed),
+            format!("invalid SNI {sni:?}"),
+        ));
     };
     // One snapshot decides the connection: route, registry and policies alike.
     let policy = p.policy.load_full();
@@ -199,7 +205,7 @@ async fn handle(
                     None if registry.policy() == OutboundPolicy::AllowAny => (dst, None),
                     _ => {
                         return Err((
-                            "registry-only",
+                            Outcome::Denied(RejectionKind::NotInRegistry),
                             format!(
                                 "{sni}:{} is not registered for TLS and no tls route matches",
                                 p.port
@@ -214,7 +220,7 @@ async fn handle(
         .dialer
         .connect(&dst, plan.as_ref())
         .await
-        .map_err(|e| (e.kind().token(), e.to_string()))?;
+        .map_err(|e| (outcome_of(&e), e.to_string()))?;
     let tcp = p.metrics.tunnel_opened(None, "TLS", dst.to_string());
     let (sent, received) = crate::tunnel::splice(io, upstream, hello, p.idle, &dst).await;
     tcp.closed(sent, received);
@@ -225,12 +231,12 @@ async fn handle_tcp(
     p: &Passthrough,
     io: TcpStream,
     peer: std::net::SocketAddr,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), (Outcome, String)> {
     let _ = io.set_nodelay(true);
     let policy = p.policy.load_full();
     let Some((host, port, plan)) = policy.routes.tcp_route_for_server(&p.hosts, p.port) else {
         return Err((
-            "no-route",
+            Outcome::Denied(RejectionKind::NoRoute),
             format!(
                 "no VirtualService tcp route covers port {} of this Gateway server",
                 p.port
@@ -239,7 +245,12 @@ async fn handle_tcp(
     };
     let host = match parse_host(&host) {
         Ok(h) => h,
-        Err(e) => return Err(("malformed", format!("route destination {host:?}: {e}"))),
+        Err(e) => {
+            return Err((
+                Outcome::Denied(RejectionKind::Malformed),
+                format!("route destination {host:?}: {e}"),
+            ));
+        }
     };
     authorize(&policy, peer, &host.to_string(), p.port, None)?;
     let dst = Destination::new(host, port, Scheme::Http, RequestForm::Connect);
@@ -247,9 +258,20 @@ async fn handle_tcp(
         .dialer
         .connect(&dst, Some(&plan))
         .await
-        .map_err(|e| (e.kind().token(), e.to_string()))?;
+        .map_err(|e| (outcome_of(&e), e.to_string()))?;
     let tcp = p.metrics.tunnel_opened(None, "TCP", dst.to_string());
     let (sent, received) = crate::tunnel::splice(io, upstream, Vec::new(), p.idle, &dst).await;
     tcp.closed(sent, received);
     Ok(())
+}
+
+/// A dial failure as the outcome of a connection: the SSRF guard and loops are refusals,
+/// the rest upstream failures.
+fn outcome_of(e: &egress_core::error::UpstreamError) -> Outcome {
+    use egress_core::error::UpstreamErrorKind as U;
+    match e.kind() {
+        U::IpDenied => Outcome::Denied(RejectionKind::IpDenied),
+        U::LoopDetected => Outcome::Denied(RejectionKind::LoopDetected),
+        k => Outcome::Failed(k),
+    }
 }

@@ -1,7 +1,7 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
 use arc_swap::ArcSwap;
-use egress_core::ctx::{ClientAddr, ClientCertificate, SourcePrincipal};
+use egress_core::ctx::{ClientAddr, ClientCertificate, Outcome, RejectionKind, SourcePrincipal};
 use egress_core::framing::{AmbiguousFraming, ConnectionFraming, FramingGuard};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
@@ -695,14 +695,14 @@ async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
 }
 
 /// The refusal reason of an HTTP parser error, if the connection ended with one.
-fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<RejectionKind> {
     let hyper = egress_core::error::cause_ref::<hyper::Error>(error)?;
     if hyper.is_parse_too_large() {
-        Some("header-too-large")
+        Some(RejectionKind::HeaderTooLarge)
     } else if hyper.is_parse() {
-        Some("malformed")
+        Some(RejectionKind::Malformed)
     } else if hyper.is_timeout() {
-        Some("header-timeout")
+        Some(RejectionKind::HeaderTimeout)
     } else {
         None
     }
@@ -807,12 +807,12 @@ async fn accept_loop<S>(
                     let stream = match handshake.await {
                         Ok(Ok(s)) => s,
                         Ok(Err(error)) => {
-                            metrics.refused("tls-handshake");
+                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
                             tracing::info!(%peer, %error, "TLS handshake with a client failed");
                             return;
                         }
                         Err(_) => {
-                            metrics.refused("tls-handshake");
+                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
                             tracing::info!(%peer, "TLS handshake with a client timed out");
                             return;
                         }
@@ -847,8 +847,8 @@ async fn accept_loop<S>(
                 // refusals never reach the stack, so they are logged and counted here.
                 match parser_refusal(&*error) {
                     Some(reason) => {
-                        metrics.refused(reason);
-                        tracing::info!(%peer, reason, %error, "request refused by the HTTP parser");
+                        metrics.refused(Outcome::Denied(reason));
+                        tracing::info!(%peer, reason = reason.token(), %error, "request refused by the HTTP parser");
                     }
                     None => tracing::debug!(%peer, %error, "connection ended with an error"),
                 }

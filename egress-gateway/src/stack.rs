@@ -2,7 +2,8 @@
 
 use arc_swap::ArcSwap;
 use egress_core::ctx::{
-    Destination, Rejection, RejectionKind, RequestForm, Scheme, TunnelInspection, UpstreamPlan,
+    Destination, Outcome, Rejection, RejectionKind, RequestForm, Scheme, TunnelInspection,
+    UpstreamPlan,
 };
 use egress_core::destination::DestinationLayer;
 use egress_core::gateway_headers::GatewayHeadersLayer;
@@ -288,9 +289,9 @@ async fn connect<B>(
                     TunnelInspection::Tls => match tunnel::inspect(&mut client, &dst).await {
                         Ok(bytes) => bytes,
                         Err((reason, why)) => {
-                            metrics.refused(reason);
-                            tracing::info!(%dst, reason, why, "tunnel closed: ClientHello refused");
-                            tcp.closed_because(reason, 0, 0);
+                            metrics.refused(Outcome::Denied(reason));
+                            tracing::info!(%dst, reason = reason.token(), why, "tunnel closed: ClientHello refused");
+                            tcp.closed_because(Outcome::Denied(reason), 0, 0);
                             return;
                         }
                     },

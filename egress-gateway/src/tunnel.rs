@@ -1,6 +1,7 @@
 //! Splicing a `CONNECT` tunnel, with an idle timeout so that no tunnel is held forever.
 
 use egress_core::ctx::Destination;
+use egress_core::ctx::RejectionKind;
 use egress_core::transport::UpstreamStream;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -76,17 +77,17 @@ where
 pub(crate) async fn inspect(
     client: &mut TokioIo<Upgraded>,
     dst: &Destination,
-) -> Result<Vec<u8>, (&'static str, String)> {
+) -> Result<Vec<u8>, (RejectionKind, String)> {
     use egress_tls::sni::{HelloError, read_client_hello};
     let (bytes, sni) = read_client_hello(client, Duration::from_secs(10))
         .await
         .map_err(|e| match e {
-            HelloError::NotTls(_) => ("not-tls", e.to_string()),
-            _ => ("no-client-hello", e.to_string()),
+            HelloError::NotTls(_) => (RejectionKind::NotTls, e.to_string()),
+            _ => (RejectionKind::NoClientHello, e.to_string()),
         })?;
     let Some(sni) = sni else {
         return Err((
-            "sni-missing",
+            RejectionKind::SniMissing,
             "the ClientHello carries no server name".into(),
         ));
     };
@@ -94,7 +95,7 @@ pub(crate) async fn inspect(
     let got = sni.trim_end_matches('.');
     if !got.eq_ignore_ascii_case(&want) {
         return Err((
-            "sni-mismatch",
+            RejectionKind::SniMismatch,
             format!("the ClientHello names {sni:?}, the tunnel was opened to {want:?}"),
         ));
     }
