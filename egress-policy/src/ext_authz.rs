@@ -36,8 +36,8 @@ use std::task::{Context, Poll};
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
 
-use crate::authz::layer::{Facts, bad_xff};
 use crate::authz::{AuthzPolicies, Pattern};
+use crate::authz::{RequestFacts, bad_xff};
 use crate::istio::mesh::ExtAuthzHttp;
 
 /// The request body below this layer: the original, or the bytes read for the check
@@ -202,7 +202,7 @@ where
         if policies.custom_is_empty() {
             return InnerOrBoxed::inner(ErrInto(self.inner.call(req.map(Either::Left))));
         }
-        let facts = match Facts::of(&req, self.layer.xff_hops) {
+        let facts = match RequestFacts::of(&req, self.layer.xff_hops) {
             Ok(Some(f)) => f,
             Ok(None) => return InnerOrBoxed::boxed(Box::pin(async { Ok(error_response(403)) })),
             Err(_) => return InnerOrBoxed::boxed(Box::pin(async { Ok(bad_xff()) })),

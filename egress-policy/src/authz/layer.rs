@@ -51,8 +51,11 @@ pub fn remote_ip(
     e.parse::<IpAddr>().map(Some).map_err(|_| BadForwardedFor)
 }
 
-/// Everything [`Attributes`] borrows from, owned for the duration of one evaluation.
-pub(crate) struct Facts {
+/// What authorization knows of a request, gathered once from its extensions and headers:
+/// everything [`Attributes`] borrows from, owned for the duration of one evaluation. The
+/// CUSTOM (external authorizer) and the DENY/ALLOW layers read the same facts.
+#[derive(Debug)]
+pub struct RequestFacts {
     host: String,
     port: u16,
     destination_ip: Option<IpAddr>,
@@ -62,12 +65,9 @@ pub(crate) struct Facts {
     http: bool,
 }
 
-impl Facts {
+impl RequestFacts {
     /// Gathers the facts of a request; `Err` for an `X-Forwarded-For` that cannot be read.
-    pub(crate) fn of<B>(
-        req: &Request<B>,
-        xff_hops: usize,
-    ) -> Result<Option<Self>, BadForwardedFor> {
+    pub fn of<B>(req: &Request<B>, xff_hops: usize) -> Result<Option<Self>, BadForwardedFor> {
         let Some(dst) = req.extensions().get::<Destination>() else {
             return Ok(None);
         };
@@ -82,7 +82,7 @@ impl Facts {
             Host::Name(n) => n.to_string(),
             Host::Ip(ip) => ip.to_string(),
         };
-        Ok(Some(Facts {
+        Ok(Some(RequestFacts {
             host,
             port: dst.port(),
             destination_ip: dst.ip(),
@@ -97,7 +97,7 @@ impl Facts {
     }
 
     /// The attributes of `req` over these facts.
-    pub(crate) fn attributes<'a, B>(&'a self, req: &'a Request<B>) -> Attributes<'a> {
+    pub fn attributes<'a, B>(&'a self, req: &'a Request<B>) -> Attributes<'a> {
         let (principal, namespace) = match &self.principal {
             Some(p) => {
                 let (p, ns) = Attributes::split_principal(p);
@@ -125,7 +125,7 @@ impl Facts {
 }
 
 /// The 400 for an `X-Forwarded-For` whose trusted entry is not an address.
-pub(crate) fn bad_xff<RspB: From<Bytes>>() -> Response<RspB> {
+pub fn bad_xff<RspB: From<Bytes>>() -> Response<RspB> {
     Rejection::new(RejectionKind::Malformed).respond(
         StatusCode::BAD_REQUEST,
         true,
@@ -223,7 +223,7 @@ where
         if policies.deny.is_empty() && policies.allow.is_empty() && policies.audit.is_empty() {
             return RefuseOr::inner(self.inner.call(req));
         }
-        let facts = match Facts::of(&req, self.xff_hops) {
+        let facts = match RequestFacts::of(&req, self.xff_hops) {
             Ok(Some(f)) => f,
             Ok(None) => {
                 // No destination: a stack assembled without DestinationLayer. Fail closed.

@@ -12,7 +12,7 @@
 pub(crate) mod layer;
 pub mod path;
 
-pub use layer::{AuthzLayer, AuthzService, BadForwardedFor, remote_ip};
+pub use layer::{AuthzLayer, AuthzService, BadForwardedFor, RequestFacts, bad_xff, remote_ip};
 
 use ipnet::IpNet;
 use serde::Serialize;
