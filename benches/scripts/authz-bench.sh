@@ -3,7 +3,8 @@
 # policy ("gateway-host") against the same gateway with 100 AuthorizationPolicies of 10 rules
 # each (DENY on other hosts, one ALLOW for the bench origin from loopback with GET), a
 # RequestAuthentication (inline keys; wrk sends no token, so this measures the token search
-# and the stripping of forgeable output headers) and path normalisation (BASE), interleaved.
+# and the stripping of forgeable output headers) and path normalisation (the default,
+# DECODE_AND_MERGE_SLASHES), interleaved.
 #   cargo build --release -p egress-gateway && bash benches/scripts/authz-bench.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")/../.." && pwd)
