@@ -23,12 +23,10 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::ctx::ClientCertificate;
+pub use crate::headers::{GATEWAY_PREFIX, remove_gateway_headers};
 
 /// Envoy's header for the client certificate a proxy verified.
 pub const FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
-
-/// Every header whose name starts with this is the gateway's own.
-pub const GATEWAY_PREFIX: &[u8] = b"x-egress-";
 
 /// Removes what the gateway alone writes; see the module docs.
 #[derive(Clone, Debug, Default)]
@@ -68,19 +66,6 @@ pub struct GatewayHeaders<S> {
     extra: Arc<[HeaderName]>,
 }
 
-/// Removes every `x-egress-*` header: in a request from a client, or in a response from an
-/// upstream, these can only be forgeries of what this gateway says.
-pub fn remove_gateway_headers(headers: &mut HeaderMap) {
-    // Most messages carry none: look before building a list of names to remove.
-    let forged = |n: &HeaderName| n.as_str().as_bytes().starts_with(GATEWAY_PREFIX);
-    if headers.keys().any(forged) {
-        let names: Vec<HeaderName> = headers.keys().filter(|n| forged(n)).cloned().collect();
-        for n in names {
-            headers.remove(n);
-        }
-    }
-}
-
 /// Removes every `x-egress-*` header and `x-forwarded-client-cert`, and the `extra` names.
 pub fn sanitize(headers: &mut HeaderMap, extra: &[HeaderName]) {
     remove_gateway_headers(headers);
@@ -106,7 +91,7 @@ where
     fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
         // Hop-by-hop headers first, so that policies see what the upstream will be sent and
         // `Connection: <name>` cannot remove a header the gateway writes below.
-        crate::proxy_headers::remove_hop_by_hop(req.headers_mut());
+        crate::headers::remove_hop_by_hop(req.headers_mut());
         sanitize(req.headers_mut(), &self.extra);
         if let Some(cert) = req.extensions().get::<ClientCertificate>() {
             let value = cert.0.clone();

@@ -26,6 +26,7 @@ pub mod destination;
 pub mod error;
 pub mod framing;
 pub mod gateway_headers;
+pub mod headers;
 pub mod host;
 pub mod ip;
 pub mod mirror;

@@ -12,7 +12,7 @@
 //!   [`RejectionKind::Malformed`] (400).
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use std::future::Future;
@@ -76,49 +76,7 @@ impl Default for ProxyHeadersConfig {
     }
 }
 
-const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Removes the hop-by-hop headers of RFC 9110 section 7.6.1, including those `Connection`
-/// names.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Most requests carry none, and a pass over a few names is cheaper than six removals.
-    if !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
-        return;
-    }
-    // `Connection: keep-alive` / `close` (the usual values) name nothing to remove.
-    let names_other = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .any(|t| {
-            let t = t.trim_ascii();
-            !t.is_empty()
-                && !t.eq_ignore_ascii_case(b"keep-alive")
-                && !t.eq_ignore_ascii_case(b"close")
-        });
-    if names_other {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
-            headers.remove(name);
-        }
-    }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
-    }
-}
+pub use crate::headers::remove_hop_by_hop;
 
 fn append_via(headers: &mut HeaderMap, via: &HeaderValue) {
     headers.append(header::VIA, via.clone());
@@ -228,7 +186,7 @@ where
             headers.remove(header::PROXY_AUTHENTICATE);
             // Only this gateway speaks `x-egress-*`: an upstream must not forge a refusal,
             // an error or any other fact of the gateway's.
-            crate::gateway_headers::remove_gateway_headers(headers);
+            crate::headers::remove_gateway_headers(headers);
             append_via(headers, this.via);
         }
         Poll::Ready(Ok(rsp))
