@@ -15,12 +15,12 @@ use egress_core::telemetry::{Metrics, TelemetryLayer};
 use egress_core::trace::{ClientSpanLayer, TraceLayer, Tracer};
 use egress_core::transport::{DialTable, Dialer, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
-use egress_policy::RegistryOnlyLayer;
-use egress_policy::authz::AuthzLayer;
-use egress_policy::authz::path::PathNormalizeLayer;
 use egress_policy::ext_authz::ExtAuthzLayer;
-use egress_policy::jwt::{JwksStore, JwtLayer};
-use egress_policy::routes::{RouteLayer, ServerHosts, ServerHostsLayer};
+use egress_policy::jwt::JwksStore;
+use egress_policy::layers::{
+    AuthzLayer, JwtLayer, PathNormalizeLayer, RegistryOnlyLayer, RouteLayer,
+};
+use egress_policy::routes::{ServerHosts, ServerHostsLayer};
 use egress_policy::snapshot::{Policy, SnapshotLayer};
 use egress_tls::EgressConnector;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};

@@ -75,7 +75,7 @@ impl Identity {
 
 /// The identity a validated JWT gives a request.
 ///
-/// - Inserted by: [`JwtLayer`](crate::jwt::JwtLayer). - Read by: authorization (`requestPrincipals`,
+/// - Inserted by: [`JwtLayer`](crate::layers::JwtLayer). - Read by: authorization (`requestPrincipals`,
 ///   `request.auth.*`), telemetry.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RequestAuth {

@@ -7,9 +7,9 @@
 //!   `REGISTRY_ONLY`.
 //!
 //! - [`authz`] compiles `AuthorizationPolicy` into [`authz::AuthzPolicies`] with
-//!   [`authz::AuthzLayer`] (DENY/ALLOW) and [`authz::path::PathNormalizeLayer`];
+//!   [`layers::AuthzLayer`] (DENY/ALLOW) and [`layers::PathNormalizeLayer`];
 //!   [`ext_authz::ExtAuthzLayer`] runs CUSTOM policies against an HTTP authorizer; [`jwt`]
-//!   validates tokens as `RequestAuthentication` says ([`jwt::JwtLayer`]).
+//!   validates tokens as `RequestAuthentication` says ([`layers::JwtLayer`]).
 //!
 //! Mechanisms (destination parsing, transport) live in `egress-core`; this crate only decides.
 //!
@@ -38,10 +38,12 @@ pub mod identity;
 pub mod istio;
 pub mod jwks;
 pub mod jwt;
+pub mod layers;
 pub mod model;
 pub mod registry;
 pub mod routes;
 pub mod snapshot;
 pub mod yaml;
 
-pub use registry::{Registry, RegistryOnlyLayer};
+pub use layers::RegistryOnlyLayer;
+pub use registry::Registry;

@@ -140,10 +140,11 @@ async fn resolver_and_connector_are_pluggable() {
 async fn authz_and_jwt_layers_alone() {
     use arc_swap::ArcSwap;
     use egress_core::destination::DestinationLayer;
-    use egress_policy::authz::path::{Normalization, PathNormalizeLayer};
-    use egress_policy::authz::{AuthzDecision, AuthzLayer, AuthzPolicies, Identity};
+    use egress_policy::authz::path::Normalization;
+    use egress_policy::authz::{AuthzDecision, AuthzPolicies, Identity};
     use egress_policy::istio::{Binding, ConfigSet};
-    use egress_policy::jwt::{JwksStore, JwtLayer, JwtPolicy, RequestAuth};
+    use egress_policy::jwt::{JwksStore, JwtPolicy, RequestAuth};
+    use egress_policy::layers::{AuthzLayer, JwtLayer, PathNormalizeLayer};
     use std::sync::Arc;
     use tower::{ServiceBuilder, ServiceExt};
 

@@ -9,10 +9,10 @@
 //! CUSTOM) rule that uses one is dropped, and in a DENY rule the field is ignored, so that a
 //! DENY never becomes narrower because the traffic is opaque.
 
-pub(crate) mod layer;
+mod facts;
 pub mod path;
 
-pub use layer::{AuthzLayer, AuthzService, BadForwardedFor, RequestFacts, bad_xff, remote_ip};
+pub use facts::{BadForwardedFor, RequestFacts, bad_xff, remote_ip};
 
 use ipnet::IpNet;
 use serde::Serialize;
@@ -724,6 +724,11 @@ impl AuthzPolicies {
     /// The patterns [`AuthzPolicies::remove_authorizer_headers`] removes.
     pub fn authorizer_headers(&self) -> Arc<[Pattern]> {
         self.authorizer_headers.clone()
+    }
+
+    /// Whether no DENY, ALLOW or AUDIT policy applies (the DENY/ALLOW layer then does nothing).
+    pub fn deny_allow_audit_is_empty(&self) -> bool {
+        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
     }
 
     /// Whether no CUSTOM policy applies.

@@ -17,10 +17,8 @@
 //! Keys come inline (`jwks`) or from `jwksUri`, fetched by a [`JwksStore`] in the background
 //! (the last good set is kept when a refresh fails).
 
-mod layer;
 mod store;
 
-pub use layer::{JwtLayer, JwtService};
 pub use store::{FetchJwks, JwksStatus, JwksStore};
 
 use base64::Engine as _;

@@ -6,10 +6,6 @@
 //! IPs and CIDRs. Each registered port carries its precomputed [`UpstreamPlan`], so the check
 //! on the request path is lookups and reference-count bumps only.
 
-mod layer;
-
-pub use layer::{RegistryOnly, RegistryOnlyLayer};
-
 use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
 use ipnet::IpNet;
 use serde::Serialize;

@@ -1,5 +1,6 @@
 use super::*;
 use crate::istio::ConfigSet;
+use crate::layers::RegistryOnlyLayer;
 use egress_core::ctx::{Rejection, RejectionKind, RequestForm, Scheme};
 use egress_core::host::parse_authority;
 use std::convert::Infallible;

@@ -4,13 +4,11 @@
 //! wildcard suffixes, so unrelated routes cost nothing), checks every route destination
 //! against the registry (under `REGISTRY_ONLY` an unregistered destination is a config
 //! error naming the `VirtualService`), resolves `DestinationRule` subsets to endpoint sets,
-//! and precomputes an [`UpstreamPlan`] for each destination and port. [`RouteLayer`] applies
+//! and precomputes an [`UpstreamPlan`] for each destination and port. [`RouteLayer`](crate::layers::RouteLayer) applies
 //! it per request.
 
-mod layer;
 mod server_hosts;
 
-pub use layer::{RouteLayer, Routing};
 pub use server_hosts::{ServerHosts, ServerHostsCheck, ServerHostsLayer};
 
 use egress_core::ctx::{RetryPolicy, Target, UpstreamPlan};

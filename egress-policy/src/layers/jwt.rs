@@ -1,6 +1,6 @@
 //! `JwtLayer`: validates JWTs on HTTP requests (see the module docs of [`crate::jwt`]).
 //!
-//! - Reads: [`Destination`] (for the `realm`). Inserts: [`RequestAuth`].
+//! - Reads: [`Destination`] (for the `realm`). Inserts: [`RequestAuth`](crate::identity::RequestAuth).
 //! - Refuses with `x-egress-denied: jwt-invalid`: **401** for every token that fails
 //!   (issuer, audience, key, expiry, signature). `CONNECT` tunnels carry no HTTP request
 //!   to authenticate.
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use super::{JwksStore, JwtPolicy};
+use crate::jwt::{JwksStore, JwtPolicy};
 
 /// Validates JWTs with a swappable [`JwtPolicy`] and the keys of a [`JwksStore`].
 #[derive(Clone, Debug)]

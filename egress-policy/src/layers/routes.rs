@@ -1,7 +1,7 @@
 //! `RouteLayer`: applies `VirtualService` HTTP routes.
 //!
 //! - Reads: [`Destination`]. Inserts: [`RouteDecision`] and the chosen destination's
-//!   [`UpstreamPlan`] (which the registry check then accepts as decided), and replaces the
+//!   [`UpstreamPlan`](egress_core::ctx::UpstreamPlan) (which the registry check then accepts as decided), and replaces the
 //!   upstream `Host` when the route rewrites the authority.
 //! - Answers on its own: `directResponse`, `redirect`, and **404** `x-egress-denied:
 //!   no-route` when a `VirtualService` covers the host but no route matches.
@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use super::{Action, CompiledRoute, RouteTable};
 use crate::istio::{HeaderOps, Redirect};
+use crate::routes::{Action, CompiledRoute, RouteTable};
 
 /// Routes requests with a [`RouteTable`] that can be swapped at run time.
 #[derive(Clone, Debug)]

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use super::Registry;
+use crate::Registry;
 use crate::istio::{OutboundPolicy, Protocol};
 
 /// Checks each request's destination against a [`Registry`] that can be swapped at run time.
