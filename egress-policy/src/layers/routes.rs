@@ -213,117 +213,164 @@ where
             Action::Route {
                 destinations,
                 total,
-            } => {
-                let Some(chosen) = table.pick(destinations, *total) else {
-                    let why = format!(
-                        "egress: route {} has no destination with weight\n",
-                        route.id
-                    );
-                    return RouteFuture::Ready {
-                        response: Some(Rejection::new(RejectionKind::NoRoute).respond(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            false,
-                            why,
-                        )),
-                    };
-                };
-                let Some((routed_port, plan)) = chosen.plan(dst.port()) else {
-                    let why = format!(
-                        "egress: route {} sends port {} to {}, which has no such port registered\n",
-                        route.id,
-                        dst.port(),
-                        chosen.host
-                    );
-                    return RouteFuture::Ready {
-                        response: Some(Rejection::new(RejectionKind::NotInRegistry).respond(
-                            StatusCode::BAD_GATEWAY,
-                            false,
-                            why,
-                        )),
-                    };
-                };
-                let mut new_dst = dst.clone();
-                if let Some(rw) = &route.rewrite {
-                    rewrite_uri(&mut req, route, matched, rw);
-                    if let Some(a) = &rw.authority
-                        && let Ok(v) = HeaderValue::from_str(a)
-                    {
-                        new_dst = new_dst.with_host_header(v);
-                    }
-                }
-                apply(req.headers_mut(), &route.headers.request);
-                apply(req.headers_mut(), &chosen.headers.request);
-                let decision = RouteDecision {
-                    route: route.id.clone(),
-                    destination: chosen.host.clone(),
-                    subset: chosen.subset.clone(),
-                };
-                let request_port = new_dst.port();
-                let mirrors: Vec<MirrorTarget> = route
-                    .mirrors
-                    .iter()
-                    .filter(|(_, pct)| table.sample(*pct))
-                    .filter_map(|(d, _)| {
-                        d.plan(request_port).map(|(_, plan)| MirrorTarget {
-                            host: d.host.clone(),
-                            plan,
-                        })
-                    })
-                    .collect();
-                if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
-                    slot.set_service(chosen.host.clone(), chosen.host.clone());
-                    slot.set_cluster(routed_port, chosen.subset.clone());
-                    slot.set_route(route.id.clone());
-                }
-                let ext = req.extensions_mut();
-                if !mirrors.is_empty() {
-                    ext.insert(Mirrors(mirrors.into()));
-                }
-                if let Some(retries) = &route.retries {
-                    ext.insert(retries.clone());
-                }
-                ext.insert(new_dst);
-                ext.insert(plan);
-                ext.insert(decision);
-                let mut response_ops = route.headers.response.clone();
-                response_ops
-                    .set
-                    .extend(chosen.headers.response.set.iter().cloned());
-                response_ops
-                    .add
-                    .extend(chosen.headers.response.add.iter().cloned());
-                response_ops
-                    .remove
-                    .extend(chosen.headers.response.remove.iter().cloned());
-                let timeout = route.timeout;
-                let id = route.id.clone();
-                let future = self.inner.call(req);
-                RouteFuture::Routed {
-                    future: Box::pin(async move {
-                        if let Some(d) = delay {
-                            tokio::time::sleep(d).await;
-                        }
-                        let result = match timeout {
-                            Some(t) => match tokio::time::timeout(t, future).await {
-                                Ok(r) => r.map_err(Into::into),
-                                Err(_) => Err(UpstreamError::new(
-                                    UpstreamErrorKind::ResponseTimeout,
-                                    format!(
-                                        "route {id}: no response within the route timeout {t:?}"
-                                    ),
-                                )
-                                .into()),
-                            },
-                            None => future.await.map_err(Into::into),
-                        };
-                        result.map(|mut rsp| {
-                            apply(rsp.headers_mut(), &response_ops);
-                            rsp
-                        })
-                    }),
-                }
-            }
+            } => forward(
+                &mut self.inner,
+                &table,
+                req,
+                Chosen {
+                    route,
+                    matched,
+                    destinations,
+                    total: *total,
+                    delay,
+                },
+            ),
         }
+    }
+}
+
+/// What a request matched: the route, which of its match blocks, and its weighted
+/// destinations; `delay` is the fault delay drawn for this request, if any.
+struct Chosen<'a> {
+    route: &'a CompiledRoute,
+    matched: Option<usize>,
+    destinations: &'a [crate::routes::CompiledDestination],
+    total: u64,
+    delay: Option<std::time::Duration>,
+}
+
+/// Sends a routed request on: picks the destination by weight, applies rewrites and header
+/// operations, sets the plan, the mirrors and the retries, and wraps the answer in the
+/// route's timeout and response header operations.
+fn forward<S, ReqB, RspB>(
+    inner: &mut S,
+    table: &RouteTable,
+    mut req: Request<ReqB>,
+    c: Chosen<'_>,
+) -> RouteFuture<S::Future, RspB>
+where
+    S: Service<Request<ReqB>, Response = Response<RspB>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+    RspB: From<Bytes> + Send + 'static,
+{
+    let Chosen {
+        route,
+        matched,
+        destinations,
+        total,
+        delay,
+    } = c;
+    // The routed destination starts as the request's and takes the route's changes.
+    let Some(mut new_dst) = req.extensions().get::<Destination>().cloned() else {
+        return RouteFuture::Passthrough {
+            future: inner.call(req),
+        };
+    };
+    let Some(chosen) = table.pick(destinations, total) else {
+        let why = format!(
+            "egress: route {} has no destination with weight\n",
+            route.id
+        );
+        return RouteFuture::Ready {
+            response: Some(Rejection::new(RejectionKind::NoRoute).respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                false,
+                why,
+            )),
+        };
+    };
+    let Some((routed_port, plan)) = chosen.plan(new_dst.port()) else {
+        let why = format!(
+            "egress: route {} sends port {} to {}, which has no such port registered\n",
+            route.id,
+            new_dst.port(),
+            chosen.host
+        );
+        return RouteFuture::Ready {
+            response: Some(Rejection::new(RejectionKind::NotInRegistry).respond(
+                StatusCode::BAD_GATEWAY,
+                false,
+                why,
+            )),
+        };
+    };
+    if let Some(rw) = &route.rewrite {
+        rewrite_uri(&mut req, route, matched, rw);
+        if let Some(a) = &rw.authority
+            && let Ok(v) = HeaderValue::from_str(a)
+        {
+            new_dst = new_dst.with_host_header(v);
+        }
+    }
+    apply(req.headers_mut(), &route.headers.request);
+    apply(req.headers_mut(), &chosen.headers.request);
+    let decision = RouteDecision {
+        route: route.id.clone(),
+        destination: chosen.host.clone(),
+        subset: chosen.subset.clone(),
+    };
+    let request_port = new_dst.port();
+    let mirrors: Vec<MirrorTarget> = route
+        .mirrors
+        .iter()
+        .filter(|(_, pct)| table.sample(*pct))
+        .filter_map(|(d, _)| {
+            d.plan(request_port).map(|(_, plan)| MirrorTarget {
+                host: d.host.clone(),
+                plan,
+            })
+        })
+        .collect();
+    if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
+        slot.set_service(chosen.host.clone(), chosen.host.clone());
+        slot.set_cluster(routed_port, chosen.subset.clone());
+        slot.set_route(route.id.clone());
+    }
+    let ext = req.extensions_mut();
+    if !mirrors.is_empty() {
+        ext.insert(Mirrors(mirrors.into()));
+    }
+    if let Some(retries) = &route.retries {
+        ext.insert(retries.clone());
+    }
+    ext.insert(new_dst);
+    ext.insert(plan);
+    ext.insert(decision);
+    let mut response_ops = route.headers.response.clone();
+    response_ops
+        .set
+        .extend(chosen.headers.response.set.iter().cloned());
+    response_ops
+        .add
+        .extend(chosen.headers.response.add.iter().cloned());
+    response_ops
+        .remove
+        .extend(chosen.headers.response.remove.iter().cloned());
+    let timeout = route.timeout;
+    let id = route.id.clone();
+    let future = inner.call(req);
+    RouteFuture::Routed {
+        future: Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            let result = match timeout {
+                Some(t) => match tokio::time::timeout(t, future).await {
+                    Ok(r) => r.map_err(Into::into),
+                    Err(_) => Err(UpstreamError::new(
+                        UpstreamErrorKind::ResponseTimeout,
+                        format!("route {id}: no response within the route timeout {t:?}"),
+                    )
+                    .into()),
+                },
+                None => future.await.map_err(Into::into),
+            };
+            result.map(|mut rsp| {
+                apply(rsp.headers_mut(), &response_ops);
+                rsp
+            })
+        }),
     }
 }
 
