@@ -4,4 +4,10 @@
 //! client: the same `ServiceEntry` YAML, the same refusals, no gateway process. Run it with
 //! `cargo run -p egress-examples --example registry_client`.
 
+//!
+//! [`custom_proxy`] composes the policy layers (registry, routes, authorization, path
+//! normalisation, the gateway's own headers) into an embedder's own hyper server, under one
+//! reloadable snapshot: `cargo run -p egress-examples --example custom_proxy`.
+
+pub mod custom_proxy;
 pub mod registry_client;
