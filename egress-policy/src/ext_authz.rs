@@ -258,30 +258,7 @@ where
                 }
             };
             // 2. The check, bounded in number and time.
-            let verdict = match layer.limit.clone().try_acquire_owned() {
-                Err(_) => Err("too many authorization checks in flight".to_owned()),
-                Ok(_permit) => {
-                    let check = build_check(&provider, &parts, check_body, &target);
-                    match tokio::time::timeout(provider.timeout, layer.client.request(check)).await
-                    {
-                        Err(_) => Err(format!("no answer within {:?}", provider.timeout)),
-                        Ok(Err(e)) => Err(format!("{e}")),
-                        Ok(Ok(rsp)) => {
-                            let (rparts, rbody) = rsp.into_parts();
-                            match tokio::time::timeout(
-                                provider.timeout,
-                                Limited::new(rbody, 64 * 1024).collect(),
-                            )
-                            .await
-                            {
-                                Ok(Ok(b)) => Ok((rparts, b.to_bytes())),
-                                Ok(Err(e)) => Err(format!("reading the answer: {e}")),
-                                Err(_) => Err("the answer's body did not arrive in time".into()),
-                            }
-                        }
-                    }
-                }
-            };
+            let verdict = ask(&layer, &provider, &parts, check_body, &target).await;
             match verdict {
                 Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
                     // The authorizer saw the client's copies (when asked to); upstream sees
@@ -310,23 +287,7 @@ where
                 }
                 Ok((rparts, rbody)) if rparts.status.as_u16() < 500 => {
                     tracing::info!(provider = %provider_name, %policy, status = rparts.status.as_u16(), "external authorization denied");
-                    let mut rsp = Response::new(BoxBody::from(rbody));
-                    *rsp.status_mut() = rparts.status;
-                    for (name, value) in rparts.headers.iter() {
-                        let pass = !is_framing(name)
-                            && (provider.headers_to_downstream_on_deny.is_empty()
-                                || matches_any(&provider.headers_to_downstream_on_deny, name));
-                        if pass {
-                            rsp.headers_mut().append(name.clone(), value.clone());
-                        }
-                    }
-                    rsp.headers_mut().insert(
-                        egress_core::ctx::DENIED_HEADER,
-                        HeaderValue::from_static("ext-authz-denied"),
-                    );
-                    rsp.extensions_mut()
-                        .insert(Rejection::new(RejectionKind::ExtAuthzDenied));
-                    Ok(rsp)
+                    Ok(denial(&provider, rparts, rbody))
                 }
                 other => {
                     let why = match other {
@@ -345,6 +306,59 @@ where
             }
         }))
     }
+}
+
+/// Asks the authorizer, bounded in number (`--ext-authz-max-in-flight`) and in time (the
+/// provider's `timeout`, for the answer's head and its body): its answer, or why there is
+/// none.
+async fn ask(
+    layer: &ExtAuthzLayer,
+    provider: &ExtAuthzHttp,
+    parts: &http::request::Parts,
+    check_body: (Bytes, bool),
+    target: &str,
+) -> Result<(http::response::Parts, Bytes), String> {
+    let Ok(_permit) = layer.limit.clone().try_acquire_owned() else {
+        return Err("too many authorization checks in flight".to_owned());
+    };
+    let check = build_check(provider, parts, check_body, target);
+    let rsp = match tokio::time::timeout(provider.timeout, layer.client.request(check)).await {
+        Err(_) => return Err(format!("no answer within {:?}", provider.timeout)),
+        Ok(Err(e)) => return Err(format!("{e}")),
+        Ok(Ok(rsp)) => rsp,
+    };
+    let (rparts, rbody) = rsp.into_parts();
+    match tokio::time::timeout(provider.timeout, Limited::new(rbody, 64 * 1024).collect()).await {
+        Ok(Ok(b)) => Ok((rparts, b.to_bytes())),
+        Ok(Err(e)) => Err(format!("reading the answer: {e}")),
+        Err(_) => Err("the answer's body did not arrive in time".into()),
+    }
+}
+
+/// The authorizer's denial as the client gets it: its status, body and the headers
+/// `headersToDownstreamOnDeny` lets through (never framing ones), with the gateway's reason.
+fn denial(
+    provider: &ExtAuthzHttp,
+    rparts: http::response::Parts,
+    rbody: Bytes,
+) -> Response<BoxBody> {
+    let mut rsp = Response::new(BoxBody::from(rbody));
+    *rsp.status_mut() = rparts.status;
+    for (name, value) in rparts.headers.iter() {
+        let pass = !is_framing(name)
+            && (provider.headers_to_downstream_on_deny.is_empty()
+                || matches_any(&provider.headers_to_downstream_on_deny, name));
+        if pass {
+            rsp.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    rsp.headers_mut().insert(
+        egress_core::ctx::DENIED_HEADER,
+        HeaderValue::from_static("ext-authz-denied"),
+    );
+    rsp.extensions_mut()
+        .insert(Rejection::new(RejectionKind::ExtAuthzDenied));
+    rsp
 }
 
 fn error_response(status: u16) -> Response<BoxBody> {
