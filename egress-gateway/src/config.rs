@@ -37,6 +37,28 @@ pub struct Loaded {
     pub diagnostics: Diagnostics,
 }
 
+impl Loaded {
+    /// The compiled parts as the one [`Policy`](egress_policy::snapshot::Policy) the request
+    /// layers read, with what was read and found.
+    pub fn into_policy(
+        self,
+    ) -> (
+        egress_policy::snapshot::Policy,
+        ConfigSet,
+        Binding,
+        Diagnostics,
+    ) {
+        let policy = egress_policy::snapshot::Policy {
+            registry: std::sync::Arc::new(self.registry),
+            routes: std::sync::Arc::new(self.routes),
+            authz: std::sync::Arc::new(self.authz),
+            jwt: std::sync::Arc::new(self.jwt),
+            normalization: self.normalization,
+        };
+        (policy, self.config, self.binding, self.diagnostics)
+    }
+}
+
 /// Why a configuration did not load.
 #[derive(Debug)]
 pub enum LoadError {

@@ -68,15 +68,10 @@ impl Reloader {
                 // for destinations the new routes chose.
                 // Security before routes: a request never meets new routes under old policies.
                 let service_entries = loaded.registry.services().len();
+                let (policy, config, _, _) = loaded.into_policy();
                 // One store: a request sees the old configuration or the new one, whole.
-                self.policy.store(Arc::new(Policy {
-                    registry: Arc::new(loaded.registry),
-                    routes: Arc::new(loaded.routes),
-                    authz: Arc::new(loaded.authz),
-                    jwt: Arc::new(loaded.jwt),
-                    normalization: loaded.normalization,
-                }));
-                self.resources.store(Arc::new(loaded.config));
+                self.policy.store(Arc::new(policy));
+                self.resources.store(Arc::new(config));
                 self.successes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(trigger = why, service_entries, "configuration reloaded");
                 ReloadStatus {

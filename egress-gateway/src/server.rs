@@ -23,7 +23,6 @@ use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
 use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
-use egress_policy::snapshot::Policy;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
 
@@ -126,25 +125,13 @@ impl Gateway {
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
         let ext_authz_overrides = overrides;
         let ext_authz_dial = ext_authz_overrides.clone();
-        let Loaded {
-            registry,
-            routes,
-            binding,
-            authz,
-            jwt,
-            normalization,
-            config,
-            diagnostics,
-        } = self.loaded;
-        let (service_entries, outbound) = (registry.services().len(), registry.policy().as_str());
+        let (policy, config, binding, diagnostics) = self.loaded.into_policy();
+        let (service_entries, outbound) = (
+            policy.registry.services().len(),
+            policy.registry.policy().as_str(),
+        );
         // The one swappable snapshot every request layer reads (a reload stores a new one).
-        let policy = Arc::new(ArcSwap::from_pointee(Policy {
-            registry: Arc::new(registry),
-            routes: Arc::new(routes),
-            authz: Arc::new(authz),
-            jwt: Arc::new(jwt),
-            normalization,
-        }));
+        let policy = Arc::new(ArcSwap::from_pointee(policy));
         let security = crate::stack::Security {
             ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(
                 args.ext_authz_max_in_flight,

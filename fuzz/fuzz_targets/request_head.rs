@@ -94,13 +94,7 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let config = rt.block_on(async {
-            let policy = Arc::new(ArcSwap::from_pointee(egress_policy::snapshot::Policy {
-                registry: Arc::new(loaded.registry),
-                routes: Arc::new(loaded.routes),
-                authz: Arc::new(loaded.authz),
-                jwt: Arc::new(loaded.jwt),
-                normalization: loaded.normalization,
-            }));
+            let policy = Arc::new(ArcSwap::from_pointee(loaded.into_policy().0));
             StackConfig {
                 policy,
                 dialer: Arc::new(Dialer::with_resolver(

@@ -139,13 +139,7 @@ spec:
         .add(&format!("origin.test:{port}:127.0.0.1"))
         .unwrap();
     let config = StackConfig {
-        policy: Arc::new(ArcSwap::from_pointee(egress_policy::snapshot::Policy {
-            registry: Arc::new(loaded.registry),
-            routes: Arc::new(loaded.routes),
-            authz: Arc::new(loaded.authz),
-            jwt: Arc::new(loaded.jwt),
-            normalization: loaded.normalization,
-        })),
+        policy: Arc::new(ArcSwap::from_pointee(loaded.into_policy().0)),
         dialer: Arc::new(Dialer::new(
             DialerConfig::default().with_overrides(overrides),
         )),
