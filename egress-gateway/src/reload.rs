@@ -132,13 +132,31 @@ impl Reloader {
                 _ = tick.tick(), if watching => {
                     let now = fingerprint(&self.args.config);
                     if now != seen {
-                        seen = now;
+                        seen = settled(&self.args.config, now).await;
                         self.reload("files changed").await;
                     }
                 }
             }
         }
     }
+}
+
+/// Waits until the files stop changing (the same fingerprint 100 ms apart, for at most two
+/// seconds), so that a file caught half-written is not compiled: a truncated file can be a
+/// valid, smaller configuration that would drop registrations for a moment.
+async fn settled(
+    paths: &[PathBuf],
+    mut now: Vec<(PathBuf, Option<SystemTime>, u64)>,
+) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let again = fingerprint(paths);
+        if again == now {
+            break;
+        }
+        now = again;
+    }
+    now
 }
 
 /// A receiver of SIGHUP that never fires where there is none.

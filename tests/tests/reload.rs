@@ -54,8 +54,8 @@ async fn file_changes_reload_and_bad_config_keeps_the_old() {
         "{}",
         gw.log()
     );
-    assert_eq!(status(&gw, "a.test", port).await, 200);
-    assert_eq!(status(&gw, "b.test", port).await, 200);
+    assert_eq!(status(&gw, "a.test", port).await, 200, "{}", gw.log());
+    assert_eq!(status(&gw, "b.test", port).await, 200, "{}", gw.log());
     let stats = curl_async(&[&format!("http://{}/stats", gw.admin)])
         .await
         .body;
