@@ -25,7 +25,7 @@ fn entries(n: usize) -> ConfigSet {
         } else {
             format!("api{i}.example.com")
         };
-        set.service_entries.push(ServiceEntry {
+        set.services.push(ServiceEntry {
             meta: Meta {
                 name: format!("se{i}"),
                 namespace: "bench".into(),

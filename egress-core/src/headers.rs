@@ -62,3 +62,14 @@ pub fn remove_gateway_headers(headers: &mut HeaderMap) {
         }
     }
 }
+
+/// A header value as HTTP reads it: without surrounding spaces and tabs.
+pub fn trim_ows(v: &[u8]) -> &[u8] {
+    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
+    let Some(start) = start else { return &[] };
+    let end = v
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(start);
+    &v[start..=end]
+}

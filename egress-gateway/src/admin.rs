@@ -15,7 +15,7 @@ pub(crate) struct AdminState {
     pub(crate) mirror_stats: Arc<egress_core::mirror::MirrorStats>,
     pub(crate) metrics: Arc<egress_core::telemetry::Metrics>,
     pub(crate) reloader: Arc<crate::reload::Reloader>,
-    pub(crate) policy: Arc<arc_swap::ArcSwap<egress_policy::snapshot::Policy>>,
+    pub(crate) policy: egress_policy::snapshot::PolicyStore,
     pub(crate) security: crate::stack::Security,
     pub(crate) tracer: Option<Arc<egress_core::trace::Tracer>>,
     pub(crate) conn_stats: Arc<egress_tls::ConnStats>,
@@ -107,7 +107,7 @@ pub(crate) async fn handle(
         }
         (&Method::GET, "/config_dump") => {
             // One snapshot for the whole dump, as for a request.
-            let policy = state.policy.load_full();
+            let policy = state.policy.load();
             let resources = state.reloader.resources.load();
             let dump = Dump {
                 registry: policy.registry.summary(),

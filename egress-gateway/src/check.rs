@@ -9,7 +9,7 @@ use crate::config::{self, LoadError};
 pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     match config::load(args) {
         Ok(loaded) => {
-            let reg = &loaded.registry;
+            let reg = &loaded.policy.registry;
             let _ = writeln!(
                 out,
                 "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
@@ -47,7 +47,7 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     }
                 );
             }
-            for vs in &loaded.config.virtual_services {
+            for vs in &loaded.config.virtual_hosts {
                 let _ = writeln!(
                     out,
                     "  VirtualService {}: hosts [{}] {} http route(s){}",
@@ -68,10 +68,10 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     loaded.binding.selected.join(", ")
                 );
             }
-            for skipped in loaded.routes.summary().skipped {
+            for skipped in loaded.policy.routes.summary().skipped {
                 let _ = writeln!(out, "  skipped: {skipped}");
             }
-            for p in loaded.authz.summary() {
+            for p in loaded.policy.authz.summary() {
                 if let Ok(rules) = p.applies {
                     let _ = writeln!(
                         out,
@@ -81,7 +81,7 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     );
                 }
             }
-            for issuer in loaded.jwt.issuers() {
+            for issuer in loaded.policy.jwt.issuers() {
                 let _ = writeln!(out, "  JWT issuer {issuer}");
             }
             for w in loaded.diagnostics.warnings() {

@@ -10,7 +10,6 @@
 //! goes where the `tcp` route of a VirtualService hosted by the server sends its port, and
 //! is closed when there is none.
 
-use arc_swap::ArcSwap;
 use egress_core::ctx::{
     Destination, Host, Outcome, RejectionKind, RequestForm, Scheme, UpstreamPlan,
 };
@@ -20,7 +19,7 @@ use egress_core::transport::Dialer;
 use egress_policy::authz::Attributes;
 use egress_policy::istio::OutboundPolicy;
 use egress_policy::routes::ServerHosts;
-use egress_policy::snapshot::Policy;
+use egress_policy::snapshot::{Policy, PolicyStore};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -32,7 +31,7 @@ pub(crate) struct Passthrough {
     pub(crate) hosts: Arc<ServerHosts>,
     pub(crate) port: u16,
     /// The configuration; one snapshot is taken per connection.
-    pub(crate) policy: Arc<ArcSwap<Policy>>,
+    pub(crate) policy: PolicyStore,
     pub(crate) dialer: Arc<Dialer>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tunnels: TaskTracker,
@@ -182,7 +181,7 @@ async fn handle(
         ));
     };
     // One snapshot decides the connection: route, registry and policies alike.
-    let policy = p.policy.load_full();
+    let policy = p.policy.load();
     let (dst, plan): (Destination, Option<UpstreamPlan>) =
         match policy.routes.tls_route(&sni, p.port) {
             Some((host, port, plan)) => (
@@ -233,7 +232,7 @@ async fn handle_tcp(
     peer: std::net::SocketAddr,
 ) -> Result<(), (Outcome, String)> {
     let _ = io.set_nodelay(true);
-    let policy = p.policy.load_full();
+    let policy = p.policy.load();
     let Some((host, port, plan)) = policy.routes.tcp_route_for_server(&p.hosts, p.port) else {
         return Err((
             Outcome::Denied(RejectionKind::NoRoute),

@@ -2,7 +2,7 @@
 //! only when it compiles without errors; a bad configuration leaves the old one serving.
 
 use arc_swap::ArcSwap;
-use egress_policy::snapshot::Policy;
+use egress_policy::snapshot::PolicyStore;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,7 +28,7 @@ pub(crate) struct Reloader {
     args: ConfigArgs,
     /// Every resource of the configuration in force, for `/config_dump`.
     pub(crate) resources: ArcSwap<egress_policy::istio::ConfigSet>,
-    policy: Arc<ArcSwap<Policy>>,
+    policy: PolicyStore,
     pub(crate) successes: AtomicU64,
     pub(crate) failures: AtomicU64,
     // Held only to copy or replace the status, never across an await.
@@ -39,7 +39,7 @@ impl Reloader {
     pub(crate) fn new(
         args: ConfigArgs,
         resources: egress_policy::istio::ConfigSet,
-        policy: Arc<ArcSwap<Policy>>,
+        policy: PolicyStore,
     ) -> Self {
         Self {
             args,
@@ -67,13 +67,13 @@ impl Reloader {
                 // that meets new routes and the old registry only skips the registry check
                 // for destinations the new routes chose.
                 // Security before routes: a request never meets new routes under old policies.
-                let service_entries = loaded.registry.services().len();
+                let services = loaded.policy.registry.services().len();
                 let (policy, config, _, _) = loaded.into_policy();
                 // One store: a request sees the old configuration or the new one, whole.
-                self.policy.store(Arc::new(policy));
+                self.policy.store(policy);
                 self.resources.store(Arc::new(config));
                 self.successes.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(trigger = why, service_entries, "configuration reloaded");
+                tracing::info!(trigger = why, services, "configuration reloaded");
                 ReloadStatus {
                     outcome: "success".into(),
                     at,

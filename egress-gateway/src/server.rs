@@ -1,6 +1,5 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
-use arc_swap::ArcSwap;
 use egress_core::ctx::{ClientAddr, ClientCertificate, Outcome, RejectionKind, SourcePrincipal};
 use egress_core::framing::{AmbiguousFraming, ConnectionFraming, FramingGuard};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
@@ -23,6 +22,7 @@ use crate::config::Loaded;
 use crate::stack::{self, StackConfig};
 use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
+use egress_policy::snapshot::PolicyStore;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
 
@@ -126,12 +126,12 @@ impl Gateway {
         let ext_authz_overrides = overrides;
         let ext_authz_dial = ext_authz_overrides.clone();
         let (policy, config, binding, diagnostics) = self.loaded.into_policy();
-        let (service_entries, outbound) = (
+        let (services, outbound) = (
             policy.registry.services().len(),
             policy.registry.policy().as_str(),
         );
         // The one swappable snapshot every request layer reads (a reload stores a new one).
-        let policy = Arc::new(ArcSwap::from_pointee(policy));
+        let policy = PolicyStore::new(policy);
         let security = crate::stack::Security {
             ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(
                 args.ext_authz_max_in_flight,
@@ -158,8 +158,8 @@ impl Gateway {
         }
         tracing::info!(
             sources = %config.sources.join(", "),
-            service_entries,
-            virtual_services = config.virtual_services.len(),
+            services,
+            virtual_hosts = config.virtual_hosts.len(),
             policy = outbound,
             gateway = %args.config.gateway_name,
             selected_by = %binding.selected.join(", "),

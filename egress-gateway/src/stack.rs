@@ -1,6 +1,5 @@
 //! The one function that assembles the gateway's request stack.
 
-use arc_swap::ArcSwap;
 use egress_core::ctx::{
     Destination, Outcome, Rejection, RejectionKind, RequestForm, Scheme, TunnelInspection,
     UpstreamPlan,
@@ -21,7 +20,7 @@ use egress_policy::layers::{
     AuthzLayer, JwtLayer, PathNormalizeLayer, RegistryOnlyLayer, RouteLayer,
 };
 use egress_policy::routes::{ServerHosts, ServerHostsLayer};
-use egress_policy::snapshot::{Policy, SnapshotLayer};
+use egress_policy::snapshot::{PolicyStore, SnapshotLayer};
 use egress_tls::EgressConnector;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
@@ -41,7 +40,7 @@ use crate::tunnel;
 #[derive(Clone)]
 pub struct StackConfig {
     /// The compiled configuration, swapped as one on reload and loaded once per request.
-    pub policy: Arc<ArcSwap<Policy>>,
+    pub policy: PolicyStore,
     /// Resolution, SSRF guard and dialling.
     pub dialer: Arc<Dialer>,
     /// Upstream pool settings.

@@ -1,5 +1,5 @@
 //! `ExtAuthzLayer`: the CUSTOM action. When a CUSTOM `AuthorizationPolicy` matches, the
-//! request is checked with the provider's HTTP authorizer (Istio's `envoyExtAuthzHttp`)
+//! request is checked with the provider's HTTP authorizer (Istio's `envoyHttpAuthorizer`)
 //! before anything else decides.
 //!
 //! - The check is an HTTP request to `service:port` with the original method, the path
@@ -17,9 +17,7 @@
 //! Checks reuse pooled connections, have the provider's timeout, and are bounded in number:
 //! a slow authorizer cannot hold the gateway's memory or tasks.
 
-use arc_swap::ArcSwap;
-
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 use bytes::Bytes;
 use egress_core::ctx::{Rejection, RejectionKind};
 use egress_core::{BoxBody, BoxError};
@@ -38,7 +36,7 @@ use tower::{Layer, Service};
 
 use crate::authz::{AuthzPolicies, Pattern};
 use crate::authz::{RequestFacts, bad_xff};
-use crate::istio::mesh::ExtAuthzHttp;
+use crate::model::HttpAuthorizer;
 
 /// The request body below this layer: the original, or the bytes read for the check
 /// followed by the rest.
@@ -98,12 +96,8 @@ impl std::fmt::Debug for ExtAuthzLayer {
 
 impl ExtAuthzLayer {
     /// A layer with at most `max_in_flight` checks at once.
-    pub fn new(
-        policies: Arc<ArcSwap<AuthzPolicies>>,
-        max_in_flight: usize,
-        xff_hops: usize,
-    ) -> Self {
-        Self::with_source(Source::Swap(policies), max_in_flight, xff_hops)
+    pub fn new(policies: Shared<AuthzPolicies>, max_in_flight: usize, xff_hops: usize) -> Self {
+        Self::with_source(Source::Own(policies), max_in_flight, xff_hops)
     }
 
     /// A layer reading the policies and the registry of each request's
@@ -134,14 +128,14 @@ impl ExtAuthzLayer {
     /// The registry, consulted first for a provider's `service`, as Envoy reaches an
     /// authorizer through its cluster: a `ServiceEntry` for that host and port gives its
     /// endpoints (`STATIC` addresses, `DNS` names).
-    pub fn with_registry(mut self, registry: Arc<ArcSwap<crate::Registry>>) -> Self {
-        self.registry = Some(Source::Swap(registry));
+    pub fn with_registry(mut self, registry: Shared<crate::Registry>) -> Self {
+        self.registry = Some(Source::Own(registry));
         self
     }
 
     /// Where a provider's checks are sent: a registered endpoint of its `service`, else
     /// `--resolve`, else the name itself (resolved by DNS when dialled).
-    fn target<B>(&self, p: &ExtAuthzHttp, req: &Request<B>) -> String {
+    fn target<B>(&self, p: &HttpAuthorizer, req: &Request<B>) -> String {
         let target = match self.registry.as_ref().and_then(|r| r.load(req)) {
             Some(r) => r.service_target(&p.service, p.port),
             None => egress_core::ctx::Target::Name(p.service.as_str().into(), Some(p.port)),
@@ -313,7 +307,7 @@ where
 /// none.
 async fn ask(
     layer: &ExtAuthzLayer,
-    provider: &ExtAuthzHttp,
+    provider: &HttpAuthorizer,
     parts: &http::request::Parts,
     check_body: (Bytes, bool),
     target: &str,
@@ -338,7 +332,7 @@ async fn ask(
 /// The authorizer's denial as the client gets it: its status, body and the headers
 /// `headersToDownstreamOnDeny` lets through (never framing ones), with the gateway's reason.
 fn denial(
-    provider: &ExtAuthzHttp,
+    provider: &HttpAuthorizer,
     rparts: http::response::Parts,
     rbody: Bytes,
 ) -> Response<BoxBody> {
@@ -408,7 +402,7 @@ where
 }
 
 fn build_check(
-    p: &ExtAuthzHttp,
+    p: &HttpAuthorizer,
     parts: &http::request::Parts,
     (body, partial): (Bytes, bool),
     target: &str,

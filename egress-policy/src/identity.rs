@@ -5,8 +5,7 @@
 use serde::Serialize;
 use std::sync::Arc;
 
-use crate::istio::Binding;
-use crate::istio::security::Scope;
+use crate::model::{Binding, Scope};
 
 /// Who this gateway is, for deciding which security resources apply to it.
 #[derive(Clone, Debug)]

@@ -31,6 +31,7 @@
 //! ```
 
 pub mod authz;
+pub mod compile;
 pub mod diag;
 pub mod duration;
 pub mod ext_authz;

@@ -9,7 +9,8 @@
 //! A request that started before a swap finishes wholly on the old policy.
 //!
 //! A layer used on its own (an application's client, a test) can still be given its part
-//! directly ([`Source::Swap`]), swappable by itself.
+//! directly ([`Source::Own`]), swappable by itself. Where the policy comes from is a
+//! [`PolicySource`]: the gateway's [`PolicyStore`], or an embedder's own.
 
 use arc_swap::ArcSwap;
 use http::Request;
@@ -38,10 +39,78 @@ pub struct Policy {
     pub normalization: Normalization,
 }
 
+/// A value shared by the layers that read it and swapped whole by whoever reloads it: every
+/// reader sees the old value or the new one, never a mix. Cloning shares the same value.
+pub struct Shared<T>(Arc<ArcSwap<T>>);
+
+impl<T> Shared<T> {
+    /// A shared value.
+    pub fn new(value: T) -> Self {
+        Self(Arc::new(ArcSwap::from_pointee(value)))
+    }
+
+    /// A shared value from one already in an `Arc`.
+    pub fn from_arc(value: Arc<T>) -> Self {
+        Self(Arc::new(ArcSwap::new(value)))
+    }
+
+    /// Replaces the value; readers that loaded the old one keep it until they drop it.
+    pub fn store(&self, value: T) {
+        self.0.store(Arc::new(value));
+    }
+
+    /// Replaces the value with one already shared.
+    pub fn store_arc(&self, value: Arc<T>) {
+        self.0.store(value);
+    }
+
+    /// The current value.
+    #[inline]
+    pub fn load(&self) -> Arc<T> {
+        self.0.load_full()
+    }
+}
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T: Default> Default for Shared<T> {
+    fn default() -> Self {
+        Self::new(T::default())
+    }
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Shared<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Shared").field(&self.0.load()).finish()
+    }
+}
+
+/// The gateway's store of its [`Policy`]: a reload compiles a new one and stores it.
+pub type PolicyStore = Shared<Policy>;
+
+/// Where [`SnapshotLayer`] gets the policy for each request. [`PolicyStore`] is the usual
+/// one; an embedder with its own configuration system (a control plane client, a database)
+/// implements this to hand out its latest compiled [`Policy`].
+pub trait PolicySource: Send + Sync + 'static {
+    /// The policy a request that starts now is decided with.
+    fn current(&self) -> Arc<Policy>;
+}
+
+impl PolicySource for Shared<Policy> {
+    #[inline]
+    fn current(&self) -> Arc<Policy> {
+        self.load()
+    }
+}
+
 /// Where a layer finds its part of the configuration.
 pub enum Source<T: 'static> {
-    /// Its own swappable value.
-    Swap(Arc<ArcSwap<T>>),
+    /// Its own shared value.
+    Own(Shared<T>),
     /// The request's [`Policy`] snapshot (inserted by [`SnapshotLayer`]), through this
     /// projection. A request without a snapshot is refused by the layer (fail closed).
     Snapshot(fn(&Policy) -> &T),
@@ -56,7 +125,7 @@ impl<T: Default> Default for Source<T> {
 impl<T> Clone for Source<T> {
     fn clone(&self) -> Self {
         match self {
-            Source::Swap(s) => Source::Swap(s.clone()),
+            Source::Own(s) => Source::Own(s.clone()),
             Source::Snapshot(f) => Source::Snapshot(*f),
         }
     }
@@ -65,43 +134,45 @@ impl<T> Clone for Source<T> {
 impl<T> std::fmt::Debug for Source<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Swap(_) => f.write_str("Source::Swap"),
+            Source::Own(_) => f.write_str("Source::Own"),
             Source::Snapshot(_) => f.write_str("Source::Snapshot"),
         }
     }
 }
 
 /// A loaded part of the configuration, kept alive for as long as the layer needs it.
-pub enum Loaded<T: 'static> {
-    /// From [`Source::Swap`].
-    Guard(arc_swap::Guard<Arc<T>>),
-    /// From [`Source::Snapshot`]: the request's snapshot and the projection.
+pub struct Loaded<T: 'static>(LoadedInner<T>);
+
+enum LoadedInner<T: 'static> {
+    Own(Arc<T>),
     Snapshot(Arc<Policy>, fn(&Policy) -> &T),
 }
 
 impl<T> std::ops::Deref for Loaded<T> {
     type Target = T;
 
+    #[inline]
     fn deref(&self) -> &T {
-        match self {
-            Loaded::Guard(g) => g,
-            Loaded::Snapshot(p, f) => f(p),
+        match &self.0 {
+            LoadedInner::Own(v) => v,
+            LoadedInner::Snapshot(p, f) => f(p),
         }
     }
 }
 
 impl<T> Source<T> {
-    /// A value that can be swapped by itself.
+    /// A value of the layer's own, which can be swapped by itself.
     pub fn fixed(value: T) -> Self {
-        Source::Swap(Arc::new(ArcSwap::from_pointee(value)))
+        Source::Own(Shared::new(value))
     }
 
     /// This request's part: `None` only for a snapshot source and a request that carries no
     /// snapshot (a stack assembled without [`SnapshotLayer`]).
+    #[inline]
     pub fn load<B>(&self, req: &Request<B>) -> Option<Loaded<T>> {
         match self {
-            Source::Swap(s) => Some(Loaded::Guard(s.load())),
-            Source::Snapshot(f) => snapshot_of(req).map(|p| Loaded::Snapshot(p, *f)),
+            Source::Own(s) => Some(Loaded(LoadedInner::Own(s.load()))),
+            Source::Snapshot(f) => snapshot_of(req).map(|p| Loaded(LoadedInner::Snapshot(p, *f))),
         }
     }
 }
@@ -116,20 +187,30 @@ pub fn missing<B: From<bytes::Bytes>>() -> http::Response<B> {
 }
 
 /// The snapshot a request carries.
+#[inline]
 pub fn snapshot_of<B>(req: &Request<B>) -> Option<Arc<Policy>> {
     req.extensions().get::<Arc<Policy>>().cloned()
 }
 
 /// Loads the current [`Policy`] once per request into its extensions.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SnapshotLayer {
-    policy: Arc<ArcSwap<Policy>>,
+    source: Arc<dyn PolicySource>,
+}
+
+impl std::fmt::Debug for SnapshotLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotLayer").finish_non_exhaustive()
+    }
 }
 
 impl SnapshotLayer {
-    /// A layer reading from this swappable policy (a reload stores a new one whole).
-    pub fn new(policy: Arc<ArcSwap<Policy>>) -> Self {
-        Self { policy }
+    /// A layer taking each request's policy from this source (a [`PolicyStore`], or an
+    /// embedder's own [`PolicySource`]).
+    pub fn new(source: impl PolicySource) -> Self {
+        Self {
+            source: Arc::new(source),
+        }
     }
 }
 
@@ -139,16 +220,24 @@ impl<S> Layer<S> for SnapshotLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Snapshot {
             inner,
-            policy: self.policy.clone(),
+            source: self.source.clone(),
         }
     }
 }
 
 /// The service of [`SnapshotLayer`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Snapshot<S> {
     inner: S,
-    policy: Arc<ArcSwap<Policy>>,
+    source: Arc<dyn PolicySource>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for Snapshot<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S, B> Service<Request<B>> for Snapshot<S>
@@ -165,7 +254,7 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.policy.load_full());
+        req.extensions_mut().insert(self.source.current());
         self.inner.call(req)
     }
 }
@@ -173,11 +262,11 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::istio::OutboundPolicy;
+    use crate::model::OutboundPolicy;
     use tower::{ServiceExt, service_fn};
 
     fn policy(outbound: OutboundPolicy) -> Policy {
-        let set = crate::istio::ConfigSet::default();
+        let set = crate::model::Config::default();
         let (registry, _) = Registry::compile(&set, Some(outbound)).unwrap();
         Policy {
             registry: Arc::new(registry),
@@ -192,7 +281,7 @@ mod tests {
     /// still the snapshot it started with; the next request sees the new one.
     #[tokio::test]
     async fn a_request_finishes_on_the_snapshot_it_started_with() {
-        let swap = Arc::new(ArcSwap::from_pointee(policy(OutboundPolicy::RegistryOnly)));
+        let swap = PolicyStore::new(policy(OutboundPolicy::RegistryOnly));
         let registry: Source<Registry> = Source::Snapshot(|p| &p.registry);
         let norm: Source<Normalization> = Source::Snapshot(|p| &p.normalization);
         let reload = swap.clone();
@@ -202,7 +291,7 @@ mod tests {
                 let before = registry.load(&req).unwrap().policy();
                 let mut next = policy(OutboundPolicy::AllowAny);
                 next.normalization = Normalization::None;
-                reload.store(Arc::new(next));
+                reload.store(next);
                 let after = registry.load(&req).unwrap().policy();
                 let mode = *norm.load(&req).unwrap();
                 Ok::<_, std::convert::Infallible>((before, after, mode))

@@ -4,8 +4,7 @@
 //! `curl -x http://127.0.0.1:15101 http://example.com/` (refused: not registered) and
 //! `curl -x http://127.0.0.1:15101 http://httpbin.org/admin` (refused by the DENY policy).
 
-use arc_swap::ArcSwap;
-use std::sync::Arc;
+use egress_policy::snapshot::PolicyStore;
 
 const YAML: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -26,9 +25,7 @@ spec:
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let policy = Arc::new(ArcSwap::from_pointee(
-        egress_examples::custom_proxy::policy(YAML)?,
-    ));
+    let policy = PolicyStore::new(egress_examples::custom_proxy::policy(YAML)?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:15101").await?;
     eprintln!("custom proxy on {}", listener.local_addr()?);
     egress_examples::custom_proxy::serve(listener, policy).await;

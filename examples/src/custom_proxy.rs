@@ -1,20 +1,16 @@
 //! A custom egress proxy: the policy layers composed into an embedder's own hyper server,
 //! configured from Istio YAML and reloadable as one snapshot.
 
-use arc_swap::ArcSwap;
 use egress_core::destination::DestinationLayer;
 use egress_core::gateway_headers::GatewayHeadersLayer;
 use egress_core::proxy_headers::{ProxyHeadersConfig, ProxyHeadersLayer};
 use egress_core::respond;
 use egress_core::transport::{Dialer, DialerConfig, Upstream, UpstreamConfig};
 use egress_core::{BoxBody, BoxError};
-use egress_policy::authz::{AuthzPolicies, Identity};
-use egress_policy::istio::{Binding, ConfigSet};
-use egress_policy::jwt::JwtPolicy;
+use egress_policy::compile::{Settings, compile};
+use egress_policy::istio::ConfigSet;
 use egress_policy::layers::{AuthzLayer, PathNormalizeLayer, RegistryOnlyLayer, RouteLayer};
-use egress_policy::routes::RouteTable;
-use egress_policy::snapshot::{Policy, SnapshotLayer};
-use egress_policy::{Registry, model::Normalization};
+use egress_policy::snapshot::{Policy, PolicyStore, SnapshotLayer};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
@@ -26,27 +22,20 @@ use tower::ServiceBuilder;
 /// problem with its file, line and field.
 pub fn policy(yaml: &str) -> Result<Policy, String> {
     let config = ConfigSet::load_str("proxy.yaml", yaml);
-    let (registry, _) = Registry::compile(&config, None).map_err(|d| d.to_string())?;
-    let binding = Binding::new(&config.gateways, &[]);
-    let (routes, _) =
-        RouteTable::compile(&config, &registry, &binding).map_err(|d| d.to_string())?;
-    let identity = Identity::new("default/custom-proxy", &[], &binding);
-    let (authz, _) = AuthzPolicies::compile(&config, &identity).map_err(|d| d.to_string())?;
-    let (jwt, _) = JwtPolicy::compile(&config, &identity);
-    Ok(Policy {
-        registry: Arc::new(registry),
-        routes: Arc::new(routes),
-        authz: Arc::new(authz),
-        jwt: Arc::new(jwt),
-        normalization: Normalization::default(),
-    })
+    let settings = Settings {
+        gateway_name: "default/custom-proxy".into(),
+        ..Settings::default()
+    };
+    Ok(compile(&config, &settings)
+        .map_err(|d| d.to_string())?
+        .policy)
 }
 
 /// The request stack, outermost first: one snapshot per request, the one destination
 /// parser, the gateway's own headers, path normalisation, DENY/ALLOW, routes, the registry
 /// check, proxy headers, and the pooled upstream (resolve once, SSRF guard).
 pub fn stack(
-    policy: Arc<ArcSwap<Policy>>,
+    policy: PolicyStore,
 ) -> impl tower::Service<
     http::Request<Incoming>,
     Response = http::Response<BoxBody>,
@@ -71,7 +60,7 @@ pub fn stack(
 
 /// Serves `listener` as a forward proxy (`curl -x`) under `policy`; `store` a new
 /// [`Policy`] in it to reload: requests in flight finish on the one they started with.
-pub async fn serve(listener: TcpListener, policy: Arc<ArcSwap<Policy>>) {
+pub async fn serve(listener: TcpListener, policy: PolicyStore) {
     let svc = stack(policy);
     while let Ok((io, peer)) = listener.accept().await {
         let svc =

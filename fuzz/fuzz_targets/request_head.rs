@@ -4,7 +4,6 @@
 //! writes says why (`x-egress-denied` or `x-egress-error`). No name is ever resolved: the
 //! resolver answers 127.0.0.1, which the SSRF guard refuses, so nothing leaves the process.
 
-use arc_swap::ArcSwap;
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
@@ -94,7 +93,7 @@ fn world() -> &'static World {
             .build()
             .unwrap();
         let config = rt.block_on(async {
-            let policy = Arc::new(ArcSwap::from_pointee(loaded.into_policy().0));
+            let policy = egress_policy::snapshot::PolicyStore::new(loaded.into_policy().0);
             StackConfig {
                 policy,
                 dialer: Arc::new(Dialer::with_resolver(

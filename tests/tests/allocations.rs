@@ -62,7 +62,6 @@ fn one_proxied_request_allocates_within_budget() {
 }
 
 async fn run() -> u64 {
-    use arc_swap::ArcSwap;
     use egress_core::mirror::{MirrorConfig, MirrorLayer};
     use egress_core::proxy_headers::ProxyHeadersConfig;
     use egress_core::telemetry::Metrics;
@@ -139,7 +138,7 @@ spec:
         .add(&format!("origin.test:{port}:127.0.0.1"))
         .unwrap();
     let config = StackConfig {
-        policy: Arc::new(ArcSwap::from_pointee(loaded.into_policy().0)),
+        policy: egress_policy::snapshot::PolicyStore::new(loaded.into_policy().0),
         dialer: Arc::new(Dialer::new(
             DialerConfig::default().with_overrides(overrides),
         )),

@@ -138,14 +138,12 @@ async fn resolver_and_connector_are_pluggable() {
 /// that stands for the application's client.
 #[tokio::test]
 async fn authz_and_jwt_layers_alone() {
-    use arc_swap::ArcSwap;
     use egress_core::destination::DestinationLayer;
     use egress_policy::authz::path::Normalization;
     use egress_policy::authz::{AuthzDecision, AuthzPolicies, Identity};
     use egress_policy::istio::{Binding, ConfigSet};
     use egress_policy::jwt::{JwksStore, JwtPolicy, RequestAuth};
     use egress_policy::layers::{AuthzLayer, JwtLayer, PathNormalizeLayer};
-    use std::sync::Arc;
     use tower::{ServiceBuilder, ServiceExt};
 
     let signer = egress_tests::jwt::Signer::ec("k");
@@ -173,10 +171,13 @@ async fn authz_and_jwt_layers_alone() {
         .layer(DestinationLayer::new())
         .layer(PathNormalizeLayer::new(Normalization::MergeSlashes))
         .layer(JwtLayer::new(
-            Arc::new(ArcSwap::from_pointee(jwt)),
+            egress_policy::snapshot::Shared::new(jwt),
             JwksStore::default(),
         ))
-        .layer(AuthzLayer::new(Arc::new(ArcSwap::from_pointee(authz)), 0))
+        .layer(AuthzLayer::new(
+            egress_policy::snapshot::Shared::new(authz),
+            0,
+        ))
         .service(app);
     let token = signer.token(&serde_json::json!({"iss": "https://issuer.test", "sub": "app"}));
     let send = |path: &str, token: Option<&str>| {
@@ -209,9 +210,9 @@ async fn custom_proxy_example_enforces_the_policy_and_reloads_whole() {
         )
     };
     let deny = "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: no-admin}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [\"/admin*\"]}}]}]\n";
-    let policy = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(
+    let policy = egress_policy::snapshot::PolicyStore::new(
         egress_examples::custom_proxy::policy(&yaml(deny)).unwrap(),
-    ));
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let proxy = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(egress_examples::custom_proxy::serve(
@@ -239,10 +240,110 @@ async fn custom_proxy_example_enforces_the_policy_and_reloads_whole() {
         (502, Some("registry-only"))
     );
     // Reload without the DENY: one store, and /admin goes through.
-    policy.store(std::sync::Arc::new(
-        egress_examples::custom_proxy::policy(&yaml("")).unwrap(),
-    ));
+    policy.store(egress_examples::custom_proxy::policy(&yaml("")).unwrap());
     let r = curl("http://api.internal.test/admin").await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(origin.count(), 2);
+}
+
+/// The `app_client` example: an application writes `http://`, the client stack refuses what
+/// is not registered, originates TLS as the `DestinationRule` says (SNI and the CA given),
+/// and counts every call in Istio's metrics, all from one YAML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_client_originates_tls_and_counts_calls() {
+    use egress_tests::tls::{TestCa, TlsOrigin};
+    use http_body_util::Empty;
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["api.internal.test"]), None).await;
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{ name: internal-api }}
+spec:
+  hosts: [api.internal.test]
+  ports: [{{ number: 80, name: http, protocol: HTTP, targetPort: {port} }}]
+  resolution: STATIC
+  endpoints: [{{ address: 127.0.0.1 }}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{ name: internal-api }}
+spec:
+  host: api.internal.test
+  trafficPolicy:
+    tls: {{ mode: SIMPLE, sni: api.internal.test, caCertificates: {ca} }}
+"#,
+        port = origin.addr.port(),
+        ca = ca.pem_path.display()
+    );
+    let (svc, metrics) = egress_examples::app_client::client::<Empty<bytes::Bytes>>(&yaml).unwrap();
+    let get = |url: &'static str| egress_examples::registry_client::get(svc.clone(), url);
+    let (status, denied, body) = get("http://api.internal.test/hello").await.unwrap();
+    assert_eq!(
+        (status, denied, body.as_str()),
+        (200, None, "hello over tls")
+    );
+    assert_eq!(
+        origin.handshakes.lock().unwrap().as_slice(),
+        &[Some("api.internal.test".to_owned())]
+    );
+    // A second call reuses the pooled TLS connection.
+    let (status, _, _) = get("http://api.internal.test/again").await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(origin.handshakes.lock().unwrap().len(), 1);
+
+    let (status, denied, _) = get("http://unregistered.example.com/").await.unwrap();
+    assert_eq!((status, denied.as_deref()), (502, Some("registry-only")));
+    assert_eq!(origin.requests.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    let text = metrics.encode();
+    let calls = |code: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("istio_requests_total{"))
+            .filter(|l| l.contains(&format!("response_code=\"{code}\"")))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(calls("200"), ["2"], "{text}");
+    assert_eq!(calls("502"), ["1"], "{text}");
+    assert!(
+        text.contains("egress_refusals_total{reason=\"registry-only\"} 1"),
+        "{text}"
+    );
+}
+
+/// The `policy_in_code` example: a policy built from the model types without YAML, served
+/// by the custom proxy and used with real curl.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_built_in_code_serves() {
+    let origin = Origin::start().await;
+    let policy = egress_examples::policy_in_code::policy(origin.addr).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(egress_examples::custom_proxy::serve(
+        listener,
+        egress_policy::snapshot::PolicyStore::new(policy),
+    ));
+    let curl = |url: &'static str| {
+        let proxy = proxy.clone();
+        async move { egress_tests::curl_async(&["--path-as-is", "-x", &proxy, url]).await }
+    };
+    let r = curl("http://api.internal.test/hello").await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello from origin"),
+        "{r:?}"
+    );
+    let r = curl("http://api.internal.test//admin/users").await;
+    assert_eq!(
+        (r.status, r.header("x-egress-denied").as_deref()),
+        (403, Some("rbac-denied"))
+    );
+    let r = curl("http://other.internal.test/").await;
+    assert_eq!(
+        (r.status, r.header("x-egress-denied").as_deref()),
+        (502, Some("registry-only"))
+    );
+    assert_eq!(origin.count(), 1);
 }

@@ -21,11 +21,9 @@ use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
 pub use crate::identity::Identity;
-use crate::istio::ConfigSet;
-use crate::istio::mesh::ExtAuthzHttp;
-use crate::istio::security::{
-    AuthorizationPolicy, AuthzAction, Condition, Operation, Rule, Source, bracketed,
-    parse_ip_block, when_key_is_http_only,
+use crate::model::{
+    AccessPolicy, AuthzAction, Condition, Config, HttpAuthorizer, Operation, Rule, Source,
+    bracketed, parse_ip_block, when_key_is_http_only,
 };
 
 use crate::identity::RequestAuth;
@@ -74,7 +72,7 @@ impl Pattern {
     }
 }
 
-pub use crate::istio::trim_ows;
+pub use egress_core::headers::trim_ows;
 
 /// Removes every header whose (lower-case) name matches one of `patterns`.
 pub fn remove_matching(patterns: &[Pattern], headers: &mut http::HeaderMap) {
@@ -609,7 +607,7 @@ pub struct AuthzPolicies {
     deny: PolicyList,
     allow: PolicyList,
     audit: PolicyList,
-    providers: Vec<(Arc<str>, Arc<ExtAuthzHttp>)>,
+    providers: Vec<(Arc<str>, Arc<HttpAuthorizer>)>,
     /// `headersToUpstreamOnAllow` of every provider a CUSTOM policy in force uses: what
     /// the authorizer alone may set upstream, so never taken from the client.
     authorizer_headers: Arc<[Pattern]>,
@@ -632,7 +630,7 @@ impl AuthzPolicies {
     /// reported as warnings. A CUSTOM policy must name one of MeshConfig's
     /// `extensionProviders`.
     pub fn compile(
-        config: &ConfigSet,
+        config: &Config,
         identity: &Identity,
     ) -> Result<(Self, Diagnostics), Diagnostics> {
         let mut set = AuthzPolicies::default();
@@ -647,7 +645,7 @@ impl AuthzPolicies {
         let providers = providers.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let mut diags = Diagnostics::default();
         let mut errors = Diagnostics::default();
-        for p in &config.authorization_policies {
+        for p in &config.access_policies {
             let id = p.meta.id();
             let diag = |severity, message: String| Diagnostic {
                 severity,
@@ -737,7 +735,7 @@ impl AuthzPolicies {
     }
 
     /// The configuration of a CUSTOM provider.
-    pub fn provider(&self, name: &str) -> Option<Arc<ExtAuthzHttp>> {
+    pub fn provider(&self, name: &str) -> Option<Arc<HttpAuthorizer>> {
         self.providers
             .iter()
             .find(|(n, _)| &**n == name)
@@ -807,7 +805,7 @@ impl AuthzPolicies {
     }
 }
 
-fn compile_policy(p: &AuthorizationPolicy) -> CPolicy {
+fn compile_policy(p: &AccessPolicy) -> CPolicy {
     CPolicy {
         name: p.meta.id().into(),
         provider: p.provider.as_deref().map(Arc::from),

@@ -688,3 +688,72 @@ fn header_conditions_on_bytes_and_lines() {
     assert!(run(&allow, &[("x-team", b"\xff-ops")]), "suffix of bytes");
     assert!(!run(&allow, &[]));
 }
+
+/// The engine over policies built in code, with no YAML: DENY before ALLOW, the deciding
+/// policy and rule reported, and an ALLOW policy denying what none of its rules match.
+#[test]
+fn policies_built_in_code() {
+    use crate::model::{AccessPolicy, Meta};
+    let mut config = Config::default();
+    config.access_policies.push(AccessPolicy::new(
+        Meta::new("no-admin", "istio-system"),
+        AuthzAction::Deny,
+        vec![Rule {
+            to: vec![Operation {
+                paths: vec!["/admin*".into()],
+                ..Operation::default()
+            }],
+            ..Rule::default()
+        }],
+    ));
+    config.access_policies.push(AccessPolicy::new(
+        Meta::new("only-get", "istio-system"),
+        AuthzAction::Allow,
+        vec![Rule {
+            to: vec![Operation {
+                methods: vec!["GET".into()],
+                hosts: vec!["*.example.com".into()],
+                ..Operation::default()
+            }],
+            ..Rule::default()
+        }],
+    ));
+    let (p, diags) = AuthzPolicies::compile(&config, &identity()).expect("compiles");
+    assert!(diags.is_empty(), "{diags}");
+    assert!(decide(&p, &Req::default()));
+    let post = Req {
+        method: "POST",
+        ..Req::default()
+    };
+    assert!(!decide(&p, &post));
+    let other_host = Req {
+        host: "example.org",
+        ..Req::default()
+    };
+    assert!(!decide(&p, &other_host));
+    let admin = Req {
+        path: "/admin/users",
+        ..Req::default()
+    };
+    assert!(!decide(&p, &admin));
+    let headers = HeaderMap::new();
+    let a = Attributes {
+        http: Some(HttpAttributes {
+            method: "GET",
+            path: "/admin/users",
+            headers: &headers,
+            auth: None,
+        }),
+        source_ip: None,
+        remote_ip: None,
+        principal: None,
+        namespace: None,
+        host: "api.example.com",
+        port: 80,
+        destination_ip: None,
+        sni: None,
+    };
+    let d = p.evaluate(&a);
+    assert_eq!(d.policy.as_deref(), Some("istio-system/no-admin"));
+    assert_eq!((d.rule, d.action), (Some(0), Some(AuthzAction::Deny)));
+}

@@ -13,7 +13,7 @@
 //! identities the source namespace is unknown; the policy says so in a warning, and an
 //! `AuthorizationPolicy` on the gateway is the way to restrict sources.
 
-use super::destination_rule::{ClientTls, DestinationRule};
+use super::model::{ClientTls, DestinationRule};
 use super::model::{Location, Meta, Port, Protocol, Resolution, ServiceEntry};
 use super::reader::Reader;
 use super::service_entry::{check_host, read_port};
@@ -25,8 +25,8 @@ pub(crate) const ASM_VERSIONS: &[&str] = &["istio.alibabacloud.com/v1beta1"];
 /// What one policy stands for.
 #[derive(Default)]
 pub(crate) struct Generated {
-    pub service_entries: Vec<ServiceEntry>,
-    pub destination_rules: Vec<DestinationRule>,
+    pub services: Vec<ServiceEntry>,
+    pub destination_policies: Vec<DestinationRule>,
 }
 
 /// Reads `spec` of an `ASMEgressTrafficPolicy`.
@@ -188,7 +188,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         return;
     }
     let label = if name.is_empty() {
-        format!("{}", out.service_entries.len())
+        format!("{}", out.services.len())
     } else {
         name
     };
@@ -212,7 +212,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         }
         port.target_port = Some(target);
         for host in &hosts {
-            out.destination_rules.push(DestinationRule {
+            out.destination_policies.push(DestinationRule {
                 meta: Meta {
                     name: format!("{}-{host}", generated.name),
                     ..generated.clone()
@@ -227,7 +227,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         }
     }
     let wildcard = hosts.iter().any(|h| h.starts_with("*."));
-    out.service_entries.push(ServiceEntry {
+    out.services.push(ServiceEntry {
         meta: generated,
         hosts,
         addresses: Vec::new(),

@@ -1,108 +1,9 @@
 //! Reading and validating `DestinationRule`: subsets, traffic policies (load balancing,
 //! client TLS), per port and per subset.
 
-use serde::Serialize;
-
-use super::model::Meta;
+use super::model::{ClientTls, DestinationRule, LoadBalancer, Meta, Subset};
 use super::reader::{Fields, Reader};
 use crate::yaml::Node;
-
-/// `DestinationRule.subsets[]`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Subset {
-    /// `name`.
-    pub name: String,
-    /// `labels` selecting `ServiceEntry` endpoints.
-    pub labels: Vec<(String, String)>,
-    /// `trafficPolicy.loadBalancer` of the subset.
-    pub lb: Option<LoadBalancer>,
-    /// `trafficPolicy.tls` of the subset.
-    pub tls: Option<ClientTls>,
-}
-
-/// A `DestinationRule` (subsets; traffic policies come later).
-#[derive(Clone, Debug, Serialize)]
-pub struct DestinationRule {
-    /// Name, namespace, source.
-    pub meta: Meta,
-    /// `host`.
-    pub host: String,
-    /// `subsets`.
-    pub subsets: Vec<Subset>,
-    /// `trafficPolicy.loadBalancer`.
-    pub lb: Option<LoadBalancer>,
-    /// `trafficPolicy.portLevelSettings[].loadBalancer`, by port.
-    pub port_lb: Vec<(u16, LoadBalancer)>,
-    /// `trafficPolicy.tls`.
-    pub tls: Option<ClientTls>,
-    /// `trafficPolicy.portLevelSettings[].tls`, by port.
-    pub port_tls: Vec<(u16, ClientTls)>,
-}
-
-impl DestinationRule {
-    /// The TLS settings for a port and subset: the subset's, else the port's, else the
-    /// rule's.
-    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
-        subset
-            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
-            .and_then(|s| s.tls.as_ref())
-            .or_else(|| {
-                self.port_tls
-                    .iter()
-                    .find(|(p, _)| *p == port)
-                    .map(|(_, t)| t)
-            })
-            .or(self.tls.as_ref())
-    }
-
-    /// The balancer for a port and subset: the subset's, else the port's, else the rule's.
-    pub fn balance_for(&self, port: u16, subset: Option<&str>) -> Option<LoadBalancer> {
-        let from_subset = subset
-            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
-            .and_then(|s| s.lb.clone());
-        from_subset
-            .or_else(|| {
-                self.port_lb
-                    .iter()
-                    .find(|(p, _)| *p == port)
-                    .map(|(_, b)| b.clone())
-            })
-            .or_else(|| self.lb.clone())
-    }
-}
-
-/// `DestinationRule.trafficPolicy.loadBalancer`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub enum LoadBalancer {
-    /// `ROUND_ROBIN` (and `UNSPECIFIED`).
-    RoundRobin,
-    /// `RANDOM`.
-    Random,
-    /// `LEAST_REQUEST` (and the older `LEAST_CONN`).
-    LeastRequest,
-    /// `PASSTHROUGH`.
-    Passthrough,
-    /// `consistentHash.httpHeaderName` (lower-case).
-    HashHeader(String),
-    /// `consistentHash.useSourceIp`.
-    HashSourceIp,
-}
-
-impl LoadBalancer {
-    /// The transport's policy.
-    pub fn to_balance(&self) -> egress_core::ctx::Balance {
-        use egress_core::ctx::Balance;
-        match self {
-            LoadBalancer::RoundRobin => Balance::RoundRobin,
-            LoadBalancer::Random => Balance::Random,
-            LoadBalancer::LeastRequest => Balance::LeastRequest,
-            LoadBalancer::Passthrough => Balance::Passthrough,
-            LoadBalancer::HashHeader(h) => http::HeaderName::from_bytes(h.as_bytes())
-                .map_or(Balance::RoundRobin, Balance::HashHeader),
-            LoadBalancer::HashSourceIp => Balance::HashSourceIp,
-        }
-    }
-}
 
 /// Reads a `trafficPolicy`, keeping its load balancer and port-level load balancers.
 /// `trafficPolicy`: what this gateway applies of it.
@@ -177,48 +78,6 @@ fn read_traffic_policy(r: &mut Reader<'_>, node: &Node, path: &str) -> TrafficPo
         ],
     );
     tp
-}
-
-/// `ClientTLSSettings`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ClientTls {
-    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
-    pub mode: String,
-    /// `caCertificates`.
-    pub ca_certificates: Option<String>,
-    /// `caCrl`.
-    pub ca_crl: Option<String>,
-    /// `clientCertificate`.
-    pub client_certificate: Option<String>,
-    /// `privateKey`.
-    pub private_key: Option<String>,
-    /// `sni`.
-    pub sni: Option<String>,
-    /// `subjectAltNames`.
-    pub subject_alt_names: Vec<String>,
-    /// `insecureSkipVerify`.
-    pub insecure_skip_verify: bool,
-}
-
-impl ClientTls {
-    /// The transport's settings; `None` for `DISABLE`.
-    pub fn to_settings(&self, origin: &str) -> Option<egress_core::ctx::TlsSettings> {
-        if self.mode == "DISABLE" {
-            return None;
-        }
-        Some(egress_core::ctx::TlsSettings {
-            mutual: self.mode == "MUTUAL",
-            ca_certificates: self.ca_certificates.as_ref().map(Into::into),
-            ca_crl: self.ca_crl.as_ref().map(Into::into),
-            client_certificate: self.client_certificate.as_ref().map(Into::into),
-            private_key: self.private_key.as_ref().map(Into::into),
-            sni: self.sni.as_deref().map(Into::into),
-            subject_alt_names: self.subject_alt_names.clone(),
-            insecure_skip_verify: self.insecure_skip_verify,
-            origin: origin.into(),
-        })
-    }
 }
 
 fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {

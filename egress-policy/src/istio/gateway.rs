@@ -1,66 +1,8 @@
 //! Reading and validating `Gateway`, and deciding which ones this gateway is.
 
-use serde::Serialize;
-
-use super::model::{Meta, Protocol};
+use super::model::{Gateway, Meta, Protocol, Server, ServerPort, ServerTlsFiles};
 use super::reader::Reader;
 use crate::yaml::Node;
-
-/// `Server.port`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ServerPort {
-    /// `number`.
-    pub number: u16,
-    /// `name`.
-    pub name: String,
-    /// `protocol`.
-    pub protocol: Protocol,
-}
-
-/// `Gateway.servers[]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Server {
-    /// `port`.
-    pub port: ServerPort,
-    /// `hosts`, as written (`ns/host`, `host`, `*`, `*.suffix`).
-    pub hosts: Vec<String>,
-    /// `tls.mode`, when set.
-    #[serde(rename = "tlsMode", skip_serializing_if = "Option::is_none")]
-    pub tls_mode: Option<String>,
-    /// `tls` files for `SIMPLE`/`MUTUAL` servers.
-    #[serde(rename = "tlsFiles")]
-    pub tls_files: ServerTlsFiles,
-}
-
-/// `ServerTLSSettings` files of a terminating server.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ServerTlsFiles {
-    /// `serverCertificate` (PEM chain).
-    pub server_certificate: Option<String>,
-    /// `privateKey` (PEM).
-    pub private_key: Option<String>,
-    /// `caCertificates` (PEM) verifying client certificates, for `MUTUAL`.
-    pub ca_certificates: Option<String>,
-}
-
-/// A `Gateway`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Gateway {
-    /// Name, namespace, source.
-    pub meta: Meta,
-    /// `selector`: the labels of the proxies this Gateway configures.
-    pub selector: Vec<(String, String)>,
-    /// `servers`.
-    pub servers: Vec<Server>,
-}
-
-impl Gateway {
-    /// Whether a proxy with these labels is selected (every selector label present).
-    pub fn selects(&self, labels: &[(String, String)]) -> bool {
-        self.selector.iter().all(|l| labels.contains(l))
-    }
-}
 
 /// Reads `spec` of a `Gateway`.
 pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway> {
@@ -209,48 +151,4 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
         tls_mode,
         tls_files,
     })
-}
-
-/// Which Gateways this proxy is: those whose selector its labels satisfy.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Binding {
-    /// `namespace/name` of every selected Gateway; empty means "acting for the mesh".
-    pub selected: Vec<String>,
-}
-
-impl Binding {
-    /// Selects the Gateways of `gateways` that these labels satisfy.
-    pub fn new(gateways: &[Gateway], labels: &[(String, String)]) -> Self {
-        Self {
-            selected: gateways
-                .iter()
-                .filter(|g| g.selects(labels))
-                .map(|g| g.meta.id())
-                .collect(),
-        }
-    }
-
-    /// Whether this proxy acts for the mesh (no Gateway selects it).
-    pub fn is_mesh(&self) -> bool {
-        self.selected.is_empty()
-    }
-
-    /// Whether a list of gateway references (from a `VirtualService` in `namespace`) names
-    /// this proxy. An empty list means `mesh`.
-    pub fn applies(&self, refs: &[String], namespace: &str) -> bool {
-        if refs.is_empty() {
-            return self.is_mesh();
-        }
-        refs.iter().any(|g| {
-            if g == "mesh" {
-                return self.is_mesh();
-            }
-            let full = if g.contains('/') {
-                g.clone()
-            } else {
-                format!("{namespace}/{g}")
-            };
-            self.selected.contains(&full)
-        })
-    }
 }

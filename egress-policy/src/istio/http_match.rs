@@ -1,94 +1,9 @@
 //! Reading `HTTPMatchRequest` and `StringMatch`: the conditions of a `VirtualService` HTTP
 //! route, and how they match a request's bytes.
 
-use regex::Regex;
-use serde::Serialize;
-
+use super::model::{HttpMatch, StringMatch};
 use super::reader::{Fields, Reader};
 use crate::yaml::{Node, Value};
-
-/// A string match (`StringMatch`), or presence (`{}`) where Istio allows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum StringMatch {
-    /// Equal to.
-    Exact(String),
-    /// Starts with.
-    Prefix(String),
-    /// Matches the whole value (RE2 syntax, as Envoy's safe regex).
-    Regex(#[serde(serialize_with = "regex_str")] Regex),
-    /// Present, whatever its value (`{}`).
-    Present,
-}
-
-fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
-    let text = r.as_str();
-    // Undo the anchoring added at compile time.
-    let text = text
-        .strip_prefix("^(?:")
-        .and_then(|t| t.strip_suffix(")$"))
-        .unwrap_or(text);
-    s.serialize_str(text)
-}
-
-impl StringMatch {
-    /// Whether `value` matches; `ignore_case` applies to exact and prefix.
-    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
-        match self {
-            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
-            StringMatch::Exact(e) => value == e,
-            StringMatch::Prefix(p) if ignore_case => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
-            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
-            StringMatch::Regex(r) => r.is_match(value),
-            StringMatch::Present => true,
-        }
-    }
-
-    /// Whether the bytes `value` match; `None` when this matcher cannot evaluate them (a
-    /// regex over bytes that are not UTF-8), which callers treat as a refusal to match.
-    pub fn matches_bytes(&self, value: &[u8], ignore_case: bool) -> Option<bool> {
-        Some(match self {
-            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e.as_bytes()),
-            StringMatch::Exact(e) => value == e.as_bytes(),
-            StringMatch::Prefix(p) if ignore_case => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
-            StringMatch::Prefix(p) => value.starts_with(p.as_bytes()),
-            StringMatch::Regex(r) => r.is_match(std::str::from_utf8(value).ok()?),
-            StringMatch::Present => true,
-        })
-    }
-}
-
-/// `HTTPMatchRequest`.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpMatch {
-    /// `name`.
-    pub name: Option<String>,
-    /// `uri`, matched against the request path without its query string, as Envoy does.
-    pub uri: Option<StringMatch>,
-    /// `scheme`.
-    pub scheme: Option<StringMatch>,
-    /// `method`.
-    pub method: Option<StringMatch>,
-    /// `authority`.
-    pub authority: Option<StringMatch>,
-    /// `headers`: lower-case name and match.
-    pub headers: Vec<(String, StringMatch)>,
-    /// `withoutHeaders`.
-    pub without_headers: Vec<(String, StringMatch)>,
-    /// `queryParams`.
-    pub query_params: Vec<(String, StringMatch)>,
-    /// `port`.
-    pub port: Option<u16>,
-    /// `ignoreUriCase`.
-    pub ignore_uri_case: bool,
-    /// `gateways`.
-    pub gateways: Vec<String>,
-}
 
 fn read_string_match(
     r: &mut Reader<'_>,
@@ -218,13 +133,4 @@ pub(super) fn read_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<
     Some(m)
 }
 
-/// A header value as HTTP reads it: without surrounding spaces and tabs.
-pub fn trim_ows(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !matches!(b, b' ' | b'\t'));
-    let Some(start) = start else { return &[] };
-    let end = v
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(start);
-    &v[start..=end]
-}
+pub use egress_core::headers::trim_ows;

@@ -1,21 +1,11 @@
 //! Reading `TLSRoute` and `TCPRoute`: where a `VirtualService` sends TLS connections (by
 //! SNI, unterminated) and TCP connections (by port).
 
-use serde::Serialize;
-
+use super::model::{TcpRoute, TlsMatch, TlsRoute};
 use super::reader::Reader;
 use crate::yaml::Node;
 
-use super::virtual_service::{WeightedDestination, read_weighted};
-
-/// `TCPRoute`.
-#[derive(Clone, Debug, Serialize)]
-pub struct TcpRoute {
-    /// `match`: port and gateways (empty: everything).
-    pub matches: Vec<TlsMatch>,
-    /// `route`: weighted destinations.
-    pub route: Vec<WeightedDestination>,
-}
+use super::virtual_service::read_weighted;
 
 pub(super) fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TcpRoute> {
     let mut f = r.map(node, path)?;
@@ -75,42 +65,6 @@ pub(super) fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Opt
     }
     f.finish(r, &[]);
     Some(TcpRoute { matches, route })
-}
-
-/// `TLSRoute`: where TLS connections with matching SNI go, unterminated.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsRoute {
-    /// `match` blocks: SNI hosts (wildcards allowed), port, gateways.
-    pub matches: Vec<TlsMatch>,
-    /// `route`: weighted destinations.
-    pub route: Vec<WeightedDestination>,
-}
-
-/// `TLSMatchAttributes`.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TlsMatch {
-    /// `sniHosts` (lower-case).
-    pub sni_hosts: Vec<String>,
-    /// `port`.
-    pub port: Option<u16>,
-    /// `gateways`.
-    pub gateways: Vec<String>,
-}
-
-impl TlsMatch {
-    /// Whether an SNI is among `sniHosts` (`*.suffix` matches any depth below the suffix).
-    pub fn sni_matches(&self, sni: &str) -> bool {
-        self.sni_hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => {
-                sni.len() > suffix.len() + 1
-                    && sni.ends_with(suffix)
-                    && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
-            }
-            None => h == "*" || h == sni,
-        })
-    }
 }
 
 pub(super) fn read_tls_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TlsRoute> {

@@ -17,24 +17,20 @@ pub mod security;
 mod service_entry;
 mod virtual_service;
 
-pub use destination_rule::{ClientTls, DestinationRule, LoadBalancer, Subset};
-pub use gateway::{Binding, Gateway, Server, ServerPort, ServerTlsFiles};
-pub use http_match::{HttpMatch, StringMatch, trim_ows};
-pub use l4_route::{TcpRoute, TlsMatch, TlsRoute};
+pub use http_match::trim_ows;
 pub use model::{
-    Endpoint, Location, Meta, OutboundPolicy, Port, Protocol, Resolution, ServiceEntry, Sidecar,
-};
-pub use virtual_service::{
-    DirectResponse, Fault, HeaderOps, Headers, HttpRoute, Redirect, Retries, Rewrite, RouteTarget,
-    VirtualService, WeightedDestination,
+    Binding, ClientTls, DestinationRule, DirectResponse, Endpoint, Fault, Gateway, HeaderOps,
+    Headers, HttpMatch, HttpRoute, LoadBalancer, Location, Meta, OutboundPolicy, Port, Protocol,
+    Redirect, Resolution, Retries, Rewrite, RouteTarget, Server, ServerPort, ServerTlsFiles,
+    ServiceEntry, Sidecar, StringMatch, Subset, TcpRoute, TlsMatch, TlsRoute, VirtualService,
+    WeightedDestination,
 };
 
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::diag::{Diagnostic, Severity};
 use crate::yaml::{Node, parse_documents};
 use reader::Reader;
 
@@ -58,32 +54,9 @@ const KNOWN_LATER: &[&str] = &[
     "WasmPlugin",
 ];
 
-/// Everything read from the configuration sources.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct ConfigSet {
-    /// The `ServiceEntry` resources, in the order read.
-    pub service_entries: Vec<ServiceEntry>,
-    /// The `Sidecar` resources.
-    pub sidecars: Vec<Sidecar>,
-    /// The `VirtualService` resources.
-    pub virtual_services: Vec<VirtualService>,
-    /// The `DestinationRule` resources.
-    pub destination_rules: Vec<DestinationRule>,
-    /// The `Gateway` resources.
-    pub gateways: Vec<Gateway>,
-    /// The `AuthorizationPolicy` resources.
-    pub authorization_policies: Vec<security::AuthorizationPolicy>,
-    /// The `RequestAuthentication` resources.
-    pub request_authentications: Vec<security::RequestAuthentication>,
-    /// MeshConfig, from the `istio` ConfigMap or an `IstioOperator`.
-    pub mesh: Option<mesh::MeshConfig>,
-    /// Resources read but not applied: `Kind namespace/name (file:line)`.
-    pub ignored: Vec<String>,
-    /// The files read.
-    pub sources: Vec<String>,
-    /// Errors and warnings.
-    pub diagnostics: Diagnostics,
-}
+/// Everything read from the configuration sources: the neutral [`crate::model::Config`],
+/// which this module's readers fill.
+pub type ConfigSet = crate::model::Config;
 
 /// A configuration source that cannot be read at all.
 #[derive(Debug, thiserror::Error)]
@@ -267,17 +240,17 @@ impl ConfigSet {
             "ServiceEntry" => {
                 if let Some(mut se) = service_entry::read(&mut r, meta, spec) {
                     se.source_ip = source_ip;
-                    self.service_entries.push(se);
+                    self.services.push(se);
                 }
             }
             "Sidecar" => {
                 if let Some(sc) = read_sidecar(&mut r, meta, spec) {
-                    self.sidecars.push(sc);
+                    self.outbound_settings.push(sc);
                 }
             }
             "VirtualService" => {
                 if let Some(vs) = virtual_service::read(&mut r, meta, spec) {
-                    self.virtual_services.push(vs);
+                    self.virtual_hosts.push(vs);
                 }
             }
             "Gateway" => {
@@ -287,13 +260,13 @@ impl ConfigSet {
             }
             "DestinationRule" => {
                 if let Some(dr) = destination_rule::read_destination_rule(&mut r, meta, spec) {
-                    self.destination_rules.push(dr);
+                    self.destination_policies.push(dr);
                 }
             }
             "ASMEgressTrafficPolicy" if asm::ASM_VERSIONS.contains(&api.as_str()) => {
                 if let Some(g) = asm::read(&mut r, &meta, spec) {
-                    self.service_entries.extend(g.service_entries);
-                    self.destination_rules.extend(g.destination_rules);
+                    self.services.extend(g.services);
+                    self.destination_policies.extend(g.destination_policies);
                 }
             }
             "AuthorizationPolicy" | "RequestAuthentication"
@@ -312,14 +285,14 @@ impl ConfigSet {
                 if let Some(p) =
                     security::read_authorization_policy(&mut r, meta, spec, namespace_given)
                 {
-                    self.authorization_policies.push(p);
+                    self.access_policies.push(p);
                 }
             }
             "RequestAuthentication" => {
                 if let Some(p) =
                     security::read_request_authentication(&mut r, meta, spec, namespace_given)
                 {
-                    self.request_authentications.push(p);
+                    self.jwt_authentications.push(p);
                 }
             }
             "ConfigMap" if api == "v1" && meta.name == "istio" => {

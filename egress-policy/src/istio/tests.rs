@@ -60,7 +60,7 @@ spec:
 fn reads_service_entry_and_sidecar() {
     let set = load(GOOD);
     assert!(set.diagnostics.is_empty(), "{}", set.diagnostics);
-    let se = &set.service_entries[0];
+    let se = &set.services[0];
     assert_eq!(se.meta.id(), "egress/external");
     assert_eq!(se.meta.line, 2);
     assert_eq!(se.hosts, ["api.example.com", "*.wikipedia.org"]);
@@ -74,7 +74,10 @@ fn reads_service_entry_and_sidecar() {
     assert_eq!(se.endpoints[0].ports, [("http".to_owned(), 8080)]);
     assert_eq!(se.endpoints[0].weight, Some(3));
     assert_eq!(se.export_to, ["."]);
-    assert_eq!(set.sidecars[0].outbound, Some(OutboundPolicy::AllowAny));
+    assert_eq!(
+        set.outbound_settings[0].outbound,
+        Some(OutboundPolicy::AllowAny)
+    );
 }
 
 #[test]
@@ -253,7 +256,7 @@ fn yaml_errors_and_envelopes() {
         "apiVersion: v1\nkind: List\nitems:\n- {}\n",
         "{apiVersion: networking.istio.io/v1, kind: ServiceEntry, metadata: {name: l}, spec: {hosts: [l.com], ports: [{number: 80}], resolution: DNS}}"
     ));
-    assert_eq!(set.service_entries.len(), 1, "{}", set.diagnostics);
+    assert_eq!(set.services.len(), 1, "{}", set.diagnostics);
 }
 
 #[test]
@@ -286,11 +289,7 @@ fn loads_directories_sorted_and_skips_hidden() {
     std::fs::write(dir.join("..data/d.yaml"), one("d")).unwrap();
     std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
     let set = ConfigSet::load_paths(std::slice::from_ref(&dir)).unwrap();
-    let names: Vec<_> = set
-        .service_entries
-        .iter()
-        .map(|s| s.meta.name.as_str())
-        .collect();
+    let names: Vec<_> = set.services.iter().map(|s| s.meta.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c"]);
     assert!(ConfigSet::load_paths(&[dir.join("missing.yaml")]).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
@@ -307,7 +306,7 @@ fn destination_rule_load_balancers() {
         "  trafficPolicy:\n    loadBalancer: {simple: RANDOM}\n    portLevelSettings:\n    - {port: {number: 8080}, loadBalancer: {consistentHash: {useSourceIp: true}}}\n  subsets:\n  - name: v1\n    labels: {v: '1'}\n    trafficPolicy: {loadBalancer: {simple: LEAST_REQUEST}}\n",
     );
     assert!(set.diagnostics.is_empty(), "{}", set.diagnostics);
-    let d = &set.destination_rules[0];
+    let d = &set.destination_policies[0];
     assert_eq!(d.balance_for(80, None), Some(LoadBalancer::Random));
     assert_eq!(d.balance_for(8080, None), Some(LoadBalancer::HashSourceIp));
     assert_eq!(
@@ -356,22 +355,22 @@ spec:
 fn asm_egress_traffic_policy_becomes_service_entries_and_tls_rules() {
     let set = load(ASM);
     assert!(set.diagnostics.is_empty(), "{:?}", set.diagnostics);
-    assert_eq!(set.service_entries.len(), 2);
-    let up = &set.service_entries[0];
+    assert_eq!(set.services.len(), 2);
+    let up = &set.services[0];
     assert_eq!(up.meta.id(), "istio-egress/egressgateway-a-up");
     assert_eq!(up.hosts, ["www.httpbin.org", "httpbin.org"]);
     assert_eq!(up.ports[0].target_port, Some(443));
     assert_eq!(up.resolution, Resolution::Dns);
-    let direct = &set.service_entries[1];
+    let direct = &set.services[1];
     assert_eq!(direct.ports[0].target_port, None);
     assert_eq!(direct.resolution, Resolution::None);
     let hosts: Vec<_> = set
-        .destination_rules
+        .destination_policies
         .iter()
         .map(|d| d.host.as_str())
         .collect();
     assert_eq!(hosts, ["www.httpbin.org", "httpbin.org"]);
-    let tls = set.destination_rules[0].tls_for(80, None).unwrap();
+    let tls = set.destination_policies[0].tls_for(80, None).unwrap();
     assert_eq!((tls.mode.as_str(), tls.sni.as_deref()), ("SIMPLE", None));
 }
 

@@ -1,166 +1,18 @@
 //! Reading and validating `VirtualService`: HTTP, TLS and TCP routes and their matches.
 
 use regex::Regex;
-use serde::Serialize;
 use std::time::Duration;
 
-use super::model::Meta;
+use super::model::{
+    DirectResponse, Fault, HeaderOps, Headers, HttpRoute, Meta, Redirect, Retries, Rewrite,
+    RouteTarget, VirtualService, WeightedDestination,
+};
 use super::reader::{Fields, Reader};
 use crate::duration::parse_duration;
 use crate::yaml::Node;
 
-use super::http_match::{HttpMatch, read_match};
-use super::l4_route::{TcpRoute, TlsRoute, read_tcp_route, read_tls_route};
-
-/// `Destination` of a route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RouteTarget {
-    /// `host` (lower-case).
-    pub host: String,
-    /// `subset`.
-    pub subset: Option<String>,
-    /// `port.number`.
-    pub port: Option<u16>,
-}
-
-/// `HTTPRouteDestination`.
-#[derive(Clone, Debug, Serialize)]
-pub struct WeightedDestination {
-    /// `destination`.
-    pub destination: RouteTarget,
-    /// `weight` (relative; 0 gets nothing).
-    pub weight: u32,
-    /// `headers` for this destination.
-    pub headers: Headers,
-}
-
-/// Header operations of one direction.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct HeaderOps {
-    /// Replace.
-    pub set: Vec<(String, String)>,
-    /// Append.
-    pub add: Vec<(String, String)>,
-    /// Remove.
-    pub remove: Vec<String>,
-}
-
-/// `Headers`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Headers {
-    /// On the request.
-    pub request: HeaderOps,
-    /// On the response.
-    pub response: HeaderOps,
-}
-
-/// `HTTPRedirect`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Redirect {
-    /// New path.
-    pub uri: Option<String>,
-    /// New authority.
-    pub authority: Option<String>,
-    /// New port.
-    pub port: Option<u16>,
-    /// Keep the request's port (`FROM_PROTOCOL_DEFAULT` / `FROM_REQUEST_PORT`).
-    pub derive_port: Option<String>,
-    /// New scheme.
-    pub scheme: Option<String>,
-    /// Status (default 301).
-    pub redirect_code: u16,
-}
-
-/// `HTTPDirectResponse`.
-#[derive(Clone, Debug, Serialize)]
-pub struct DirectResponse {
-    /// Status.
-    pub status: u16,
-    /// Body.
-    pub body: Option<String>,
-}
-
-/// `HTTPRewrite`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Rewrite {
-    /// Replaces the matched prefix (or the whole path for exact/regex matches).
-    pub uri: Option<String>,
-    /// Replaces the authority (`Host`).
-    pub authority: Option<String>,
-    /// `uriRegexRewrite`: pattern and replacement (`\1` style groups).
-    pub uri_regex: Option<(String, String)>,
-}
-
-/// `HTTPRoute`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpRoute {
-    /// `name`.
-    pub name: Option<String>,
-    /// `match` (empty: everything).
-    pub matches: Vec<HttpMatch>,
-    /// `route`.
-    pub route: Vec<WeightedDestination>,
-    /// `redirect`.
-    pub redirect: Option<Redirect>,
-    /// `directResponse`.
-    pub direct_response: Option<DirectResponse>,
-    /// `rewrite`.
-    pub rewrite: Option<Rewrite>,
-    /// `timeout`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// `headers`.
-    pub headers: Headers,
-    /// `mirror` + `mirrorPercentage`, or `mirrors[]`: destinations and percentages.
-    pub mirrors: Vec<(RouteTarget, f64)>,
-    /// `fault`.
-    pub fault: Fault,
-    /// `retries`.
-    pub retries: Option<Retries>,
-}
-
-/// `HTTPFaultInjection`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Fault {
-    /// `delay.fixedDelay` and its percentage.
-    pub delay: Option<(Duration, f64)>,
-    /// `abort.httpStatus` and its percentage.
-    pub abort: Option<(u16, f64)>,
-}
-
-/// `HTTPRetry`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Retries {
-    /// Retries after the first attempt (Istio's `attempts`).
-    pub attempts: u32,
-    /// Timeout of each attempt.
-    pub per_try_timeout: Option<Duration>,
-    /// Conditions (`5xx`, `gateway-error`, `connect-failure`, `reset`, `refused-stream`,
-    /// `retriable-4xx`, `retriable-status-codes`, status numbers).
-    pub retry_on: Vec<String>,
-}
-
-/// A `VirtualService`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct VirtualService {
-    /// Name, namespace, source.
-    pub meta: Meta,
-    /// `hosts` (lower-case; `*.suffix` wildcards).
-    pub hosts: Vec<String>,
-    /// `gateways` (empty means `mesh`).
-    pub gateways: Vec<String>,
-    /// `http`, in order.
-    pub http: Vec<HttpRoute>,
-    /// `tls`, in order (routes for TLS passthrough by SNI).
-    pub tls: Vec<TlsRoute>,
-    /// `tcp`, in order (routes for opaque TCP: CONNECT tunnels to the VirtualService's hosts).
-    pub tcp: Vec<TcpRoute>,
-}
+use super::http_match::read_match;
+use super::l4_route::{read_tcp_route, read_tls_route};
 
 const ROUTE_LATER: &[&str] = &["corsPolicy", "delegate"];
 

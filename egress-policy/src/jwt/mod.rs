@@ -32,8 +32,7 @@ pub use crate::jwks::{Key, Keys, parse_jwks};
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
 use crate::identity::Identity;
-use crate::istio::ConfigSet;
-use crate::istio::security::JwtRule;
+use crate::model::{Config, JwtProvider};
 
 /// Clock skew allowed for `exp` and `nbf`, as Envoy's default.
 const CLOCK_SKEW_SECS: u64 = 60;
@@ -101,10 +100,10 @@ impl JwtFailure {
 
 impl JwtPolicy {
     /// Compiles the rules of every `RequestAuthentication` applying to this gateway.
-    pub fn compile(config: &ConfigSet, identity: &Identity) -> (Self, Diagnostics) {
+    pub fn compile(config: &Config, identity: &Identity) -> (Self, Diagnostics) {
         let mut policy = JwtPolicy::default();
         let mut diags = Diagnostics::default();
-        for ra in &config.request_authentications {
+        for ra in &config.jwt_authentications {
             if let Err(why) = identity.applies(&ra.scope, &ra.meta.namespace) {
                 diags.push(Diagnostic {
                     severity: Severity::Warning,
@@ -124,7 +123,7 @@ impl JwtPolicy {
         (policy, diags)
     }
 
-    fn add(&mut self, r: &JwtRule) {
+    fn add(&mut self, r: &JwtProvider) {
         let keys = match (&r.jwks, &r.jwks_uri) {
             (Some(text), _) => KeySource::Inline(Arc::new(parse_jwks(text).unwrap_or_default())),
             (None, Some(uri)) => KeySource::Uri(uri.as_str().into()),

@@ -1,6 +1,7 @@
 //! The keys behind `jwksUri`s: fetched by the gateway itself, cached, refreshed in the
 //! background; the last good set is kept when a refresh fails.
 
+use crate::snapshot::Shared;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -164,7 +165,7 @@ impl JwksStore {
     /// after a failure again soon (1 s, doubling up to a minute). Runs until dropped.
     pub async fn run(
         self,
-        policy: Arc<ArcSwap<JwtPolicy>>,
+        policy: Shared<JwtPolicy>,
         fetcher: Arc<dyn FetchJwks>,
         interval: Duration,
     ) {

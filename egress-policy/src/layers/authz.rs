@@ -6,17 +6,15 @@
 //!   `CONNECT` is closed after it). The deciding policy and rule go to the log, not to the
 //!   client.
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use egress_core::ctx::{Rejection, RejectionKind};
 use egress_core::respond::RefuseOr;
 use http::{Request, Response, StatusCode};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::authz::{AuthzDecision, AuthzPolicies, BadForwardedFor, RequestFacts, bad_xff};
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 /// Evaluates DENY and ALLOW policies from a swappable [`AuthzPolicies`].
 #[derive(Clone, Debug)]
 pub struct AuthzLayer {
@@ -27,9 +25,9 @@ pub struct AuthzLayer {
 impl AuthzLayer {
     /// A layer over a swappable policy set; `xff_hops` trusted proxies in front of the
     /// gateway (0: `X-Forwarded-For` is never trusted).
-    pub fn new(policies: Arc<ArcSwap<AuthzPolicies>>, xff_hops: usize) -> Self {
+    pub fn new(policies: Shared<AuthzPolicies>, xff_hops: usize) -> Self {
         Self {
-            policies: Source::Swap(policies),
+            policies: Source::Own(policies),
             xff_hops,
         }
     }

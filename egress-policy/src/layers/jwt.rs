@@ -5,14 +5,11 @@
 //!   (issuer, audience, key, expiry, signature). `CONNECT` tunnels carry no HTTP request
 //!   to authenticate.
 
-use arc_swap::ArcSwap;
-
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 use bytes::Bytes;
 use egress_core::ctx::{Destination, Rejection, RejectionKind, RequestForm};
 use egress_core::respond::RefuseOr;
 use http::{HeaderValue, Request, Response, StatusCode, header};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -27,9 +24,9 @@ pub struct JwtLayer {
 
 impl JwtLayer {
     /// A layer over a swappable policy.
-    pub fn new(policy: Arc<ArcSwap<JwtPolicy>>, store: JwksStore) -> Self {
+    pub fn new(policy: Shared<JwtPolicy>, store: JwksStore) -> Self {
         Self {
-            policy: Source::Swap(policy),
+            policy: Source::Own(policy),
             store,
         }
     }

@@ -1,17 +1,15 @@
 //! `PathNormalizeLayer`: one path for everything below it (see [`crate::authz::path`]);
 //! what is authorised is what goes upstream.
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use egress_core::ctx::{Rejection, RejectionKind};
 use egress_core::respond::RefuseOr;
 use http::{Method, Request, Response, StatusCode, Uri};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::authz::path::{Normalization, normalize_with};
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 
 /// Normalises each request's path before anything reads it; refuses, with **400** and a
 /// closed connection, a path that cannot be normalised unambiguously.
@@ -24,13 +22,13 @@ pub struct PathNormalizeLayer {
 impl PathNormalizeLayer {
     /// A layer normalising with `mode`.
     pub fn new(mode: Normalization) -> Self {
-        Self::from_swap(Arc::new(ArcSwap::from_pointee(mode)))
+        Self::from_shared(Shared::new(mode))
     }
 
     /// A layer whose mode can be swapped at run time (a reload of MeshConfig).
-    pub fn from_swap(mode: Arc<ArcSwap<Normalization>>) -> Self {
+    pub fn from_shared(mode: Shared<Normalization>) -> Self {
         Self {
-            mode: Source::Swap(mode),
+            mode: Source::Own(mode),
             params: false,
         }
     }

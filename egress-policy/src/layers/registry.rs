@@ -8,9 +8,7 @@
 //!   be checked), `missing-destination` (**500**).
 //! - The upstream never sees a byte of a refused request.
 
-use arc_swap::ArcSwap;
-
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 use bytes::Bytes;
 use egress_core::ctx::{
     Destination, Passthrough, Rejection, RejectionKind, RequestForm, TelemetrySlot,
@@ -23,7 +21,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::Registry;
-use crate::istio::{OutboundPolicy, Protocol};
+use crate::model::{OutboundPolicy, Protocol};
 
 /// Checks each request's destination against a [`Registry`] that can be swapped at run time.
 #[derive(Clone, Debug)]
@@ -34,13 +32,13 @@ pub struct RegistryOnlyLayer {
 impl RegistryOnlyLayer {
     /// A layer over a fixed registry.
     pub fn new(registry: Arc<Registry>) -> Self {
-        Self::from_swap(Arc::new(ArcSwap::new(registry)))
+        Self::from_shared(Shared::from_arc(registry))
     }
 
     /// A layer over a swappable registry: `store` a new one to reload, atomically.
-    pub fn from_swap(registry: Arc<ArcSwap<Registry>>) -> Self {
+    pub fn from_shared(registry: Shared<Registry>) -> Self {
         Self {
-            registry: Source::Swap(registry),
+            registry: Source::Own(registry),
         }
     }
 

@@ -9,9 +9,7 @@
 //!   `timeout` (**504** `x-egress-error: upstream-timeout`).
 //! - `CONNECT` requests pass untouched: HTTP routes do not apply to tunnels.
 
-use arc_swap::ArcSwap;
-
-use crate::snapshot::Source;
+use crate::snapshot::{Shared, Source};
 use bytes::Bytes;
 use egress_core::ctx::{
     Destination, MirrorTarget, Mirrors, Rejection, RejectionKind, RequestForm, RouteDecision,
@@ -26,7 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
-use crate::istio::{HeaderOps, Redirect};
+use crate::model::{HeaderOps, Redirect};
 use crate::routes::{Action, CompiledRoute, RouteTable};
 
 /// Routes requests with a [`RouteTable`] that can be swapped at run time.
@@ -37,9 +35,9 @@ pub struct RouteLayer {
 
 impl RouteLayer {
     /// A layer over a swappable table.
-    pub fn from_swap(table: Arc<ArcSwap<RouteTable>>) -> Self {
+    pub fn from_shared(table: Shared<RouteTable>) -> Self {
         Self {
-            table: Source::Swap(table),
+            table: Source::Own(table),
         }
     }
 
@@ -432,7 +430,7 @@ fn rewrite_uri<B>(
     req: &mut Request<B>,
     route: &CompiledRoute,
     matched: Option<usize>,
-    rw: &crate::istio::Rewrite,
+    rw: &crate::model::Rewrite,
 ) {
     let path = req.uri().path();
     let new_path = if let Some(new) = &rw.uri {

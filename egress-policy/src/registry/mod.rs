@@ -17,13 +17,15 @@ use crate::diag::{Diagnostic, Diagnostics, Severity};
 // The tables are built from configuration only; clients can probe them but never insert, so
 // a fast hash with a random seed (foldhash) is safe here where SipHash's cost is not needed.
 type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-use crate::istio::{ConfigSet, OutboundPolicy, Port, Resolution, ServiceEntry};
+use crate::model::{
+    Config, DestinationPolicy, OutboundPolicy, OutboundSetting, Port, Resolution, Service,
+};
 
 /// One registered port of one service: what a lookup returns.
 #[derive(Debug)]
 pub struct RegisteredPort {
     /// The `ServiceEntry` it belongs to.
-    pub service: Arc<ServiceEntry>,
+    pub service: Arc<Service>,
     /// The port.
     pub port: Port,
     /// How the transport reaches it.
@@ -53,7 +55,7 @@ pub struct Registry {
     ips: HashMap<IpAddr, HostPorts>,
     /// CIDRs grouped by prefix length, longest first: one hash lookup per length in use.
     cidrs: Vec<(IpNet, HashMap<IpNet, HostPorts>)>,
-    services: Vec<Arc<ServiceEntry>>,
+    services: Vec<Arc<Service>>,
 }
 
 /// A summary of the registry, for `check` and `/config_dump`.
@@ -64,7 +66,7 @@ pub struct RegistrySummary<'a> {
     pub policy: OutboundPolicy,
     /// The registered services.
     #[serde(rename = "serviceEntries")]
-    pub services: &'a [Arc<ServiceEntry>],
+    pub services: &'a [Arc<Service>],
 }
 
 impl Registry {
@@ -85,14 +87,14 @@ impl Registry {
     /// reported as diagnostics; the registry is returned, with the warnings of the whole
     /// configuration, only when there are no errors.
     pub fn compile(
-        config: &ConfigSet,
+        config: &Config,
         override_: Option<OutboundPolicy>,
     ) -> Result<(Registry, Diagnostics), Diagnostics> {
         let mut diags = config.diagnostics.clone();
         let policy = override_.or_else(|| sidecar_policy(config, &mut diags));
         let mut reg = Registry::empty(policy.unwrap_or(OutboundPolicy::RegistryOnly));
         let mut seen = std::collections::HashMap::new();
-        for se in &config.service_entries {
+        for se in &config.services {
             let id = se.meta.id();
             if let Some(first) = seen.insert(id.clone(), se.meta.line) {
                 diags.push(Diagnostic {
@@ -106,7 +108,7 @@ impl Registry {
                 });
                 continue;
             }
-            reg.add(se, &config.destination_rules, &mut diags);
+            reg.add(se, &config.destination_policies, &mut diags);
         }
         if diags.has_errors() {
             return Err(diags);
@@ -114,12 +116,7 @@ impl Registry {
         Ok((reg, diags))
     }
 
-    fn add(
-        &mut self,
-        se: &ServiceEntry,
-        rules: &[crate::istio::DestinationRule],
-        diags: &mut Diagnostics,
-    ) {
+    fn add(&mut self, se: &Service, rules: &[DestinationPolicy], diags: &mut Diagnostics) {
         let service = Arc::new(se.clone());
         self.services.push(service.clone());
         let trusted: Arc<[IpNet]> = se.addresses.clone().into();
@@ -206,7 +203,7 @@ impl Registry {
     }
 
     /// The registered services, in the order read.
-    pub fn services(&self) -> &[Arc<ServiceEntry>] {
+    pub fn services(&self) -> &[Arc<Service>] {
         &self.services
     }
 
@@ -309,7 +306,7 @@ fn insert(
     slot: &mut HostPorts,
     number: u16,
     entry: &Arc<RegisteredPort>,
-    se: &ServiceEntry,
+    se: &Service,
     host: &str,
     diags: &mut Diagnostics,
 ) {
@@ -334,19 +331,14 @@ fn insert(
     slot.ports.push((number, entry.clone()));
 }
 
-fn plan_for(
-    se: &ServiceEntry,
-    port: &Port,
-    trusted: &Arc<[IpNet]>,
-    label: &Arc<str>,
-) -> UpstreamPlan {
+fn plan_for(se: &Service, port: &Port, trusted: &Arc<[IpNet]>, label: &Arc<str>) -> UpstreamPlan {
     plan_with(se, port, trusted, label, &[])
 }
 
 /// The plan for one port of a service, over the endpoints whose labels include `labels`
 /// (a `DestinationRule` subset; empty selects all).
 pub(crate) fn plan_with(
-    se: &ServiceEntry,
+    se: &Service,
     port: &Port,
     trusted: &Arc<[IpNet]>,
     label: &Arc<str>,
@@ -388,7 +380,7 @@ pub(crate) fn plan_with(
 
 /// The load balancer the `DestinationRule` of one of these hosts sets for a port and subset.
 pub(crate) fn balance_for(
-    rules: &[crate::istio::DestinationRule],
+    rules: &[DestinationPolicy],
     hosts: &[String],
     port: u16,
     subset: Option<&str>,
@@ -404,7 +396,7 @@ pub(crate) fn balance_for(
 /// The TLS origination the `DestinationRule` of one of these hosts sets for a port and
 /// subset (`None`: plain, or `DISABLE`).
 pub(crate) fn tls_for(
-    rules: &[crate::istio::DestinationRule],
+    rules: &[DestinationPolicy],
     hosts: &[String],
     port: u16,
     subset: Option<&str>,
@@ -420,9 +412,9 @@ pub(crate) fn tls_for(
         .map(Arc::new)
 }
 
-fn sidecar_policy(config: &ConfigSet, diags: &mut Diagnostics) -> Option<OutboundPolicy> {
-    let mut found: Option<(OutboundPolicy, &crate::istio::Sidecar)> = None;
-    for sc in &config.sidecars {
+fn sidecar_policy(config: &Config, diags: &mut Diagnostics) -> Option<OutboundPolicy> {
+    let mut found: Option<(OutboundPolicy, &OutboundSetting)> = None;
+    for sc in &config.outbound_settings {
         let Some(mode) = sc.outbound else { continue };
         match found {
             Some((first, at)) if first != mode => diags.push(Diagnostic {

@@ -278,3 +278,79 @@ async fn layer_allows_refuses_and_marks() {
     assert_eq!(rsp.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(rsp.headers()["x-egress-denied"], "missing-destination");
 }
+
+/// The registry over services built in code, with no YAML: exact before wildcard, ports per
+/// host, a declared CIDR for IP destinations, static endpoints in the plan, TLS origination
+/// from a destination policy, and a duplicate port reported rather than silently replaced.
+#[test]
+fn services_built_in_code() {
+    use crate::model::{
+        ClientTls, DestinationPolicy, Endpoint, Meta, Port, Protocol, Resolution, Service,
+    };
+    let mut config = Config::default();
+    let mut api = Service::new(
+        Meta::new("api", "default"),
+        ["API.example.com."],
+        [Port::new(80, Protocol::Http, "http")],
+        Resolution::Static,
+    );
+    api.endpoints.push(Endpoint::new("10.0.0.7"));
+    config.services.push(api);
+    let mut wild = Service::new(
+        Meta::new("wild", "default"),
+        ["*.example.com"],
+        [
+            Port::new(80, Protocol::Http, "http"),
+            Port::new(443, Protocol::Tls, "tls"),
+        ],
+        Resolution::None,
+    );
+    wild.addresses.push("192.0.2.0/24".parse().unwrap());
+    config.services.push(wild);
+    config.services.push(Service::new(
+        Meta::new("again", "default"),
+        ["api.example.com"],
+        [Port::new(80, Protocol::Http, "http")],
+        Resolution::Dns,
+    ));
+    let mut dr = DestinationPolicy::new(Meta::new("api", "default"), "api.example.com");
+    dr.tls = Some(ClientTls {
+        mode: "SIMPLE".into(),
+        ca_certificates: None,
+        ca_crl: None,
+        client_certificate: None,
+        private_key: None,
+        sni: Some("api.example.com".into()),
+        subject_alt_names: Vec::new(),
+        insecure_skip_verify: false,
+    });
+    config.destination_policies.push(dr);
+
+    let (r, diags) = Registry::compile(&config, None).expect("compiles");
+    assert_eq!(r.policy(), OutboundPolicy::RegistryOnly);
+    assert_eq!(names(&r, "api.example.com", 80).as_deref(), Some("api"));
+    assert_eq!(names(&r, "api.example.com", 443).as_deref(), Some("wild"));
+    assert_eq!(names(&r, "a.b.example.com", 80).as_deref(), Some("wild"));
+    assert_eq!(names(&r, "example.com", 80), None);
+    let ip = r
+        .lookup_ip("192.0.2.9".parse().unwrap(), 443)
+        .expect("CIDR");
+    assert_eq!(ip.service.meta.name, "wild");
+    assert!(r.lookup_ip("192.0.3.9".parse().unwrap(), 443).is_none());
+
+    let api = r.lookup_name("api.example.com", 80).unwrap();
+    assert_eq!(
+        &*api.plan.targets,
+        &[Target::Addr("10.0.0.7:80".parse().unwrap())]
+    );
+    let tls = api.plan.tls.as_ref().expect("TLS origination");
+    assert_eq!(tls.sni.as_deref(), Some("api.example.com"));
+    assert!(!tls.mutual);
+
+    let dup: Vec<String> = diags.warnings().map(|d| d.to_string()).collect();
+    assert!(
+        dup.iter()
+            .any(|d| d.contains("api.example.com port 80 is already registered")),
+        "{dup:?}"
+    );
+}

@@ -18,9 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::diag::{Diagnostic, Diagnostics, Severity};
-use crate::istio::{
-    Binding, ConfigSet, DirectResponse, Headers, HttpMatch, OutboundPolicy, Redirect, Rewrite,
-    StringMatch, VirtualService,
+use crate::model::{
+    Binding, Config, DirectResponse, Fault, Headers, HttpMatch, OutboundPolicy, Redirect, Retries,
+    Rewrite, StringMatch, TlsMatch, VirtualHost, WeightedDestination,
 };
 use crate::registry::{Registry, plan_with};
 
@@ -106,7 +106,7 @@ pub struct CompiledRoute {
     /// Mirror destinations and the percentage of requests each receives.
     pub mirrors: Vec<(CompiledDestination, f64)>,
     /// `fault`.
-    pub fault: crate::istio::Fault,
+    pub fault: Fault,
     /// `retries`, compiled.
     pub retries: Option<RetryPolicy>,
 }
@@ -119,7 +119,7 @@ struct CompiledVs {
 /// One compiled `tls` route of a `VirtualService`.
 #[derive(Debug)]
 struct CompiledTlsRoute {
-    matches: Vec<crate::istio::TlsMatch>,
+    matches: Vec<TlsMatch>,
     destinations: Vec<CompiledDestination>,
     total: u64,
 }
@@ -149,13 +149,13 @@ pub struct RouteSummary {
 impl RouteTable {
     /// Compiles the `VirtualService`s of a configuration against a compiled registry.
     pub fn compile(
-        config: &ConfigSet,
+        config: &Config,
         registry: &Registry,
         binding: &Binding,
     ) -> Result<(RouteTable, Diagnostics), Diagnostics> {
         let mut diags = Diagnostics::default();
         let mut table = RouteTable::default();
-        for vs in &config.virtual_services {
+        for vs in &config.virtual_hosts {
             let id = vs.meta.id();
             if !binding.applies(&vs.gateways, &vs.meta.namespace) {
                 let gateways = if vs.gateways.is_empty() {
@@ -208,7 +208,7 @@ impl RouteTable {
             }
             for (i, t) in vs.tcp.iter().enumerate() {
                 let matches: Vec<_> = if t.matches.is_empty() {
-                    vec![crate::istio::TlsMatch {
+                    vec![TlsMatch {
                         sni_hosts: vec!["*".into()],
                         ..Default::default()
                     }]
@@ -456,7 +456,7 @@ impl RouteTable {
     }
 }
 
-fn diag(vs: &VirtualService, severity: Severity, field: &str, message: String) -> Diagnostic {
+fn diag(vs: &VirtualHost, severity: Severity, field: &str, message: String) -> Diagnostic {
     Diagnostic {
         severity,
         file: vs.meta.file.clone(),
@@ -469,8 +469,8 @@ fn diag(vs: &VirtualService, severity: Severity, field: &str, message: String) -
 }
 
 fn compile_vs(
-    vs: &VirtualService,
-    config: &ConfigSet,
+    vs: &VirtualHost,
+    config: &Config,
     registry: &Registry,
     binding: &Binding,
     diags: &mut Diagnostics,
@@ -511,7 +511,7 @@ fn compile_vs(
         let mut mirrors = Vec::new();
         for (j, (target, pct)) in r.mirrors.iter().enumerate() {
             let field = format!("{path}.mirrors[{j}]");
-            let as_route = crate::istio::WeightedDestination {
+            let as_route = WeightedDestination {
                 destination: target.clone(),
                 weight: 1,
                 headers: Headers::default(),
@@ -542,10 +542,10 @@ fn compile_vs(
 }
 
 fn compile_destination(
-    vs: &VirtualService,
-    d: &crate::istio::WeightedDestination,
+    vs: &VirtualHost,
+    d: &WeightedDestination,
     field: &str,
-    config: &ConfigSet,
+    config: &Config,
     registry: &Registry,
     diags: &mut Diagnostics,
 ) -> Option<CompiledDestination> {
@@ -589,7 +589,7 @@ fn compile_destination(
         None => Vec::new(),
         Some(name) => {
             let subset = config
-                .destination_rules
+                .destination_policies
                 .iter()
                 .filter(|dr| dr.host == t.host)
                 .flat_map(|dr| dr.subsets.iter())
@@ -616,13 +616,13 @@ fn compile_destination(
         let trusted: Arc<[ipnet::IpNet]> = rp.service.addresses.clone().into();
         let mut plan = plan_with(&rp.service, &rp.port, &trusted, &label, &labels);
         plan.balance = crate::registry::balance_for(
-            &config.destination_rules,
+            &config.destination_policies,
             std::slice::from_ref(&t.host),
             rp.port.number,
             t.subset.as_deref(),
         );
         plan.tls = crate::registry::tls_for(
-            &config.destination_rules,
+            &config.destination_policies,
             std::slice::from_ref(&t.host),
             rp.port.number,
             t.subset.as_deref(),
@@ -652,7 +652,7 @@ fn compile_destination(
     Some(out)
 }
 
-fn retry_policy(r: &crate::istio::Retries) -> RetryPolicy {
+fn retry_policy(r: &Retries) -> RetryPolicy {
     let has = |c: &str| r.retry_on.iter().any(|x| x == c);
     RetryPolicy {
         attempts: r.attempts,
@@ -752,7 +752,7 @@ fn header_verdict<B>(
 ) -> Verdict {
     let mut verdict = Verdict::Absent;
     for line in req.headers().get_all(name) {
-        let v = match sm.matches_bytes(crate::istio::trim_ows(line.as_bytes()), false) {
+        let v = match sm.matches_bytes(egress_core::headers::trim_ows(line.as_bytes()), false) {
             Some(true) => Verdict::Yes,
             Some(false) => Verdict::No,
             None => return Verdict::Unknown,

@@ -459,3 +459,85 @@ fn header_matches_on_bytes_and_lines() {
         "cannot read: excluded"
     );
 }
+
+/// Routes built in code, with no YAML: a prefix match with a weighted split between two
+/// subsets (one with weight 0), the default route after it, and a reference to an unknown
+/// subset refused at compile time.
+#[test]
+fn routes_built_in_code() {
+    use crate::model::{
+        DestinationPolicy, Endpoint, HttpRoute, Meta, Port, Protocol, Resolution, Service, Subset,
+        VirtualHost, WeightedDestination,
+    };
+    let mut config = Config::default();
+    let mut api = Service::new(
+        Meta::new("api", "default"),
+        ["api.example.com"],
+        [Port::new(80, Protocol::Http, "http")],
+        Resolution::Static,
+    );
+    for (ip, v) in [("10.0.0.1", "v1"), ("10.0.0.2", "v2")] {
+        let mut e = Endpoint::new(ip);
+        e.labels.push(("version".into(), v.into()));
+        api.endpoints.push(e);
+    }
+    config.services.push(api);
+    let mut dr = DestinationPolicy::new(Meta::new("api", "default"), "api.example.com");
+    for v in ["v1", "v2"] {
+        dr.subsets.push(Subset {
+            name: v.into(),
+            labels: vec![("version".into(), v.into())],
+            lb: None,
+            tls: None,
+        });
+    }
+    config.destination_policies.push(dr);
+    let v2 = HttpRoute {
+        name: Some("v2-only".into()),
+        matches: vec![HttpMatch {
+            uri: Some(StringMatch::Prefix("/v2".into())),
+            ..HttpMatch::default()
+        }],
+        route: vec![
+            WeightedDestination::to("api.example.com", Some("v1"), 0),
+            WeightedDestination::to("api.example.com", Some("v2"), 100),
+        ],
+        ..HttpRoute::default()
+    };
+    let rest = HttpRoute {
+        name: Some("rest".into()),
+        route: vec![WeightedDestination::to("api.example.com", Some("v1"), 100)],
+        ..HttpRoute::default()
+    };
+    config.virtual_hosts.push(VirtualHost::new(
+        Meta::new("routes", "default"),
+        ["api.example.com"],
+        vec![v2, rest],
+    ));
+    let (registry, _) = Registry::compile(&config, None).unwrap();
+    let (t, _) = RouteTable::compile(&config, &registry, &Binding::default()).expect("valid");
+    for _ in 0..20 {
+        let r = req("GET", "http://api.example.com/v2/x", &[]);
+        let (route, dest) = t
+            .route("api.example.com", 80, "http", "api.example.com", &r)
+            .flatten()
+            .expect("routed");
+        assert!(route.id.ends_with("v2-only"), "{}", route.id);
+        assert_eq!(dest, Some(0), "its first match block applied");
+        let Action::Route {
+            destinations,
+            total,
+        } = &route.action
+        else {
+            panic!("a forwarding route");
+        };
+        let picked = t.pick(destinations, *total).expect("weight 100");
+        assert_eq!(picked.subset.as_deref(), Some("v2"));
+    }
+    let r = req("GET", "http://api.example.com/other", &[]);
+    assert_eq!(chosen(&t, &r, 80), "rest");
+
+    config.virtual_hosts[0].http[1].route[0].destination.subset = Some("v9".into());
+    let err = RouteTable::compile(&config, &registry, &Binding::default()).unwrap_err();
+    assert!(err.to_string().contains("v9"), "{err}");
+}

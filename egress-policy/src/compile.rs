@@ -1,0 +1,152 @@
+//! A [`Config`] compiled into the one [`Policy`] snapshot that every layer reads.
+//!
+//! Compiling resolves and checks every reference between the parts of a configuration once
+//! (routes to registered services and their subsets, policies to this gateway, providers to
+//! the MeshConfig that declares them), so the request path never meets a dangling name. The
+//! gateway's start, its reloads, `check` and an embedder's own configuration system all go
+//! through [`compile`]; what compiled is swapped in whole or not at all.
+//!
+//! ```
+//! use egress_policy::compile::{Settings, compile};
+//! use egress_policy::istio::ConfigSet;
+//! use egress_policy::model::OutboundPolicy;
+//!
+//! let config = ConfigSet::load_str("inline.yaml", r#"
+//! apiVersion: networking.istio.io/v1
+//! kind: ServiceEntry
+//! metadata: { name: httpbin }
+//! spec:
+//!   hosts: [httpbin.org]
+//!   ports: [{ number: 80, name: http, protocol: HTTP }]
+//!   resolution: DNS
+//! "#);
+//! let compiled = compile(&config, &Settings::default()).expect("valid");
+//! assert_eq!(compiled.policy.registry.policy(), OutboundPolicy::RegistryOnly);
+//! assert!(compiled.diagnostics.errors().next().is_none());
+//! ```
+
+use std::sync::Arc;
+
+use crate::Registry;
+use crate::authz::{AuthzPolicies, Identity};
+use crate::diag::{Diagnostic, Diagnostics, Severity};
+use crate::jwt::JwtPolicy;
+use crate::model::{Binding, Config, Normalization, OutboundPolicy};
+use crate::routes::RouteTable;
+use crate::snapshot::Policy;
+
+/// What the running gateway adds to a configuration: who it is and the command line's
+/// overrides.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This gateway's `namespace/name`: policies with `targetRefs` naming it apply.
+    pub gateway_name: String,
+    /// This gateway's labels: `Gateway` resources and policy selectors match them. The
+    /// default is the labels of Istio's own egress gateway pods.
+    pub gateway_labels: Vec<(String, String)>,
+    /// Overrides the configuration's outbound policy (`--outbound-policy`).
+    pub outbound: Option<OutboundPolicy>,
+    /// Overrides the configuration's path normalisation (`--path-normalization`).
+    pub normalization: Option<Normalization>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            gateway_name: "istio-system/istio-egressgateway".to_owned(),
+            gateway_labels: vec![
+                ("istio".to_owned(), "egressgateway".to_owned()),
+                ("app".to_owned(), "istio-egressgateway".to_owned()),
+            ],
+            outbound: None,
+            normalization: None,
+        }
+    }
+}
+
+/// A compiled configuration.
+#[derive(Debug)]
+pub struct Compiled {
+    /// What the request layers read, swapped as one.
+    pub policy: Policy,
+    /// Which `Gateway` resources select this gateway (the listeners to open).
+    pub binding: Binding,
+    /// Warnings of the whole configuration (errors would have failed the compile).
+    pub diagnostics: Diagnostics,
+}
+
+/// Compiles a configuration, with the warnings found on the way; every error found, when
+/// there is one.
+pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnostics> {
+    let (registry, mut diagnostics) = Registry::compile(config, settings.outbound)?;
+    let binding = Binding::new(&config.gateways, &settings.gateway_labels);
+    let (routes, route_diags) = RouteTable::compile(config, &registry, &binding)?;
+    diagnostics.extend(route_diags);
+    let mut identity = Identity::new(&settings.gateway_name, &settings.gateway_labels, &binding);
+    if let Some(root) = config.mesh.as_ref().and_then(|m| m.root_namespace.clone()) {
+        identity.root_namespace = root;
+    }
+    let (authz, authz_diags) = AuthzPolicies::compile(config, &identity)?;
+    diagnostics.extend(authz_diags);
+    let (jwt, jwt_diags) = JwtPolicy::compile(config, &identity);
+    diagnostics.extend(jwt_diags);
+    let normalization = settings
+        .normalization
+        .or_else(|| config.mesh.as_ref().and_then(|m| m.path_normalization))
+        .unwrap_or_default();
+    if let Some(d) = weak_normalization(config, normalization) {
+        diagnostics.push(d);
+    }
+    Ok(Compiled {
+        policy: Policy {
+            registry: Arc::new(registry),
+            routes: Arc::new(routes),
+            authz: Arc::new(authz),
+            jwt: Arc::new(jwt),
+            normalization,
+        },
+        binding,
+        diagnostics,
+    })
+}
+
+/// A warning when a normalisation weaker than the default meets rules that match paths:
+/// those rules then see spellings (`//admin`, `%2Fadmin`) that an origin may read as the
+/// path they protect.
+fn weak_normalization(config: &Config, mode: Normalization) -> Option<Diagnostic> {
+    if !mode.is_weaker_than_default() {
+        return None;
+    }
+    let policy = config.access_policies.iter().find(|p| {
+        p.rules.iter().flatten().any(|r| {
+            r.to.iter()
+                .any(|o| !o.paths.is_empty() || !o.not_paths.is_empty())
+        })
+    });
+    let route = config.virtual_hosts.iter().find(|vs| {
+        vs.http
+            .iter()
+            .any(|r| r.matches.iter().any(|m| m.uri.is_some()))
+    });
+    let (meta, kind, field) = match (policy, route) {
+        (Some(p), _) => (
+            &p.meta,
+            "AuthorizationPolicy",
+            "spec.rules[].to[].operation.paths",
+        ),
+        (None, Some(vs)) => (&vs.meta, "VirtualService", "spec.http[].match[].uri"),
+        (None, None) => return None,
+    };
+    Some(Diagnostic {
+        severity: Severity::Warning,
+        file: meta.file.clone(),
+        line: meta.line,
+        col: 1,
+        resource: Some(format!("{kind} {}", meta.id()).into()),
+        field: field.to_owned(),
+        message: format!(
+            "path normalisation is {}, weaker than this gateway's default DECODE_AND_MERGE_SLASHES: rules on paths may not see //, %2F or %5C spellings the origin reads as the same path",
+            mode.as_str()
+        ),
+    })
+}

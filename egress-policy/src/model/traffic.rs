@@ -1,0 +1,160 @@
+//! How traffic to a service is sent: subsets of its endpoints, load balancing and TLS
+//! origination, per port and per subset.
+
+use serde::Serialize;
+
+use super::Meta;
+
+/// A named subset of a service's endpoints, selected by labels (Istio `DestinationRule.subsets`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Subset {
+    /// `name`.
+    pub name: String,
+    /// `labels` selecting `ServiceEntry` endpoints.
+    pub labels: Vec<(String, String)>,
+    /// `trafficPolicy.loadBalancer` of the subset.
+    pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.tls` of the subset.
+    pub tls: Option<ClientTls>,
+}
+
+/// How traffic to one host is sent: its subsets, load balancing and TLS origination, for
+/// the whole host and per port (Istio `DestinationRule`).
+#[derive(Clone, Debug, Serialize)]
+pub struct DestinationPolicy {
+    /// Name, namespace, source.
+    pub meta: Meta,
+    /// `host`.
+    pub host: String,
+    /// `subsets`.
+    pub subsets: Vec<Subset>,
+    /// `trafficPolicy.loadBalancer`.
+    pub lb: Option<LoadBalancer>,
+    /// `trafficPolicy.portLevelSettings[].loadBalancer`, by port.
+    pub port_lb: Vec<(u16, LoadBalancer)>,
+    /// `trafficPolicy.tls`.
+    pub tls: Option<ClientTls>,
+    /// `trafficPolicy.portLevelSettings[].tls`, by port.
+    pub port_tls: Vec<(u16, ClientTls)>,
+}
+
+impl DestinationPolicy {
+    /// The TLS settings for a port and subset: the subset's, else the port's, else the
+    /// rule's.
+    pub fn tls_for(&self, port: u16, subset: Option<&str>) -> Option<&ClientTls> {
+        subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.tls.as_ref())
+            .or_else(|| {
+                self.port_tls
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, t)| t)
+            })
+            .or(self.tls.as_ref())
+    }
+
+    /// The balancer for a port and subset: the subset's, else the port's, else the rule's.
+    pub fn balance_for(&self, port: u16, subset: Option<&str>) -> Option<LoadBalancer> {
+        let from_subset = subset
+            .and_then(|s| self.subsets.iter().find(|x| x.name == s))
+            .and_then(|s| s.lb.clone());
+        from_subset
+            .or_else(|| {
+                self.port_lb
+                    .iter()
+                    .find(|(p, _)| *p == port)
+                    .map(|(_, b)| b.clone())
+            })
+            .or_else(|| self.lb.clone())
+    }
+}
+
+impl DestinationPolicy {
+    /// A policy for one host with no subsets and no settings yet.
+    pub fn new(meta: Meta, host: impl Into<String>) -> Self {
+        Self {
+            meta,
+            host: host.into(),
+            subsets: Vec::new(),
+            lb: None,
+            port_lb: Vec::new(),
+            tls: None,
+            port_tls: Vec::new(),
+        }
+    }
+}
+
+/// How a destination's endpoints are balanced (Istio `trafficPolicy.loadBalancer`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum LoadBalancer {
+    /// `ROUND_ROBIN` (and `UNSPECIFIED`).
+    RoundRobin,
+    /// `RANDOM`.
+    Random,
+    /// `LEAST_REQUEST` (and the older `LEAST_CONN`).
+    LeastRequest,
+    /// `PASSTHROUGH`.
+    Passthrough,
+    /// `consistentHash.httpHeaderName` (lower-case).
+    HashHeader(String),
+    /// `consistentHash.useSourceIp`.
+    HashSourceIp,
+}
+
+impl LoadBalancer {
+    /// The transport's policy.
+    pub fn to_balance(&self) -> egress_core::ctx::Balance {
+        use egress_core::ctx::Balance;
+        match self {
+            LoadBalancer::RoundRobin => Balance::RoundRobin,
+            LoadBalancer::Random => Balance::Random,
+            LoadBalancer::LeastRequest => Balance::LeastRequest,
+            LoadBalancer::Passthrough => Balance::Passthrough,
+            LoadBalancer::HashHeader(h) => http::HeaderName::from_bytes(h.as_bytes())
+                .map_or(Balance::RoundRobin, Balance::HashHeader),
+            LoadBalancer::HashSourceIp => Balance::HashSourceIp,
+        }
+    }
+}
+/// TLS the gateway originates to a destination (Istio `ClientTLSSettings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE` or `MUTUAL`.
+    pub mode: String,
+    /// `caCertificates`.
+    pub ca_certificates: Option<String>,
+    /// `caCrl`.
+    pub ca_crl: Option<String>,
+    /// `clientCertificate`.
+    pub client_certificate: Option<String>,
+    /// `privateKey`.
+    pub private_key: Option<String>,
+    /// `sni`.
+    pub sni: Option<String>,
+    /// `subjectAltNames`.
+    pub subject_alt_names: Vec<String>,
+    /// `insecureSkipVerify`.
+    pub insecure_skip_verify: bool,
+}
+
+impl ClientTls {
+    /// The transport's settings; `None` for `DISABLE`.
+    pub fn to_settings(&self, origin: &str) -> Option<egress_core::ctx::TlsSettings> {
+        if self.mode == "DISABLE" {
+            return None;
+        }
+        Some(egress_core::ctx::TlsSettings {
+            mutual: self.mode == "MUTUAL",
+            ca_certificates: self.ca_certificates.as_ref().map(Into::into),
+            ca_crl: self.ca_crl.as_ref().map(Into::into),
+            client_certificate: self.client_certificate.as_ref().map(Into::into),
+            private_key: self.private_key.as_ref().map(Into::into),
+            sni: self.sni.as_deref().map(Into::into),
+            subject_alt_names: self.subject_alt_names.clone(),
+            insecure_skip_verify: self.insecure_skip_verify,
+            origin: origin.into(),
+        })
+    }
+}
