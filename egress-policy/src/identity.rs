@@ -5,7 +5,7 @@
 use serde::Serialize;
 use std::sync::Arc;
 
-use crate::model::{Binding, Scope};
+use crate::model::{Binding, Gateway, Scope};
 
 /// Who this gateway is, for deciding which security resources apply to it.
 #[derive(Clone, Debug)]
@@ -111,5 +111,49 @@ impl RequestAuth {
             serde_json::Value::Array(items) => items.iter().filter_map(text).collect(),
             other => text(other).into_iter().collect(),
         }
+    }
+}
+
+impl Gateway {
+    /// Whether a proxy with these labels is selected (every selector label present).
+    pub fn selects(&self, labels: &[(String, String)]) -> bool {
+        self.selector.iter().all(|l| labels.contains(l))
+    }
+}
+
+impl Binding {
+    /// Selects the Gateways of `gateways` that these labels satisfy.
+    pub fn new(gateways: &[Gateway], labels: &[(String, String)]) -> Self {
+        Self {
+            selected: gateways
+                .iter()
+                .filter(|g| g.selects(labels))
+                .map(|g| g.meta.id())
+                .collect(),
+        }
+    }
+
+    /// Whether this proxy acts for the mesh (no Gateway selects it).
+    pub fn is_mesh(&self) -> bool {
+        self.selected.is_empty()
+    }
+
+    /// Whether a list of gateway references (from a `VirtualService` in `namespace`) names
+    /// this proxy. An empty list means `mesh`.
+    pub fn applies(&self, refs: &[String], namespace: &str) -> bool {
+        if refs.is_empty() {
+            return self.is_mesh();
+        }
+        refs.iter().any(|g| {
+            if g == "mesh" {
+                return self.is_mesh();
+            }
+            let full = if g.contains('/') {
+                g.clone()
+            } else {
+                format!("{namespace}/{g}")
+            };
+            self.selected.contains(&full)
+        })
     }
 }

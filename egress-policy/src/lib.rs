@@ -43,6 +43,7 @@ pub mod layers;
 pub mod model;
 pub mod registry;
 pub mod routes;
+pub mod shared;
 pub mod snapshot;
 pub mod yaml;
 

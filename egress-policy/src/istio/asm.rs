@@ -41,10 +41,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: &Meta, spec: &Node) -> Option<Gener
         ),
         Some(n) => {
             if let Some(mut g) = r.map(n, "spec.byEgressGateway") {
-                if g.take("name")
-                    .and_then(|n| r.string(n, "spec.byEgressGateway.name"))
-                    .is_none_or(|s| s.is_empty())
-                {
+                if g.string(r, "name").is_none_or(|s| s.is_empty()) {
                     r.error(
                         n,
                         "spec.byEgressGateway.name",
@@ -85,9 +82,7 @@ fn read_rule(r: &mut Reader<'_>, meta: &Meta, rule: &Node, path: &str, out: &mut
         {
             let p = format!("{path}.from[{i}]");
             if let Some(mut sf) = r.map(src, &p) {
-                let _ = sf
-                    .take("namespace")
-                    .and_then(|n| r.string(n, &format!("{p}.namespace")));
+                let _ = sf.string(r, "namespace");
                 let _ = sf
                     .take("workloadSelector")
                     .map(|n| r.string_map(n, &format!("{p}.workloadSelector")));
@@ -124,10 +119,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
     let Some(mut f) = r.map(node, path) else {
         return;
     };
-    let name = f
-        .take("name")
-        .and_then(|n| r.string(n, &format!("{path}.name")))
-        .unwrap_or_default();
+    let name = f.string(r, "name").unwrap_or_default();
     let mut hosts = Vec::new();
     match f.take("hosts") {
         None => r.error(
@@ -166,9 +158,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         if let Some(mut gf) = r.map(g, &gp) {
             // The port on the egress gateway the sidecar sends to; clients of this gateway
             // reach it on its listeners, so the number is only checked.
-            let _ = gf
-                .take("port")
-                .and_then(|n| r.uint(n, &format!("{gp}.port"), 1, 65535));
+            let _ = gf.uint(r, "port", 1, 65535);
             if let Some(n) = gf.take("httpsUpgrade") {
                 if upgrade.is_some() {
                     r.error(
@@ -248,14 +238,8 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
 /// `Some(Some(port))` when enabled, `Some(None)` when disabled.
 fn read_upgrade(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Option<u16>> {
     let mut f = r.map(node, path)?;
-    let enabled = f
-        .take("enabled")
-        .and_then(|n| r.boolean(n, &format!("{path}.enabled")))
-        .unwrap_or(false);
-    let port = f
-        .take("port")
-        .and_then(|n| r.uint(n, &format!("{path}.port"), 1, 65535))
-        .map_or(443, |p| p as u16);
+    let enabled = f.boolean(r, "enabled").unwrap_or(false);
+    let port = f.uint(r, "port", 1, 65535).map_or(443, |p| p as u16);
     f.finish(r, &[]);
     Some(enabled.then_some(port))
 }

@@ -28,44 +28,36 @@ fn read_traffic_policy(r: &mut Reader<'_>, node: &Node, path: &str) -> TrafficPo
             .and_then(|n| read_tls(r, n, &format!("{path}.tls"))),
         ..Default::default()
     };
-    if let Some(n) = f.take("portLevelSettings") {
-        for (i, s) in r
-            .list(n, &format!("{path}.portLevelSettings"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.portLevelSettings[{i}]");
-            let Some(mut sf) = r.map(s, &p) else { continue };
-            let port = sf.take("port").and_then(|pn| {
-                let mut pf = r.map(pn, &format!("{p}.port"))?;
-                let n = pf
-                    .take("number")
-                    .and_then(|v| r.uint(v, &format!("{p}.port.number"), 1, 65535));
-                pf.finish(r, &[]);
-                n.map(|n| n as u16)
-            });
-            let lb = sf
-                .take("loadBalancer")
-                .and_then(|n| read_balance(r, n, &format!("{p}.loadBalancer")));
-            let tls = sf
-                .take("tls")
-                .and_then(|n| read_tls(r, n, &format!("{p}.tls")));
-            sf.finish(r, &["connectionPool", "outlierDetection"]);
-            let Some(port) = port else {
-                r.error(
-                    s,
-                    format!("{p}.port"),
-                    "port-level settings need a port number",
-                );
-                continue;
-            };
-            if let Some(lb) = lb {
-                tp.port_lb.push((port, lb));
-            }
-            if let Some(tls) = tls {
-                tp.port_tls.push((port, tls));
-            }
+    for (s, p) in f.list(r, "portLevelSettings") {
+        let Some(mut sf) = r.map(s, &p) else { continue };
+        let port = sf.take("port").and_then(|pn| {
+            let mut pf = r.map(pn, &format!("{p}.port"))?;
+            let n = pf
+                .take("number")
+                .and_then(|v| r.uint(v, &format!("{p}.port.number"), 1, 65535));
+            pf.finish(r, &[]);
+            n.map(|n| n as u16)
+        });
+        let lb = sf
+            .take("loadBalancer")
+            .and_then(|n| read_balance(r, n, &format!("{p}.loadBalancer")));
+        let tls = sf
+            .take("tls")
+            .and_then(|n| read_tls(r, n, &format!("{p}.tls")));
+        sf.finish(r, &["connectionPool", "outlierDetection"]);
+        let Some(port) = port else {
+            r.error(
+                s,
+                format!("{p}.port"),
+                "port-level settings need a port number",
+            );
+            continue;
+        };
+        if let Some(lb) = lb {
+            tp.port_lb.push((port, lb));
+        }
+        if let Some(tls) = tls {
+            tp.port_tls.push((port, tls));
         }
     }
     f.finish(
@@ -105,17 +97,9 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
     let ca_crl = file(&mut f, r, "caCrl");
     let client_certificate = file(&mut f, r, "clientCertificate");
     let private_key = file(&mut f, r, "privateKey");
-    let sni = f
-        .take("sni")
-        .and_then(|n| r.string(n, &format!("{path}.sni")));
-    let subject_alt_names = f
-        .take("subjectAltNames")
-        .map(|n| r.strings(n, &format!("{path}.subjectAltNames")))
-        .unwrap_or_default();
-    let insecure_skip_verify = f
-        .take("insecureSkipVerify")
-        .and_then(|n| r.boolean(n, &format!("{path}.insecureSkipVerify")))
-        .unwrap_or(false);
+    let sni = f.string(r, "sni");
+    let subject_alt_names = f.strings(r, "subjectAltNames");
+    let insecure_skip_verify = f.boolean(r, "insecureSkipVerify").unwrap_or(false);
     if let Some(n) = f.take("credentialName") {
         r.error(n, format!("{path}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give caCertificates, clientCertificate and privateKey as files");
     }
@@ -224,7 +208,7 @@ pub(crate) fn read_destination_rule(
 ) -> Option<DestinationRule> {
     let mut f = r.map(spec, "spec")?;
     let errors_before = r.diags.errors().count();
-    let host = match f.take("host").and_then(|n| r.string(n, "spec.host")) {
+    let host = match f.string(r, "host") {
         Some(h) => h.trim_end_matches('.').to_ascii_lowercase(),
         None => {
             r.error(spec, "spec.host", "a DestinationRule needs a host");
@@ -236,13 +220,8 @@ pub(crate) fn read_destination_rule(
         for (i, s) in r.list(n, "spec.subsets").unwrap_or(&[]).iter().enumerate() {
             let p = format!("spec.subsets[{i}]");
             let Some(mut sf) = r.map(s, &p) else { continue };
-            let name = sf
-                .take("name")
-                .and_then(|n| r.string(n, &format!("{p}.name")));
-            let labels = sf
-                .take("labels")
-                .map(|n| r.string_map(n, &format!("{p}.labels")))
-                .unwrap_or_default();
+            let name = sf.string(r, "name");
+            let labels = sf.string_map(r, "labels");
             let tp = sf
                 .take("trafficPolicy")
                 .map(|n| read_traffic_policy(r, n, &format!("{p}.trafficPolicy")))

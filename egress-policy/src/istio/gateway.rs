@@ -8,10 +8,7 @@ use crate::yaml::Node;
 pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gateway> {
     let mut f = r.map(spec, "spec")?;
     let errors_before = r.diags.errors().count();
-    let selector = f
-        .take("selector")
-        .map(|n| r.string_map(n, "spec.selector"))
-        .unwrap_or_default();
+    let selector = f.string_map(r, "selector");
     let mut servers = Vec::new();
     match f.take("servers") {
         None => r.error(spec, "spec.servers", "a Gateway needs at least one server"),
@@ -48,14 +45,8 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
         Some(n) => {
             let p = format!("{path}.port");
             let mut pf = r.map(n, &p)?;
-            let number = pf
-                .take("number")
-                .and_then(|n| r.uint(n, &format!("{p}.number"), 1, 65535))
-                .map(|n| n as u16);
-            let name = pf
-                .take("name")
-                .and_then(|n| r.string(n, &format!("{p}.name")))
-                .unwrap_or_default();
+            let number = pf.uint(r, "number", 1, 65535).map(|n| n as u16);
+            let name = pf.string(r, "name").unwrap_or_default();
             let protocol = match pf.take("protocol") {
                 None => {
                     r.error(n, format!("{p}.protocol"), "a server port needs a protocol");
@@ -85,10 +76,7 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
             })
         }
     };
-    let hosts = f
-        .take("hosts")
-        .map(|n| r.strings(n, &format!("{path}.hosts")))
-        .unwrap_or_default();
+    let hosts = f.strings(r, "hosts");
     if hosts.is_empty() {
         r.error(
             node,

@@ -92,9 +92,7 @@ fn read_match_map(
 pub(super) fn read_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpMatch> {
     let mut f: Fields<'_> = r.map(node, path)?;
     let mut m = HttpMatch {
-        name: f
-            .take("name")
-            .and_then(|n| r.string(n, &format!("{path}.name"))),
+        name: f.string(r, "name"),
         ..Default::default()
     };
     for (key, slot) in [
@@ -116,19 +114,13 @@ pub(super) fn read_match(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<
     if let Some(n) = f.take("queryParams") {
         m.query_params = read_match_map(r, n, &format!("{path}.queryParams"), false);
     }
-    m.port = f
-        .take("port")
-        .and_then(|n| r.uint(n, &format!("{path}.port"), 1, 65535))
-        .map(|p| p as u16);
+    m.port = f.uint(r, "port", 1, 65535).map(|p| p as u16);
     if let Some(n) = f.take("ignoreUriCase") {
         m.ignore_uri_case = r
             .boolean(n, &format!("{path}.ignoreUriCase"))
             .unwrap_or(false);
     }
-    m.gateways = f
-        .take("gateways")
-        .map(|n| r.strings(n, &format!("{path}.gateways")))
-        .unwrap_or_default();
+    m.gateways = f.strings(r, "gateways");
     f.finish(r, &["sourceLabels", "sourceNamespace", "statPrefix"]);
     Some(m)
 }

@@ -10,38 +10,24 @@ use super::virtual_service::read_weighted;
 pub(super) fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TcpRoute> {
     let mut f = r.map(node, path)?;
     let mut matches = Vec::new();
-    if let Some(n) = f.take("match") {
-        for (i, m) in r
-            .list(n, &format!("{path}.match"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.match[{i}]");
-            let Some(mut mf) = r.map(m, &p) else { continue };
-            let port = mf
-                .take("port")
-                .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535))
-                .map(|p| p as u16);
-            let gateways = mf
-                .take("gateways")
-                .map(|n| r.strings(n, &format!("{p}.gateways")))
-                .unwrap_or_default();
-            mf.finish(
-                r,
-                &[
-                    "destinationSubnets",
-                    "sourceLabels",
-                    "sourceNamespace",
-                    "sourceSubnet",
-                ],
-            );
-            matches.push(TlsMatch {
-                sni_hosts: vec!["*".into()],
-                port,
-                gateways,
-            });
-        }
+    for (m, p) in f.list(r, "match") {
+        let Some(mut mf) = r.map(m, &p) else { continue };
+        let port = mf.uint(r, "port", 1, 65535).map(|p| p as u16);
+        let gateways = mf.strings(r, "gateways");
+        mf.finish(
+            r,
+            &[
+                "destinationSubnets",
+                "sourceLabels",
+                "sourceNamespace",
+                "sourceSubnet",
+            ],
+        );
+        matches.push(TlsMatch {
+            sni_hosts: vec!["*".into()],
+            port,
+            gateways,
+        });
     }
     let mut route = Vec::new();
     if let Some(n) = f.take("route") {
@@ -70,43 +56,27 @@ pub(super) fn read_tcp_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Opt
 pub(super) fn read_tls_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<TlsRoute> {
     let mut f = r.map(node, path)?;
     let mut matches = Vec::new();
-    if let Some(n) = f.take("match") {
-        for (i, m) in r
-            .list(n, &format!("{path}.match"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("{path}.match[{i}]");
-            let Some(mut mf) = r.map(m, &p) else { continue };
-            let sni_hosts: Vec<String> = mf
-                .take("sniHosts")
-                .map(|n| r.strings(n, &format!("{p}.sniHosts")))
-                .unwrap_or_default()
-                .into_iter()
-                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-                .collect();
-            if sni_hosts.is_empty() {
-                r.error(m, format!("{p}.sniHosts"), "a TLS match needs sniHosts");
-            }
-            let port = mf
-                .take("port")
-                .and_then(|n| r.uint(n, &format!("{p}.port"), 1, 65535))
-                .map(|p| p as u16);
-            let gateways = mf
-                .take("gateways")
-                .map(|n| r.strings(n, &format!("{p}.gateways")))
-                .unwrap_or_default();
-            mf.finish(
-                r,
-                &["destinationSubnets", "sourceLabels", "sourceNamespace"],
-            );
-            matches.push(TlsMatch {
-                sni_hosts,
-                port,
-                gateways,
-            });
+    for (m, p) in f.list(r, "match") {
+        let Some(mut mf) = r.map(m, &p) else { continue };
+        let sni_hosts: Vec<String> = mf
+            .strings(r, "sniHosts")
+            .into_iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        if sni_hosts.is_empty() {
+            r.error(m, format!("{p}.sniHosts"), "a TLS match needs sniHosts");
         }
+        let port = mf.uint(r, "port", 1, 65535).map(|p| p as u16);
+        let gateways = mf.strings(r, "gateways");
+        mf.finish(
+            r,
+            &["destinationSubnets", "sourceLabels", "sourceNamespace"],
+        );
+        matches.push(TlsMatch {
+            sni_hosts,
+            port,
+            gateways,
+        });
     }
     if matches.is_empty() {
         r.error(

@@ -162,10 +162,7 @@ enum Provider {
 
 fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Provider> {
     let mut f = r.map(node, path)?;
-    let name = f
-        .take("name")
-        .and_then(|n| r.string(n, &format!("{path}.name")))
-        .unwrap_or_default();
+    let name = f.string(r, "name").unwrap_or_default();
     if name.is_empty() {
         r.error(
             node,
@@ -180,10 +177,7 @@ fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Provider
     if let Some(n) = f.take("opentelemetry") {
         let p = format!("{path}.opentelemetry");
         let mut of = r.map(n, &p)?;
-        let service = of
-            .take("service")
-            .and_then(|n| r.string(n, &format!("{p}.service")))
-            .unwrap_or_default();
+        let service = of.string(r, "service").unwrap_or_default();
         let service = service
             .split_once('/')
             .map_or(service.as_str(), |(_, h)| h)
@@ -255,10 +249,7 @@ fn patterns(r: &mut Reader<'_>, f: &mut Fields<'_>, key: &str) -> Vec<String> {
 
 fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ExtAuthzHttp> {
     let mut f = r.map(node, path)?;
-    let service = f
-        .take("service")
-        .and_then(|n| r.string(n, &format!("{path}.service")))
-        .unwrap_or_default();
+    let service = f.string(r, "service").unwrap_or_default();
     if service.is_empty() {
         r.error(
             node,
@@ -300,10 +291,7 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
             }
         }),
     };
-    let path_prefix = f
-        .take("pathPrefix")
-        .and_then(|n| r.string(n, &format!("{path}.pathPrefix")))
-        .unwrap_or_default();
+    let path_prefix = f.string(r, "pathPrefix").unwrap_or_default();
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
         r.error(
             node,
@@ -311,10 +299,7 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
             "pathPrefix must start with '/'",
         );
     }
-    let fail_open = f
-        .take("failOpen")
-        .and_then(|n| r.boolean(n, &format!("{path}.failOpen")))
-        .unwrap_or(false);
+    let fail_open = f.boolean(r, "failOpen").unwrap_or(false);
     let status_on_error = match f.take("statusOnError") {
         None => Some(403),
         Some(n) => {
@@ -358,13 +343,9 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
             let p = format!("{path}.includeRequestBodyInCheck");
             let mut bf = r.map(n, &p)?;
             let max = bf
-                .take("maxRequestBytes")
-                .and_then(|n| r.uint(n, &format!("{p}.maxRequestBytes"), 1, 64 * 1024 * 1024))
+                .uint(r, "maxRequestBytes", 1, 64 * 1024 * 1024)
                 .unwrap_or(8192) as u32;
-            let partial = bf
-                .take("allowPartialMessage")
-                .and_then(|n| r.boolean(n, &format!("{p}.allowPartialMessage")))
-                .unwrap_or(false);
+            let partial = bf.boolean(r, "allowPartialMessage").unwrap_or(false);
             bf.finish(r, &["packAsBytes"]);
             Some(BodyInCheck {
                 max_request_bytes: max,

@@ -151,54 +151,11 @@ impl ConfigSet {
             }
             return;
         }
-        let mut name = String::new();
-        let mut namespace = "default".to_owned();
-        let mut namespace_given = false;
-        let mut source_ip = None;
-        match f.take("metadata") {
-            None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
-            Some(m) => {
-                if let Some(mut mf) = r.map(m, "metadata") {
-                    match mf.take("name").and_then(|n| r.string(n, "metadata.name")) {
-                        Some(n) if !n.is_empty() => name = n,
-                        _ => r.error(m, "metadata.name", "a resource needs metadata.name"),
-                    }
-                    if let Some(ns) = mf
-                        .take("namespace")
-                        .and_then(|n| r.string(n, "metadata.namespace"))
-                    {
-                        namespace = ns;
-                        namespace_given = true;
-                    }
-                    if let Some(a) = mf.take("annotations")
-                        && let Some(mut af) = r.map(a, "metadata.annotations")
-                    {
-                        if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
-                            let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
-                            match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
-                                Some(Ok(ip)) if kind == "ServiceEntry" => source_ip = Some(ip),
-                                Some(Ok(_)) => r.warn(
-                                    n,
-                                    &field,
-                                    "only ServiceEntry reads this annotation, ignored",
-                                ),
-                                Some(Err(_)) => {
-                                    r.error(n, &field, "expected an IP address of this host")
-                                }
-                                None => {}
-                            }
-                        }
-                        // Other annotations belong to other tools.
-                        af.ignore_rest();
-                    }
-                    // Kubernetes metadata carries many server-set fields; none matter here.
-                    mf.ignore_rest();
-                }
-            }
-        }
+        let md = read_metadata(&mut r, doc, f.take("metadata"), &kind);
+        let (namespace_given, source_ip) = (md.namespace_given, md.source_ip);
         let meta = Meta {
-            name,
-            namespace,
+            name: md.name,
+            namespace: md.namespace,
             file: file.clone(),
             line: doc.line,
         };
@@ -228,14 +185,7 @@ impl ConfigSet {
             "ServiceEntry" | "Sidecar" | "VirtualService" | "DestinationRule" | "Gateway"
                 if !networking =>
             {
-                r.error(
-                    doc,
-                    "apiVersion",
-                    format!(
-                        "unsupported apiVersion {api:?} for {kind} (expected one of {})",
-                        NETWORKING_VERSIONS.join(", ")
-                    ),
-                );
+                unsupported_version(&mut r, doc, &api, &kind, NETWORKING_VERSIONS)
             }
             "ServiceEntry" => {
                 if let Some(mut se) = service_entry::read(&mut r, meta, spec) {
@@ -272,14 +222,7 @@ impl ConfigSet {
             "AuthorizationPolicy" | "RequestAuthentication"
                 if !security::SECURITY_VERSIONS.contains(&api.as_str()) =>
             {
-                r.error(
-                    doc,
-                    "apiVersion",
-                    format!(
-                        "unsupported apiVersion {api:?} for {kind} (expected one of {})",
-                        security::SECURITY_VERSIONS.join(", ")
-                    ),
-                );
+                unsupported_version(&mut r, doc, &api, &kind, security::SECURITY_VERSIONS)
             }
             "AuthorizationPolicy" => {
                 if let Some(p) =
@@ -302,42 +245,137 @@ impl ConfigSet {
                 }
             }
             "IstioOperator" if api.starts_with("install.istio.io/") => {
-                let mut sf = r.map(spec, "spec");
-                let mc = sf.as_mut().and_then(|f| f.take("meshConfig"));
-                if let Some(f) = sf {
-                    // The rest of an IstioOperator installs Istio; nothing here for a gateway.
-                    f.ignore_rest();
-                }
-                if let Some(mc) = mc
-                    && let Some(m) = mesh::read_mesh(&mut r, meta, mc, "spec.meshConfig")
-                {
-                    set_mesh(&mut self.mesh, &mut r, doc, m);
-                }
+                read_istio_operator(&mut self.mesh, &mut r, meta, spec, doc)
             }
             _ => {
-                let what = if KNOWN_LATER.contains(&kind.as_str()) && api.contains(".istio.io/") {
-                    format!("{kind} ({api})")
-                } else {
-                    format!("{kind} ({api}), which is not an Istio resource this gateway reads,")
-                };
                 self.ignored.push(format!("{id} ({file}:{})", doc.line));
-                let entry = ignored.entry(what).or_insert_with(|| {
-                    (
-                        Diagnostic {
-                            severity: Severity::Warning,
-                            file: file.clone(),
-                            line: doc.line,
-                            col: doc.col,
-                            resource: Some(id.clone()),
-                            field: String::new(),
-                            message: String::new(),
-                        },
-                        0,
-                    )
-                });
-                entry.1 += 1;
+                count_ignored(ignored, file, doc, &kind, &api, id);
             }
         }
+    }
+}
+
+/// An `IstioOperator`: only its `spec.meshConfig` is for a gateway.
+fn read_istio_operator(
+    slot: &mut Option<mesh::MeshConfig>,
+    r: &mut Reader<'_>,
+    meta: Meta,
+    spec: &Node,
+    doc: &Node,
+) {
+    let mut sf = r.map(spec, "spec");
+    let mc = sf.as_mut().and_then(|f| f.take("meshConfig"));
+    if let Some(f) = sf {
+        // The rest of an IstioOperator installs Istio; nothing here for a gateway.
+        f.ignore_rest();
+    }
+    if let Some(mc) = mc
+        && let Some(m) = mesh::read_mesh(r, meta, mc, "spec.meshConfig")
+    {
+        set_mesh(slot, r, doc, m);
+    }
+}
+
+fn unsupported_version(r: &mut Reader<'_>, doc: &Node, api: &str, kind: &str, known: &[&str]) {
+    r.error(
+        doc,
+        "apiVersion",
+        format!(
+            "unsupported apiVersion {api:?} for {kind} (expected one of {})",
+            known.join(", ")
+        ),
+    );
+}
+
+/// Counts a resource that is not read, once per kind, for one warning naming the first.
+fn count_ignored(
+    ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
+    file: &Arc<str>,
+    doc: &Node,
+    kind: &str,
+    api: &str,
+    id: Arc<str>,
+) {
+    let what = if KNOWN_LATER.contains(&kind) && api.contains(".istio.io/") {
+        format!("{kind} ({api})")
+    } else {
+        format!("{kind} ({api}), which is not an Istio resource this gateway reads,")
+    };
+    let entry = ignored.entry(what).or_insert_with(|| {
+        (
+            Diagnostic {
+                severity: Severity::Warning,
+                file: file.clone(),
+                line: doc.line,
+                col: doc.col,
+                resource: Some(id),
+                field: String::new(),
+                message: String::new(),
+            },
+            0,
+        )
+    });
+    entry.1 += 1;
+}
+
+/// What `metadata` says that this gateway reads.
+struct Metadata {
+    name: String,
+    namespace: String,
+    namespace_given: bool,
+    source_ip: Option<std::net::IpAddr>,
+}
+
+/// Reads `metadata`: the name (required), the namespace (`default` when absent) and this
+/// gateway's own annotation; the many server-set Kubernetes fields are left alone.
+fn read_metadata(r: &mut Reader<'_>, doc: &Node, metadata: Option<&Node>, kind: &str) -> Metadata {
+    let mut name = String::new();
+    let mut namespace = "default".to_owned();
+    let mut namespace_given = false;
+    let mut source_ip = None;
+    match metadata {
+        None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
+        Some(m) => {
+            if let Some(mut mf) = r.map(m, "metadata") {
+                match mf.string(r, "name") {
+                    Some(n) if !n.is_empty() => name = n,
+                    _ => r.error(m, "metadata.name", "a resource needs metadata.name"),
+                }
+                if let Some(ns) = mf.string(r, "namespace") {
+                    namespace = ns;
+                    namespace_given = true;
+                }
+                if let Some(a) = mf.take("annotations")
+                    && let Some(mut af) = r.map(a, "metadata.annotations")
+                {
+                    if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
+                        let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
+                        match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
+                            Some(Ok(ip)) if kind == "ServiceEntry" => source_ip = Some(ip),
+                            Some(Ok(_)) => r.warn(
+                                n,
+                                &field,
+                                "only ServiceEntry reads this annotation, ignored",
+                            ),
+                            Some(Err(_)) => {
+                                r.error(n, &field, "expected an IP address of this host")
+                            }
+                            None => {}
+                        }
+                    }
+                    // Other annotations belong to other tools.
+                    af.ignore_rest();
+                }
+                // Kubernetes metadata carries many server-set fields; none matter here.
+                mf.ignore_rest();
+            }
+        }
+    }
+    Metadata {
+        name,
+        namespace,
+        namespace_given,
+        source_ip,
     }
 }
 

@@ -59,6 +59,63 @@ impl<'n> Fields<'n> {
     fn path_of(&self, key: &str) -> String {
         self.path(key)
     }
+
+    // Field-path helpers: take a key and read it as one type, with the field's path in any
+    // diagnostic, so a reader names each field once.
+
+    /// `key` as a string, if present.
+    pub(crate) fn string(&mut self, r: &mut Reader<'_>, key: &str) -> Option<String> {
+        let n = self.take(key)?;
+        r.string(n, &self.path(key))
+    }
+
+    /// `key` as a list of strings (empty when absent).
+    pub(crate) fn strings(&mut self, r: &mut Reader<'_>, key: &str) -> Vec<String> {
+        match self.take(key) {
+            Some(n) => r.strings(n, &self.path(key)),
+            None => Vec::new(),
+        }
+    }
+
+    /// `key` as a map of strings (empty when absent).
+    pub(crate) fn string_map(&mut self, r: &mut Reader<'_>, key: &str) -> Vec<(String, String)> {
+        match self.take(key) {
+            Some(n) => r.string_map(n, &self.path(key)),
+            None => Vec::new(),
+        }
+    }
+
+    /// `key` as a boolean, if present.
+    pub(crate) fn boolean(&mut self, r: &mut Reader<'_>, key: &str) -> Option<bool> {
+        let n = self.take(key)?;
+        r.boolean(n, &self.path(key))
+    }
+
+    /// `key` as an unsigned integer within `min..=max`, if present.
+    pub(crate) fn uint(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
+        let n = self.take(key)?;
+        r.uint(n, &self.path(key), min, max)
+    }
+
+    /// `key` as a list of nodes (empty when absent), each with its path.
+    pub(crate) fn list(&mut self, r: &mut Reader<'_>, key: &str) -> Vec<(&'n Node, String)> {
+        let Some(n) = self.take(key) else {
+            return Vec::new();
+        };
+        let path = self.path(key);
+        r.list(n, &path)
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item, format!("{path}[{i}]")))
+            .collect()
+    }
 }
 
 impl Reader<'_> {

@@ -12,7 +12,7 @@ pub use super::model::{
     AuthorizationPolicy, AuthzAction, ClaimToHeader, Condition, JwtHeader, JwtRule, Operation,
     RequestAuthentication, Rule, Scope, Source, TargetRef,
 };
-use super::reader::Reader;
+use super::reader::{Fields, Reader};
 pub use crate::model::{WHEN_KEYS, bracketed, parse_ip_block, when_key_is_http_only};
 use crate::yaml::Node;
 
@@ -32,10 +32,7 @@ fn read_scope(
     if let Some(sel) = f.take("selector") {
         let path = "spec.selector";
         if let Some(mut sf) = r.map(sel, path) {
-            let labels = sf
-                .take("matchLabels")
-                .map(|n| r.string_map(n, "spec.selector.matchLabels"))
-                .unwrap_or_default();
+            let labels = sf.string_map(r, "matchLabels");
             sf.finish(r, &[]);
             scope.selector = Some(labels);
         }
@@ -114,10 +111,7 @@ pub(crate) fn read_authorization_policy(
     let mut provider = None;
     if let Some(n) = f.take("provider") {
         if let Some(mut pf) = r.map(n, "spec.provider") {
-            provider = pf
-                .take("name")
-                .and_then(|n| r.string(n, "spec.provider.name"))
-                .filter(|s| !s.is_empty());
+            provider = pf.string(r, "name").filter(|s| !s.is_empty());
             pf.finish(r, &[]);
         }
         if action != AuthzAction::Custom {
@@ -363,6 +357,10 @@ fn ports(r: &mut Reader<'_>, f: &mut super::reader::Fields<'_>, key: &str) -> Ve
     out
 }
 
+/// `{`, which opens an Envoy path template; spelled as an escape so that tools counting
+/// braces to find functions stay in step.
+const TEMPLATE_OPEN: char = '\u{7b}';
+
 fn read_operation(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Operation> {
     let mut f = r.map(node, path)?;
     let mut o = Operation {
@@ -377,7 +375,7 @@ fn read_operation(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Operati
     };
     f.finish(r, &[]);
     for (i, p) in o.paths.iter().chain(o.not_paths.iter()).enumerate() {
-        if p.contains('{') {
+        if p.contains(TEMPLATE_OPEN) {
             r.error(
                 node,
                 format!("{path}.paths[{i}]"),
@@ -403,10 +401,7 @@ fn read_condition(
     action: AuthzAction,
 ) -> Option<Condition> {
     let mut f = r.map(node, path)?;
-    let key = match f
-        .take("key")
-        .and_then(|n| r.string(n, &format!("{path}.key")))
-    {
+    let key = match f.string(r, "key") {
         Some(k) => k,
         None => {
             r.error(node, format!("{path}.key"), "a condition needs a key");
@@ -492,17 +487,54 @@ pub(crate) fn read_request_authentication(
 
 fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule> {
     let mut f = r.map(node, path)?;
-    let string = |f: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, k: &str| {
-        f.take(k).and_then(|n| r.string(n, &format!("{path}.{k}")))
-    };
-    let issuer = string(&mut f, r, "issuer").unwrap_or_default();
+    let issuer = f.string(r, "issuer").unwrap_or_default();
     if issuer.is_empty() {
         r.error(node, format!("{path}.issuer"), "a JWT rule needs an issuer");
     }
-    let audiences = f
-        .take("audiences")
-        .map(|n| r.strings(n, &format!("{path}.audiences")))
-        .unwrap_or_default();
+    let audiences = f.strings(r, "audiences");
+    let (jwks, jwks_uri) = read_jwt_keys(r, &mut f, node, path, &issuer);
+    let mut from_headers = Vec::new();
+    for (h, p, name, prefix) in string_pairs(r, &mut f, path, "fromHeaders", ("name", "prefix")) {
+        match name {
+            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => from_headers
+                .push(JwtHeader {
+                    name: name.to_ascii_lowercase(),
+                    prefix: prefix.unwrap_or_default(),
+                }),
+            _ => r.error(h, format!("{p}.name"), "a header name is required"),
+        }
+    }
+    let from_params = f.strings(r, "fromParams");
+    let from_cookies = f.strings(r, "fromCookies");
+    let forward_original_token = f.boolean(r, "forwardOriginalToken").unwrap_or(false);
+    let (output_payload_to_header, output_claim_to_headers) =
+        read_jwt_outputs(r, &mut f, node, path);
+    let timeout = positive_duration(r, &mut f, "timeout");
+    f.finish(r, &[]);
+    Some(JwtRule {
+        issuer,
+        audiences,
+        jwks,
+        jwks_uri,
+        from_headers,
+        from_params,
+        from_cookies,
+        forward_original_token,
+        output_payload_to_header,
+        output_claim_to_headers,
+        timeout,
+    })
+}
+
+/// `jwks` and `jwksUri` of a JWT rule: each valid, at most one, and one of them unless the
+/// issuer is a URL (OpenID discovery).
+fn read_jwt_keys(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    node: &Node,
+    path: &str,
+    issuer: &str,
+) -> (Option<String>, Option<String>) {
     let jwks_node = f.take("jwks");
     let jwks = jwks_node.and_then(|n| r.string(n, &format!("{path}.jwks")));
     if let (Some(n), Some(text)) = (jwks_node, &jwks)
@@ -546,34 +578,22 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
             "jwks or jwksUri is required when the issuer is not a URL (keys are otherwise found by OpenID discovery from the issuer)",
         );
     }
-    let mut from_headers = Vec::new();
-    for (h, p, name, prefix) in string_pairs(r, &mut f, path, "fromHeaders", ("name", "prefix")) {
-        match name {
-            Some(name) if http::HeaderName::from_bytes(name.as_bytes()).is_ok() => from_headers
-                .push(JwtHeader {
-                    name: name.to_ascii_lowercase(),
-                    prefix: prefix.unwrap_or_default(),
-                }),
-            _ => r.error(h, format!("{p}.name"), "a header name is required"),
-        }
-    }
-    let from_params = f
-        .take("fromParams")
-        .map(|n| r.strings(n, &format!("{path}.fromParams")))
-        .unwrap_or_default();
-    let from_cookies = f
-        .take("fromCookies")
-        .map(|n| r.strings(n, &format!("{path}.fromCookies")))
-        .unwrap_or_default();
-    let forward_original_token = f
-        .take("forwardOriginalToken")
-        .and_then(|n| r.boolean(n, &format!("{path}.forwardOriginalToken")))
-        .unwrap_or(false);
-    let output_payload_to_header =
-        string(&mut f, r, "outputPayloadToHeader").filter(|s| !s.is_empty());
+    (jwks, jwks_uri)
+}
+
+/// `outputPayloadToHeader` and `outputClaimToHeaders`: header names the gateway does not own.
+fn read_jwt_outputs(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    node: &Node,
+    path: &str,
+) -> (Option<String>, Vec<ClaimToHeader>) {
+    let output_payload_to_header = f
+        .string(r, "outputPayloadToHeader")
+        .filter(|s| !s.is_empty());
     let mut output_claim_to_headers = Vec::new();
     for (h, p, header, claim) in
-        string_pairs(r, &mut f, path, "outputClaimToHeaders", ("header", "claim"))
+        string_pairs(r, f, path, "outputClaimToHeaders", ("header", "claim"))
     {
         match (header, claim) {
             (Some(header), Some(claim))
@@ -615,34 +635,23 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
             );
         }
     }
-    let timeout = match f.take("timeout") {
-        None => None,
-        Some(n) => r.string(n, &format!("{path}.timeout")).and_then(|s| {
-            match crate::duration::parse_duration(&s) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => {
-                    r.error(
-                        n,
-                        format!("{path}.timeout"),
-                        format!("{s:?} is not a positive duration"),
-                    );
-                    None
-                }
-            }
-        }),
-    };
-    f.finish(r, &[]);
-    Some(JwtRule {
-        issuer,
-        audiences,
-        jwks,
-        jwks_uri,
-        from_headers,
-        from_params,
-        from_cookies,
-        forward_original_token,
-        output_payload_to_header,
-        output_claim_to_headers,
-        timeout,
-    })
+    (output_payload_to_header, output_claim_to_headers)
+}
+
+/// `key` as a positive duration (`5s`, `1.5m`), if present.
+fn positive_duration(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    key: &str,
+) -> Option<std::time::Duration> {
+    let n = f.take(key)?;
+    let path = f.path(key);
+    let s = r.string(n, &path)?;
+    match crate::duration::parse_duration(&s) {
+        Ok(d) if !d.is_zero() => Some(d),
+        _ => {
+            r.error(n, path, format!("{s:?} is not a positive duration"));
+            None
+        }
+    }
 }

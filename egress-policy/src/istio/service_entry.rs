@@ -17,8 +17,85 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
     let mut f = r.map(spec, "spec")?;
     let errors_before = r.diags.errors().count();
 
+    let hosts = read_hosts(r, spec, f.take("hosts"));
+
+    let (addresses, cidr) = read_addresses(r, f.take("addresses"));
+
+    let ports = read_ports(r, spec, f.take("ports"), addresses.is_empty());
+
+    let location = match f.take("location") {
+        None => Location::MeshExternal,
+        Some(n) => match r.one_of(n, "spec.location", &["MESH_EXTERNAL", "MESH_INTERNAL"]) {
+            Some("MESH_INTERNAL") => Location::MeshInternal,
+            _ => Location::MeshExternal,
+        },
+    };
+
+    let resolution_node = f.take("resolution");
+    let resolution = match resolution_node {
+        None => Resolution::None,
+        Some(n) => match r.one_of(
+            n,
+            "spec.resolution",
+            &["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"],
+        ) {
+            Some("STATIC") => Resolution::Static,
+            Some("DNS") => Resolution::Dns,
+            Some("DNS_ROUND_ROBIN") => Resolution::DnsRoundRobin,
+            Some("DYNAMIC_DNS") => Resolution::DynamicDns,
+            _ => Resolution::None,
+        },
+    };
+
+    let mut endpoints = Vec::new();
+    let endpoints_node = f.take("endpoints");
+    if let Some(node) = endpoints_node {
+        for (i, e) in r
+            .list(node, "spec.endpoints")
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            let path = format!("spec.endpoints[{i}]");
+            if let Some(ep) = read_endpoint(r, e, &path, resolution, &ports) {
+                endpoints.push(ep);
+            }
+        }
+    }
+
+    let export_to = f.strings(r, "exportTo");
+    f.finish(r, UNSUPPORTED);
+
+    check_resolution(
+        r,
+        spec,
+        resolution_node,
+        endpoints_node,
+        resolution,
+        cidr,
+        &hosts,
+        &endpoints,
+    );
+
+    if r.diags.errors().count() > errors_before {
+        return None;
+    }
+    Some(ServiceEntry {
+        meta,
+        hosts,
+        addresses,
+        ports,
+        location,
+        resolution,
+        endpoints,
+        export_to,
+        source_ip: None,
+    })
+}
+
+fn read_hosts(r: &mut Reader<'_>, spec: &Node, node: Option<&Node>) -> Vec<String> {
     let mut hosts = Vec::new();
-    match f.take("hosts") {
+    match node {
         None => r.error(spec, "spec.hosts", "a ServiceEntry needs at least one host"),
         Some(node) => {
             let list = r.list(node, "spec.hosts").unwrap_or(&[]);
@@ -35,10 +112,14 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
             }
         }
     }
+    hosts
+}
 
+/// `addresses`, and whether any is a CIDR (which limits the resolution).
+fn read_addresses(r: &mut Reader<'_>, node: Option<&Node>) -> (Vec<IpNet>, bool) {
     let mut addresses = Vec::new();
     let mut cidr = false;
-    if let Some(node) = f.take("addresses") {
+    if let Some(node) = node {
         for (i, a) in r
             .list(node, "spec.addresses")
             .unwrap_or(&[])
@@ -63,10 +144,18 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
             }
         }
     }
+    (addresses, cidr)
+}
 
+/// `ports`: numbers and names unique.
+fn read_ports(
+    r: &mut Reader<'_>,
+    spec: &Node,
+    node: Option<&Node>,
+    no_addresses: bool,
+) -> Vec<Port> {
     let mut ports = Vec::new();
-    let ports_node = f.take("ports");
-    match ports_node {
+    match node {
         None => r.error(spec, "spec.ports", "a ServiceEntry needs at least one port"),
         Some(node) => {
             let list = r.list(node, "spec.ports").unwrap_or(&[]);
@@ -94,61 +183,32 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
                         format!("port name {:?} is defined twice", port.name),
                     );
                 }
-                if addresses.is_empty() && port.protocol == Protocol::Tcp {
+                if no_addresses && port.protocol == Protocol::Tcp {
                     r.warn(p, format!("{path}.protocol"), "TCP ports without spec.addresses can only be reached through CONNECT with the host name");
                 }
                 ports.push(port);
             }
         }
     }
+    ports
+}
 
-    let location = match f.take("location") {
-        None => Location::MeshExternal,
-        Some(n) => match r.one_of(n, "spec.location", &["MESH_EXTERNAL", "MESH_INTERNAL"]) {
-            Some("MESH_INTERNAL") => Location::MeshInternal,
-            _ => Location::MeshExternal,
-        },
-    };
-
-    let resolution_node = f.take("resolution");
-    let resolution = match resolution_node {
-        None => Resolution::None,
-        Some(n) => match r.one_of(
-            n,
-            "spec.resolution",
-            &["NONE", "STATIC", "DNS", "DNS_ROUND_ROBIN", "DYNAMIC_DNS"],
-        ) {
-            Some("STATIC") => Resolution::Static,
-            Some("DNS") => Resolution::Dns,
-            Some("DNS_ROUND_ROBIN") => Resolution::DnsRoundRobin,
-            Some("DYNAMIC_DNS") => Resolution::DynamicDns,
-            _ => Resolution::None,
-        },
-    };
+/// What the resolution allows: endpoints, wildcard hosts and CIDR addresses.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the parts of one ServiceEntry it checks together"
+)]
+fn check_resolution(
+    r: &mut Reader<'_>,
+    spec: &Node,
+    resolution_node: Option<&Node>,
+    endpoints_node: Option<&Node>,
+    resolution: Resolution,
+    cidr: bool,
+    hosts: &[String],
+    endpoints: &[Endpoint],
+) {
     let at_resolution = resolution_node.unwrap_or(spec);
-
-    let mut endpoints = Vec::new();
-    let endpoints_node = f.take("endpoints");
-    if let Some(node) = endpoints_node {
-        for (i, e) in r
-            .list(node, "spec.endpoints")
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            let path = format!("spec.endpoints[{i}]");
-            if let Some(ep) = read_endpoint(r, e, &path, resolution, &ports) {
-                endpoints.push(ep);
-            }
-        }
-    }
-
-    let export_to = f
-        .take("exportTo")
-        .map(|n| r.strings(n, "spec.exportTo"))
-        .unwrap_or_default();
-    f.finish(r, UNSUPPORTED);
-
     if cidr && !matches!(resolution, Resolution::None | Resolution::Static) {
         r.error(
             at_resolution,
@@ -190,21 +250,6 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
         ),
         _ => {}
     }
-
-    if r.diags.errors().count() > errors_before {
-        return None;
-    }
-    Some(ServiceEntry {
-        meta,
-        hosts,
-        addresses,
-        ports,
-        location,
-        resolution,
-        endpoints,
-        export_to,
-        source_ip: None,
-    })
 }
 
 /// Validates one host: `*.suffix` or a name; `*` alone is refused, as Istio does.
@@ -284,10 +329,7 @@ pub(super) fn read_port(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<P
             s
         }
     };
-    let target_port = f
-        .take("targetPort")
-        .and_then(|n| r.uint(n, &format!("{path}.targetPort"), 1, 65535))
-        .map(|n| n as u16);
+    let target_port = f.uint(r, "targetPort", 1, 65535).map(|n| n as u16);
     f.finish(r, &[]);
     Some(Port {
         number: number?,
@@ -357,14 +399,8 @@ fn read_endpoint(
         }
         m.ignore_rest();
     }
-    let labels = f
-        .take("labels")
-        .map(|n| r.string_map(n, &format!("{path}.labels")))
-        .unwrap_or_default();
-    let weight = f
-        .take("weight")
-        .and_then(|n| r.uint(n, &format!("{path}.weight"), 0, u32::MAX as u64))
-        .map(|w| w as u32);
+    let labels = f.string_map(r, "labels");
+    let weight = f.uint(r, "weight", 0, u32::MAX as u64).map(|w| w as u32);
     f.finish(r, &["network", "locality", "serviceAccount"]);
     Some(Endpoint {
         address: address?,

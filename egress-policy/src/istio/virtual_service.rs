@@ -52,10 +52,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
             "a VirtualService needs at least one host",
         );
     }
-    let gateways = f
-        .take("gateways")
-        .map(|n| r.strings(n, "spec.gateways"))
-        .unwrap_or_default();
+    let gateways = f.strings(r, "gateways");
     let mut http = Vec::new();
     if let Some(n) = f.take("http") {
         for (i, route) in r.list(n, "spec.http").unwrap_or(&[]).iter().enumerate() {
@@ -97,9 +94,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
 
 fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> {
     let mut f = r.map(node, path)?;
-    let name = f
-        .take("name")
-        .and_then(|n| r.string(n, &format!("{path}.name")));
+    let name = f.string(r, "name");
     let mut matches = Vec::new();
     if let Some(n) = f.take("match") {
         for (i, m) in r
@@ -284,10 +279,7 @@ fn read_fault(r: &mut Reader<'_>, node: &Node, path: &str) -> Fault {
 
 fn read_retries(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Retries> {
     let mut f = r.map(node, path)?;
-    let attempts = f
-        .take("attempts")
-        .and_then(|n| r.uint(n, &format!("{path}.attempts"), 0, 100))
-        .unwrap_or(0) as u32;
+    let attempts = f.uint(r, "attempts", 0, 100).unwrap_or(0) as u32;
     let per_try_timeout = f
         .take("perTryTimeout")
         .and_then(|n| read_duration(r, n, &format!("{path}.perTryTimeout")));
@@ -416,8 +408,7 @@ pub(super) fn read_weighted(
         }
     };
     let weight = f
-        .take("weight")
-        .and_then(|n| r.uint(n, &format!("{path}.weight"), 0, u32::MAX as u64))
+        .uint(r, "weight", 0, u32::MAX as u64)
         .map_or(1, |w| w as u32);
     let headers = f
         .take("headers")
@@ -440,9 +431,7 @@ fn read_target(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<RouteTarge
             None
         }
     };
-    let subset = f
-        .take("subset")
-        .and_then(|n| r.string(n, &format!("{path}.subset")));
+    let subset = f.string(r, "subset");
     let port = match f.take("port") {
         Some(n) => {
             let mut pf = r.map(n, &format!("{path}.port"))?;
@@ -522,10 +511,7 @@ fn read_redirect(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Redirect
     let uri = s(&mut f, r, "uri");
     let authority = s(&mut f, r, "authority");
     let scheme = s(&mut f, r, "scheme");
-    let port = f
-        .take("port")
-        .and_then(|n| r.uint(n, &format!("{path}.port"), 1, 65535))
-        .map(|p| p as u16);
+    let port = f.uint(r, "port", 1, 65535).map(|p| p as u16);
     let derive_port = f.take("derivePort").and_then(|n| {
         r.one_of(
             n,
@@ -535,8 +521,7 @@ fn read_redirect(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Redirect
         .map(str::to_owned)
     });
     let redirect_code = f
-        .take("redirectCode")
-        .and_then(|n| r.uint(n, &format!("{path}.redirectCode"), 300, 399))
+        .uint(r, "redirectCode", 300, 399)
         .map_or(301, |c| c as u16);
     f.finish(r, &[]);
     Some(Redirect {
@@ -581,21 +566,13 @@ fn read_direct(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<DirectResp
 
 fn read_rewrite(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Rewrite> {
     let mut f = r.map(node, path)?;
-    let uri = f
-        .take("uri")
-        .and_then(|n| r.string(n, &format!("{path}.uri")));
-    let authority = f
-        .take("authority")
-        .and_then(|n| r.string(n, &format!("{path}.authority")));
+    let uri = f.string(r, "uri");
+    let authority = f.string(r, "authority");
     let uri_regex = f.take("uriRegexRewrite").and_then(|n| {
         let p = format!("{path}.uriRegexRewrite");
         let mut rf = r.map(n, &p)?;
-        let m = rf
-            .take("match")
-            .and_then(|n| r.string(n, &format!("{p}.match")));
-        let w = rf
-            .take("rewrite")
-            .and_then(|n| r.string(n, &format!("{p}.rewrite")));
+        let m = rf.string(r, "match");
+        let w = rf.string(r, "rewrite");
         rf.finish(r, &[]);
         let (m, w) = (m?, w?);
         if let Err(e) = Regex::new(&m) {

@@ -1,7 +1,7 @@
 //! The keys behind `jwksUri`s: fetched by the gateway itself, cached, refreshed in the
 //! background; the last good set is kept when a refresh fails.
 
-use crate::snapshot::Shared;
+use crate::shared::Shared;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use std::collections::HashMap;

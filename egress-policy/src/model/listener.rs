@@ -54,53 +54,9 @@ pub struct Gateway {
     pub servers: Vec<Server>,
 }
 
-impl Gateway {
-    /// Whether a proxy with these labels is selected (every selector label present).
-    pub fn selects(&self, labels: &[(String, String)]) -> bool {
-        self.selector.iter().all(|l| labels.contains(l))
-    }
-}
-
 /// Which Gateways this proxy is: those whose selector its labels satisfy.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Binding {
     /// `namespace/name` of every selected Gateway; empty means "acting for the mesh".
     pub selected: Vec<String>,
-}
-
-impl Binding {
-    /// Selects the Gateways of `gateways` that these labels satisfy.
-    pub fn new(gateways: &[Gateway], labels: &[(String, String)]) -> Self {
-        Self {
-            selected: gateways
-                .iter()
-                .filter(|g| g.selects(labels))
-                .map(|g| g.meta.id())
-                .collect(),
-        }
-    }
-
-    /// Whether this proxy acts for the mesh (no Gateway selects it).
-    pub fn is_mesh(&self) -> bool {
-        self.selected.is_empty()
-    }
-
-    /// Whether a list of gateway references (from a `VirtualService` in `namespace`) names
-    /// this proxy. An empty list means `mesh`.
-    pub fn applies(&self, refs: &[String], namespace: &str) -> bool {
-        if refs.is_empty() {
-            return self.is_mesh();
-        }
-        refs.iter().any(|g| {
-            if g == "mesh" {
-                return self.is_mesh();
-            }
-            let full = if g.contains('/') {
-                g.clone()
-            } else {
-                format!("{namespace}/{g}")
-            };
-            self.selected.contains(&full)
-        })
-    }
 }

@@ -219,37 +219,6 @@ fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(text)
 }
 
-impl StringMatch {
-    /// Whether `value` matches; `ignore_case` applies to exact and prefix.
-    pub fn matches(&self, value: &str, ignore_case: bool) -> bool {
-        match self {
-            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e),
-            StringMatch::Exact(e) => value == e,
-            StringMatch::Prefix(p) if ignore_case => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
-            StringMatch::Prefix(p) => value.starts_with(p.as_str()),
-            StringMatch::Regex(r) => r.is_match(value),
-            StringMatch::Present => true,
-        }
-    }
-
-    /// Whether the bytes `value` match; `None` when this matcher cannot evaluate them (a
-    /// regex over bytes that are not UTF-8), which callers treat as a refusal to match.
-    pub fn matches_bytes(&self, value: &[u8], ignore_case: bool) -> Option<bool> {
-        Some(match self {
-            StringMatch::Exact(e) if ignore_case => value.eq_ignore_ascii_case(e.as_bytes()),
-            StringMatch::Exact(e) => value == e.as_bytes(),
-            StringMatch::Prefix(p) if ignore_case => value
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
-            StringMatch::Prefix(p) => value.starts_with(p.as_bytes()),
-            StringMatch::Regex(r) => r.is_match(std::str::from_utf8(value).ok()?),
-            StringMatch::Present => true,
-        })
-    }
-}
-
 /// `HTTPMatchRequest`.
 #[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -307,18 +276,4 @@ pub struct TlsMatch {
     pub port: Option<u16>,
     /// `gateways`.
     pub gateways: Vec<String>,
-}
-
-impl TlsMatch {
-    /// Whether an SNI is among `sniHosts` (`*.suffix` matches any depth below the suffix).
-    pub fn sni_matches(&self, sni: &str) -> bool {
-        self.sni_hosts.iter().any(|h| match h.strip_prefix("*.") {
-            Some(suffix) => {
-                sni.len() > suffix.len() + 1
-                    && sni.ends_with(suffix)
-                    && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
-            }
-            None => h == "*" || h == sni,
-        })
-    }
 }

@@ -6,6 +6,8 @@
 //! IPs and CIDRs. Each registered port carries its precomputed [`UpstreamPlan`], so the check
 //! on the request path is lookups and reference-count bumps only.
 
+mod plan;
+
 use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
 use ipnet::IpNet;
 use serde::Serialize;

@@ -11,6 +11,8 @@ mod server_hosts;
 
 pub use server_hosts::{ServerHosts, ServerHostsCheck, ServerHostsLayer};
 
+mod matching;
+
 use egress_core::ctx::{RetryPolicy, Target, UpstreamPlan};
 use http::Request;
 use serde::Serialize;
