@@ -13,6 +13,7 @@ pub mod stack;
 
 mod admin;
 mod jwks;
+mod listeners;
 mod passthrough;
 mod reload;
 mod tunnel;

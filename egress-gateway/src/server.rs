@@ -1,7 +1,5 @@
 //! Listeners: the proxy (HTTP/1.1 + h2c, CONNECT) and the admin endpoints.
 
-use egress_core::ctx::{ClientAddr, ClientCertificate, Outcome, RejectionKind, SourcePrincipal};
-use egress_core::framing::{AmbiguousFraming, ConnectionFraming, FramingGuard};
 use egress_core::mirror::{MirrorConfig, MirrorLayer};
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::telemetry::Metrics;
@@ -9,7 +7,6 @@ use egress_core::transport::{Dialer, DialerConfig, Overrides, UpstreamConfig, Up
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,9 +16,8 @@ use tokio::sync::Semaphore;
 use crate::admin::{AdminState, GatewayDump, Listeners, ResolveDump, StaticDump};
 use crate::cli::RunArgs;
 use crate::config::Loaded;
+use crate::listeners::{ServerListener, accept_loop, bind_servers, http_builder};
 use crate::stack::{self, StackConfig};
-use egress_policy::istio::{Protocol, ServerTlsFiles};
-use egress_policy::routes::ServerHosts;
 use egress_policy::snapshot::PolicyStore;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
@@ -33,28 +29,6 @@ pub struct Gateway {
     servers: Vec<ServerListener>,
     args: RunArgs,
     loaded: Loaded,
-}
-
-/// The listener of one port of the `Gateway` resources that select this gateway.
-struct ServerListener {
-    listener: TcpListener,
-    addr: SocketAddr,
-    hosts: ServerHosts,
-    gateway: String,
-    port: u16,
-    passthrough: bool,
-    /// A `protocol: TCP` server, served like passthrough but routed by port.
-    tcp: bool,
-    /// TLS termination (`SIMPLE`/`MUTUAL` servers).
-    tls: Option<tokio_rustls::TlsAcceptor>,
-}
-
-/// What a Gateway server's listener speaks.
-#[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Kind {
-    Http,
-    Passthrough,
-    Tcp,
 }
 
 /// Why the gateway could not start.
@@ -106,21 +80,11 @@ impl Gateway {
         let args = &self.args;
         let (overrides, resolve_dump) = overrides(args)?;
         let upstream_proxy = upstream_proxy(args)?;
-        let dialer = Arc::new(Dialer::new(
-            DialerConfig::default()
-                .with_connect_timeout(args.connect_timeout)
-                .with_dns_timeout(args.dns_timeout)
-                .with_source(args.egress_source_ip)
-                .with_upstream_proxy(upstream_proxy)
-                .with_overrides(overrides.clone())
-                .with_listeners(
-                    [proxy_addr, admin_addr]
-                        .into_iter()
-                        .chain(self.servers.iter().map(|s| s.addr))
-                        .collect(),
-                ),
-        ));
-        let request_timeout = (!args.request_timeout.is_zero()).then_some(args.request_timeout);
+        let listening: Vec<SocketAddr> = [proxy_addr, admin_addr]
+            .into_iter()
+            .chain(self.servers.iter().map(|s| s.addr))
+            .collect();
+        let dialer = dialer(args, overrides.clone(), upstream_proxy, listening);
         let proxy_headers = ProxyHeadersConfig::new(&args.via_name)
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
         let ext_authz_overrides = overrides;
@@ -132,46 +96,10 @@ impl Gateway {
         );
         // The one swappable snapshot every request layer reads (a reload stores a new one).
         let policy = PolicyStore::new(policy);
-        let security = crate::stack::Security {
-            ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(
-                args.ext_authz_max_in_flight,
-                args.xff_num_trusted_hops,
-            )
-            .with_overrides(ext_authz_overrides),
-            jwks: egress_policy::jwt::JwksStore::default(),
-            allow_path_parameters: args.allow_path_parameters,
-            underscores: args.headers_with_underscores.into(),
-            xff_hops: args.xff_num_trusted_hops,
-        };
-        {
-            // Keys of jwksUris: fetched now, then kept fresh in the background.
-            let fetcher: Arc<dyn egress_policy::jwt::FetchJwks> = Arc::new(
-                crate::jwks::Fetcher::new().map_err(|e| StartError(format!("JWKS client: {e}")))?,
-            );
-            let store = security.jwks.clone();
-            let current = policy.clone();
-            let interval = args.jwks_refresh_interval;
-            tokio::spawn(store.run_with(move || current.load().jwt.uris(), fetcher, interval));
-        }
-        for w in diagnostics.warnings() {
-            tracing::warn!("{w}");
-        }
-        tracing::info!(
-            sources = %config.sources.join(", "),
-            services,
-            virtual_hosts = config.virtual_hosts.len(),
-            policy = outbound,
-            gateway = %args.config.gateway_name,
-            selected_by = %binding.selected.join(", "),
-            "configuration loaded"
-        );
-        let mirror = MirrorLayer::new(
-            MirrorConfig::default()
-                .with_max_concurrency(args.mirror_max_concurrency)
-                .with_max_body_bytes(args.mirror_max_body)
-                .with_timeout(args.mirror_timeout)
-                .with_shadow_suffix(args.mirror_host_suffix),
-        );
+        let security = security(args, ext_authz_overrides);
+        spawn_jwks(&security, &policy, args)?;
+        log_loaded(args, &config, &binding, &diagnostics, services, outbound);
+        let mirror = mirror(args);
         // Traces go to --otlp-endpoint, else to MeshConfig's default tracing provider (an
         // `opentelemetry` extension provider), reached through the registry as Envoy would.
         let otlp = otlp(
@@ -189,11 +117,7 @@ impl Gateway {
         let stack_config = StackConfig {
             policy: policy.clone(),
             dialer,
-            upstream: UpstreamConfig::default()
-                .with_request_timeout(request_timeout)
-                .with_body_idle_timeout(
-                    (!args.body_idle_timeout.is_zero()).then_some(args.body_idle_timeout),
-                ),
+            upstream: upstream_config(args),
             proxy_headers,
             mirror: mirror.clone(),
             tunnel_idle_timeout: args.tunnel_idle_timeout,
@@ -218,9 +142,9 @@ impl Gateway {
             security: security.clone(),
             tracer: tracer.clone(),
             conn_stats,
-            dump: StaticDump {
-                sources: config.sources.clone(),
-                listeners: Listeners {
+            dump: static_dump(
+                args,
+                Listeners {
                     proxy: proxy_addr,
                     admin: admin_addr,
                     gateway_servers: self
@@ -229,100 +153,270 @@ impl Gateway {
                         .map(|s| format!("{} ({} port {})", s.addr, s.gateway, s.port))
                         .collect(),
                 },
-                gateway: GatewayDump {
-                    name: args.config.gateway_name.clone(),
-                    labels: args
-                        .config
-                        .gateway_labels
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect(),
-                    selected_by: binding.selected.clone(),
-                },
-                resolve: resolve_dump,
-                ignored: config.ignored.clone(),
-                warnings: diagnostics.warnings().map(|d| d.to_string()).collect(),
-            },
+                &binding,
+                &config,
+                &diagnostics,
+                resolve_dump,
+            ),
         });
 
         let builder = Arc::new(http_builder(args));
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
-        let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(accept_loop(
+        let tasks = spawn_listeners(
             self.proxy,
+            self.servers,
+            svc,
+            &stack_config,
+            builder,
+            limit,
+            graceful.clone(),
+            args,
+        );
+        spawn_metrics_export(&otlp, args, &state);
+        serve_until_shutdown(self.admin, state, tasks, &tunnels, graceful, args).await;
+        if let Some(f) = metrics.access_file() {
+            f.flush();
+        }
+        Ok(())
+    }
+}
+
+/// Logs the configuration that loaded: its warnings, then one line of what it holds.
+fn log_loaded(
+    args: &RunArgs,
+    config: &egress_policy::istio::ConfigSet,
+    binding: &egress_policy::model::Binding,
+    diagnostics: &egress_policy::diag::Diagnostics,
+    services: usize,
+    outbound: &str,
+) {
+    for w in diagnostics.warnings() {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        sources = %config.sources.join(", "),
+        services,
+        virtual_hosts = config.virtual_hosts.len(),
+        policy = outbound,
+        gateway = %args.config.gateway_name,
+        selected_by = %binding.selected.join(", "),
+        "configuration loaded"
+    );
+}
+
+/// Per-request upstream bounds: the whole request, and the body's idle time.
+fn upstream_config(args: &RunArgs) -> UpstreamConfig {
+    UpstreamConfig::default()
+        .with_request_timeout((!args.request_timeout.is_zero()).then_some(args.request_timeout))
+        .with_body_idle_timeout(
+            (!args.body_idle_timeout.is_zero()).then_some(args.body_idle_timeout),
+        )
+}
+
+/// Ready, serving until SIGINT or SIGTERM (or a listener stops), then drained.
+async fn serve_until_shutdown(
+    admin_listener: TcpListener,
+    state: Arc<AdminState>,
+    mut tasks: tokio::task::JoinSet<()>,
+    tunnels: &TaskTracker,
+    graceful: Arc<GracefulShutdown>,
+    args: &RunArgs,
+) {
+    let proxy_addr = state.dump.listeners.proxy;
+    let admin_addr = state.dump.listeners.admin;
+    let admin_task = serve_admin(admin_listener, state.clone());
+    let reloader = state.reloader.clone();
+    tokio::spawn(reloader.run(args.watch_interval));
+    state.ready.store(true, Ordering::Release);
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "listening");
+    let admin = tokio::spawn(admin_task);
+    tokio::select! {
+        _ = tasks.join_next() => tracing::error!("a listener stopped"),
+        _ = shutdown_signal() => {}
+    }
+    drain(&state, tasks, tunnels, graceful, args.drain_timeout).await;
+    admin.abort();
+}
+
+/// The shadow-traffic layer, bounded as the command line says.
+fn mirror(args: &RunArgs) -> MirrorLayer {
+    MirrorLayer::new(
+        MirrorConfig::default()
+            .with_max_concurrency(args.mirror_max_concurrency)
+            .with_max_body_bytes(args.mirror_max_body)
+            .with_timeout(args.mirror_timeout)
+            .with_shadow_suffix(args.mirror_host_suffix),
+    )
+}
+
+/// The parts of `/config_dump` fixed at start.
+fn static_dump(
+    args: &RunArgs,
+    listeners: Listeners,
+    binding: &egress_policy::model::Binding,
+    config: &egress_policy::istio::ConfigSet,
+    diagnostics: &egress_policy::diag::Diagnostics,
+    resolve: Vec<ResolveDump>,
+) -> StaticDump {
+    StaticDump {
+        sources: config.sources.clone(),
+        listeners,
+        gateway: GatewayDump {
+            name: args.config.gateway_name.clone(),
+            labels: args
+                .config
+                .gateway_labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect(),
+            selected_by: binding.selected.clone(),
+        },
+        resolve,
+        ignored: config.ignored.clone(),
+        warnings: diagnostics.warnings().map(|d| d.to_string()).collect(),
+    }
+}
+
+/// The one dialer of the gateway: timeouts, source address, upstream proxy, `--resolve`
+/// pins, and the gateway's own listening addresses (never dialled, so no request loops).
+fn dialer(
+    args: &RunArgs,
+    overrides: Overrides,
+    upstream_proxy: Option<UpstreamProxy>,
+    listening: Vec<SocketAddr>,
+) -> Arc<Dialer> {
+    Arc::new(Dialer::new(
+        DialerConfig::default()
+            .with_connect_timeout(args.connect_timeout)
+            .with_dns_timeout(args.dns_timeout)
+            .with_source(args.egress_source_ip)
+            .with_upstream_proxy(upstream_proxy)
+            .with_overrides(overrides)
+            .with_listeners(listening),
+    ))
+}
+
+/// The security layers' settings from the command line.
+fn security(args: &RunArgs, ext_authz_overrides: Overrides) -> crate::stack::Security {
+    crate::stack::Security {
+        ext_authz: egress_policy::ext_authz::ExtAuthzLayer::from_snapshot(
+            args.ext_authz_max_in_flight,
+            args.xff_num_trusted_hops,
+        )
+        .with_overrides(ext_authz_overrides),
+        jwks: egress_policy::jwt::JwksStore::default(),
+        allow_path_parameters: args.allow_path_parameters,
+        underscores: args.headers_with_underscores.into(),
+        xff_hops: args.xff_num_trusted_hops,
+    }
+}
+
+/// Keys of `jwksUri`s: fetched now, then kept fresh in the background for whatever policy
+/// is current.
+fn spawn_jwks(
+    security: &crate::stack::Security,
+    policy: &PolicyStore,
+    args: &RunArgs,
+) -> Result<(), StartError> {
+    let fetcher: Arc<dyn egress_policy::jwt::FetchJwks> =
+        Arc::new(crate::jwks::Fetcher::new().map_err(|e| StartError(format!("JWKS client: {e}")))?);
+    let store = security.jwks.clone();
+    let current = policy.clone();
+    let interval = args.jwks_refresh_interval;
+    tokio::spawn(store.run_with(move || current.load().jwt.uris(), fetcher, interval));
+    Ok(())
+}
+
+/// Starts the proxy listener and one per `Gateway` server: HTTP servers through the request
+/// stack (restricted to the server's hosts), TLS passthrough and TCP servers at L4.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the shared parts every listener is given"
+)]
+fn spawn_listeners<S>(
+    proxy: TcpListener,
+    servers: Vec<ServerListener>,
+    svc: S,
+    stack_config: &StackConfig,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    graceful: Arc<GracefulShutdown>,
+    args: &RunArgs,
+) -> tokio::task::JoinSet<()>
+where
+    S: tower::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<egress_core::BoxBody>,
+            Error = egress_core::BoxError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let metrics = &stack_config.metrics;
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(accept_loop(
+        proxy,
+        svc,
+        builder.clone(),
+        limit.clone(),
+        graceful.clone(),
+        metrics.clone(),
+        None,
+    ));
+    for server in servers {
+        tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, tcp = server.tcp, "Gateway server listener open");
+        if server.passthrough || server.tcp {
+            tasks.spawn(crate::passthrough::serve(
+                server.listener,
+                crate::passthrough::Passthrough {
+                    hosts: Arc::new(server.hosts),
+                    port: server.port,
+                    policy: stack_config.policy.clone(),
+                    dialer: stack_config.dialer.clone(),
+                    metrics: metrics.clone(),
+                    tunnels: stack_config.tunnels.clone(),
+                    idle: args.tunnel_idle_timeout,
+                    limit: limit.clone(),
+                    tunnel_slots: stack_config.tunnel_slots.clone(),
+                    tcp: server.tcp,
+                },
+            ));
+            continue;
+        }
+        let svc = stack::build(stack_config.clone(), Some(server.hosts));
+        tasks.spawn(accept_loop(
+            server.listener,
             svc,
             builder.clone(),
             limit.clone(),
             graceful.clone(),
             metrics.clone(),
-            None,
+            server.tls,
         ));
-        for server in self.servers {
-            tracing::info!(listener = %server.addr, gateway = %server.gateway, port = server.port, passthrough = server.passthrough, tcp = server.tcp, "Gateway server listener open");
-            if server.passthrough || server.tcp {
-                tasks.spawn(crate::passthrough::serve(
-                    server.listener,
-                    crate::passthrough::Passthrough {
-                        hosts: Arc::new(server.hosts),
-                        port: server.port,
-                        policy: stack_config.policy.clone(),
-                        dialer: stack_config.dialer.clone(),
-                        metrics: metrics.clone(),
-                        tunnels: tunnels.clone(),
-                        idle: args.tunnel_idle_timeout,
-                        limit: limit.clone(),
-                        tunnel_slots: tunnel_slots.clone(),
-                        tcp: server.tcp,
-                    },
-                ));
-                continue;
-            }
-            let svc = stack::build(stack_config.clone(), Some(server.hosts));
-            tasks.spawn(accept_loop(
-                server.listener,
-                svc,
-                builder.clone(),
-                limit.clone(),
-                graceful.clone(),
-                metrics.clone(),
-                server.tls,
-            ));
-        }
-        if let Some(endpoint) = &otlp.endpoint
-            && !args.otlp_metrics_interval.is_zero()
-        {
-            let state = state.clone();
-            egress_core::trace::spawn_metrics_export(egress_core::trace::MetricsExport {
-                endpoint: endpoint.clone(),
-                protocol: match otlp.protocol {
-                    crate::cli::OtlpProtocolArg::Http => {
-                        egress_core::trace::OtlpProtocol::HttpProtobuf
-                    }
-                    crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
-                },
-                interval: args.otlp_metrics_interval,
-                service_name: args.config.gateway_name.clone(),
-                source: Arc::new(move || crate::admin::metrics_text(&state)),
-                tls: otlp.tls.clone(),
-            });
-        }
-        let admin_task = serve_admin(self.admin, state.clone());
-        let reloader = state.reloader.clone();
-        tokio::spawn(reloader.run(args.watch_interval));
-        state.ready.store(true, Ordering::Release);
-        tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "listening");
-        let admin = tokio::spawn(admin_task);
-        tokio::select! {
-            _ = tasks.join_next() => tracing::error!("a listener stopped"),
-            _ = shutdown_signal() => {}
-        }
-        drain(&state, tasks, &tunnels, graceful, args.drain_timeout).await;
-        admin.abort();
-        if let Some(f) = metrics.access_file() {
-            f.flush();
-        }
-        Ok(())
+    }
+    tasks
+}
+
+/// Pushes the metrics to the OTLP collector every `--otlp-metrics-interval`, when traces
+/// have one.
+fn spawn_metrics_export(otlp: &Otlp, args: &RunArgs, state: &Arc<AdminState>) {
+    if let Some(endpoint) = &otlp.endpoint
+        && !args.otlp_metrics_interval.is_zero()
+    {
+        let state = state.clone();
+        egress_core::trace::spawn_metrics_export(egress_core::trace::MetricsExport {
+            endpoint: endpoint.clone(),
+            protocol: match otlp.protocol {
+                crate::cli::OtlpProtocolArg::Http => egress_core::trace::OtlpProtocol::HttpProtobuf,
+                crate::cli::OtlpProtocolArg::Grpc => egress_core::trace::OtlpProtocol::Grpc,
+            },
+            interval: args.otlp_metrics_interval,
+            service_name: args.config.gateway_name.clone(),
+            source: Arc::new(move || crate::admin::metrics_text(&state)),
+            tls: otlp.tls.clone(),
+        });
     }
 }
 
@@ -359,25 +453,6 @@ async fn drain(
             "drain deadline reached; closing what is left"
         ),
     }
-}
-
-/// The client-facing HTTP/1.1 and h2 settings: header read timeout and size, streams,
-/// keep-alive pings.
-fn http_builder(args: &RunArgs) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout)
-        .max_buf_size(args.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(args.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    builder
 }
 
 /// The admin listener: readiness, `/config_dump`, metrics.
@@ -559,287 +634,5 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// Opens one listener per port of the selected `Gateway` servers that speak HTTP. A port
-/// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
-/// serves every route.
-async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
-    let mut by_port: Vec<(u16, Vec<String>, String, Kind, Option<ServerTlsFiles>)> = Vec::new();
-    for gw in &loaded.config.gateways {
-        if !loaded.binding.selected.contains(&gw.meta.id()) {
-            continue;
-        }
-        for server in &gw.servers {
-            let passthrough = server.tls_mode.as_deref() == Some("PASSTHROUGH")
-                && matches!(server.port.protocol, Protocol::Tls | Protocol::Https);
-            let terminate = matches!(server.tls_mode.as_deref(), Some("SIMPLE" | "MUTUAL"))
-                && matches!(
-                    server.port.protocol,
-                    Protocol::Https | Protocol::Http | Protocol::Http2
-                );
-            let tcp = server.tls_mode.is_none()
-                && matches!(
-                    server.port.protocol,
-                    Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis
-                );
-            if !passthrough
-                && !terminate
-                && !tcp
-                && (!server.port.protocol.is_http() || server.tls_mode.is_some())
-            {
-                tracing::warn!(
-                    gateway = %gw.meta.id(),
-                    port = server.port.number,
-                    protocol = ?server.port.protocol,
-                    tls_mode = ?server.tls_mode,
-                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL) servers are served; this combination is not"
-                );
-                continue;
-            }
-            let kind = if passthrough {
-                Kind::Passthrough
-            } else if tcp {
-                Kind::Tcp
-            } else {
-                Kind::Http
-            };
-            match by_port
-                .iter_mut()
-                .find(|(p, _, _, _, _)| *p == server.port.number)
-            {
-                Some((_, _, _, other, _)) if *other != kind => {
-                    tracing::warn!(
-                        gateway = %gw.meta.id(),
-                        port = server.port.number,
-                        "Gateway server not opened: another server on this port speaks another protocol"
-                    );
-                }
-                Some((_, hosts, _, _, _)) => hosts.extend(server.hosts.iter().cloned()),
-                None => by_port.push((
-                    server.port.number,
-                    server.hosts.clone(),
-                    gw.meta.id(),
-                    kind,
-                    terminate.then(|| server.tls_files.clone()),
-                )),
-            }
-        }
-    }
-    let mut out = Vec::new();
-    for (port, hosts, gateway, kind, tls_files) in by_port {
-        let tls = match tls_files {
-            None => None,
-            Some(files) => {
-                let (Some(cert), Some(key)) = (&files.server_certificate, &files.private_key)
-                else {
-                    continue;
-                };
-                let ca = files.ca_certificates.as_deref().map(std::path::Path::new);
-                match egress_tls::server_config(cert.as_ref(), key.as_ref(), ca) {
-                    Ok(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-                    Err(error) => {
-                        tracing::error!(%gateway, port, %error, "Gateway server not opened: invalid TLS settings");
-                        continue;
-                    }
-                }
-            }
-        };
-        let Some(listen_port) = port.checked_add(args.gateway_port_offset) else {
-            tracing::error!(
-                port,
-                offset = args.gateway_port_offset,
-                "Gateway server port + offset overflows"
-            );
-            continue;
-        };
-        let addr = SocketAddr::new(args.gateway_bind, listen_port);
-        match TcpListener::bind(addr).await {
-            Ok(listener) => {
-                let addr = listener.local_addr().unwrap_or(addr);
-                out.push(ServerListener {
-                    listener,
-                    addr,
-                    hosts: ServerHosts::new(hosts.iter().map(String::as_str), port),
-                    gateway,
-                    port,
-                    passthrough: kind == Kind::Passthrough,
-                    tcp: kind == Kind::Tcp,
-                    tls,
-                });
-            }
-            Err(error) => tracing::error!(
-                %addr,
-                %gateway,
-                port,
-                %error,
-                "cannot listen for a Gateway server (use --gateway-port-offset for unprivileged ports)"
-            ),
-        }
-    }
-    out
-}
-
-/// The refusal reason of an HTTP parser error, if the connection ended with one.
-fn parser_refusal(error: &(dyn std::error::Error + 'static)) -> Option<RejectionKind> {
-    let hyper = egress_core::error::cause_ref::<hyper::Error>(error)?;
-    if hyper.is_parse_too_large() {
-        Some(RejectionKind::HeaderTooLarge)
-    } else if hyper.is_parse() {
-        Some(RejectionKind::Malformed)
-    } else if hyper.is_timeout() {
-        Some(RejectionKind::HeaderTimeout)
-    } else {
-        None
-    }
-}
-
-/// The service for one connection: its client address, principal and verified certificate
-/// go into every request.
-fn with_client<S>(
-    svc: S,
-    peer: SocketAddr,
-    principal: Option<SourcePrincipal>,
-    cert: Option<ClientCertificate>,
-    framing: Arc<ConnectionFraming>,
-) -> TowerToHyperService<
-    impl tower::Service<
-        http::Request<Incoming>,
-        Response = S::Response,
-        Error = S::Error,
-        Future = S::Future,
-    > + Clone,
->
-where
-    S: tower::Service<http::Request<Incoming>> + Clone,
-{
-    TowerToHyperService::new(tower::ServiceExt::map_request(
-        svc,
-        move |mut req: http::Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            if framing.take() {
-                req.extensions_mut().insert(AmbiguousFraming);
-            }
-            if let Some(p) = &principal {
-                req.extensions_mut().insert(p.clone());
-            }
-            if let Some(c) = &cert {
-                req.extensions_mut().insert(c.clone());
-            }
-            req
-        },
-    ))
-}
-
-async fn accept_loop<S>(
-    listener: TcpListener,
-    svc: S,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    limit: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
-    metrics: Arc<Metrics>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-) where
-    S: tower::Service<
-            http::Request<Incoming>,
-            Response = http::Response<egress_core::BoxBody>,
-            Error = egress_core::BoxError,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    loop {
-        let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics.limit_hit("max_connections");
-            tracing::warn!(%peer, "connection refused: --max-connections reached");
-            drop(io);
-            continue;
-        };
-        let _ = io.set_nodelay(true);
-        let svc = svc.clone();
-        let builder = builder.clone();
-        let metrics = metrics.clone();
-        // A watcher, not the shutdown handle: the drain must be able to take the handle back.
-        let watcher = graceful.watcher();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            // The client's address travels with each of its requests (consistent hashing by
-            // source IP, authorization by ipBlocks), and so does a proven principal.
-            let result = match tls {
-                None => {
-                    let (io, framing) = FramingGuard::new(io);
-                    let svc = with_client(svc, peer, None, None, framing);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                        .into_owned();
-                    watcher.watch(conn).await
-                }
-                Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(io),
-                    );
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(error)) => {
-                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
-                            tracing::info!(%peer, %error, "TLS handshake with a client failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
-                            tracing::info!(%peer, "TLS handshake with a client timed out");
-                            return;
-                        }
-                    };
-                    // Only a verifying (MUTUAL) server has peer certificates here: rustls
-                    // hands them over only once they chain to the server's CA.
-                    let (principal, cert) = match stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                    {
-                        Some(cert) => (
-                            egress_tls::certificate_principal(cert)
-                                .map(|p| SourcePrincipal(p.into())),
-                            http::HeaderValue::from_str(&egress_tls::forwarded_client_cert(cert))
-                                .ok()
-                                .map(ClientCertificate),
-                        ),
-                        None => (None, None),
-                    };
-                    let (stream, framing) = FramingGuard::new(stream);
-                    let svc = with_client(svc, peer, principal, cert, framing);
-                    let conn = builder
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .into_owned();
-                    watcher.watch(conn).await
-                }
-            };
-            if let Err(error) = result {
-                // hyper answers what it cannot parse itself (400, 431) and closes; those
-                // refusals never reach the stack, so they are logged and counted here.
-                match parser_refusal(&*error) {
-                    Some(reason) => {
-                        metrics.refused(Outcome::Denied(reason));
-                        tracing::info!(%peer, reason = reason.token(), %error, "request refused by the HTTP parser");
-                    }
-                    None => tracing::debug!(%peer, %error, "connection ended with an error"),
-                }
-            }
-        });
     }
 }

@@ -99,19 +99,7 @@ where
             };
         };
         if dst.form() == RequestForm::Connect {
-            // Tunnels follow `tcp` routes: the route's destination is dialled (opaque).
-            if let Some((host, port, plan)) = table.tcp_route(&dst.host().to_string(), dst.port()) {
-                let routed = Destination::new(
-                    egress_core::ctx::Host::Name(host),
-                    port,
-                    dst.scheme(),
-                    RequestForm::Connect,
-                );
-                let ext = req.extensions_mut();
-                ext.insert(routed);
-                ext.insert(plan);
-                ext.insert(egress_core::ctx::TunnelInspection::Opaque);
-            }
+            route_tunnel(&table, &mut req);
             return RouteFuture::Passthrough {
                 future: self.inner.call(req),
             };
@@ -121,65 +109,20 @@ where
                 future: self.inner.call(req),
             };
         }
-        // Borrowed, not copied: most requests of a gateway with routes are for other hosts.
-        let ip_host;
-        let host: &str = match dst.host() {
-            egress_core::ctx::Host::Name(n) => n,
-            egress_core::ctx::Host::Ip(_) => {
-                ip_host = dst.host().to_string();
-                &ip_host
+        let (route, matched) = match lookup(&table, dst, &req) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return RouteFuture::Passthrough {
+                    future: self.inner.call(req),
+                };
             }
-        };
-        let authority = dst.host_header().to_str().unwrap_or("");
-        let found = match table.route_checked(
-            host,
-            dst.port(),
-            dst.scheme().as_str(),
-            authority,
-            &req,
-        ) {
-            Ok(found) => found,
-            Err(name) => {
-                let why = format!(
-                    "egress: malformed request: header {name:?} is sent on several lines that a route reads differently\n"
-                );
+            Err(rsp) => {
                 return RouteFuture::Ready {
-                    response: Some(Rejection::new(RejectionKind::Malformed).respond(
-                        StatusCode::BAD_REQUEST,
-                        true,
-                        why,
-                    )),
+                    response: Some(rsp),
                 };
             }
         };
-        let Some(found) = found else {
-            return RouteFuture::Passthrough {
-                future: self.inner.call(req),
-            };
-        };
-        let Some((route, matched)) = found else {
-            let why = format!(
-                "egress: no route of the VirtualService for {host} matches {} {}\n",
-                req.method(),
-                req.uri().path()
-            );
-            return RouteFuture::Ready {
-                response: Some(Rejection::new(RejectionKind::NoRoute).respond(
-                    StatusCode::NOT_FOUND,
-                    false,
-                    why,
-                )),
-            };
-        };
-        if let Some((status, pct)) = route.fault.abort
-            && table.sample(pct)
-        {
-            let mut rsp = Response::new(RspB::from(Bytes::from_static(b"fault filter abort\n")));
-            *rsp.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-            rsp.headers_mut()
-                .insert("x-egress-fault", HeaderValue::from_static("abort"));
-            rsp.extensions_mut().insert(egress_core::ctx::FaultInjected);
+        if let Some(rsp) = abort(route, &table) {
             return RouteFuture::Ready {
                 response: Some(rsp),
             };
@@ -225,6 +168,89 @@ where
             ),
         }
     }
+}
+
+/// A tunnel follows the `tcp` route of its host and port, if one exists: the route's
+/// destination is dialled, opaque.
+fn route_tunnel<B>(table: &RouteTable, req: &mut Request<B>) {
+    let Some(dst) = req.extensions().get::<Destination>() else {
+        return;
+    };
+    if let Some((host, port, plan)) = table.tcp_route(&dst.host().to_string(), dst.port()) {
+        let routed = Destination::new(
+            egress_core::ctx::Host::Name(host),
+            port,
+            dst.scheme(),
+            RequestForm::Connect,
+        );
+        let ext = req.extensions_mut();
+        ext.insert(routed);
+        ext.insert(plan);
+        ext.insert(egress_core::ctx::TunnelInspection::Opaque);
+    }
+}
+
+/// The route of a request: `Ok(None)` when no `VirtualService` covers its host, an answer
+/// when one does but no route matches (404) or the request is ambiguous to the match (400).
+fn lookup<'t, B, RspB: From<Bytes>>(
+    table: &'t RouteTable,
+    dst: &Destination,
+    req: &Request<B>,
+) -> Result<Option<(&'t CompiledRoute, Option<usize>)>, Response<RspB>> {
+    // Borrowed, not copied: most requests of a gateway with routes are for other hosts.
+    let ip_host;
+    let host: &str = match dst.host() {
+        egress_core::ctx::Host::Name(n) => n,
+        egress_core::ctx::Host::Ip(_) => {
+            ip_host = dst.host().to_string();
+            &ip_host
+        }
+    };
+    let authority = dst.host_header().to_str().unwrap_or("");
+    let found = match table.route_checked(host, dst.port(), dst.scheme().as_str(), authority, req) {
+        Ok(found) => found,
+        Err(name) => {
+            let why = format!(
+                "egress: malformed request: header {name:?} is sent on several lines that a route reads differently\n"
+            );
+            return Err(Rejection::new(RejectionKind::Malformed).respond(
+                StatusCode::BAD_REQUEST,
+                true,
+                why,
+            ));
+        }
+    };
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let Some((route, matched)) = found else {
+        let why = format!(
+            "egress: no route of the VirtualService for {host} matches {} {}\n",
+            req.method(),
+            req.uri().path()
+        );
+        return Err(Rejection::new(RejectionKind::NoRoute).respond(
+            StatusCode::NOT_FOUND,
+            false,
+            why,
+        ));
+    };
+    Ok(Some((route, matched)))
+}
+
+/// The route's fault abort, when this request draws it.
+fn abort<RspB: From<Bytes>>(route: &CompiledRoute, table: &RouteTable) -> Option<Response<RspB>> {
+    if let Some((status, pct)) = route.fault.abort
+        && table.sample(pct)
+    {
+        let mut rsp = Response::new(RspB::from(Bytes::from_static(b"fault filter abort\n")));
+        *rsp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+        rsp.headers_mut()
+            .insert("x-egress-fault", HeaderValue::from_static("abort"));
+        rsp.extensions_mut().insert(egress_core::ctx::FaultInjected);
+        return Some(rsp);
+    }
+    None
 }
 
 /// What a request matched: the route, which of its match blocks, and its weighted
@@ -309,17 +335,7 @@ where
         subset: chosen.subset.clone(),
     };
     let request_port = new_dst.port();
-    let mirrors: Vec<MirrorTarget> = route
-        .mirrors
-        .iter()
-        .filter(|(_, pct)| table.sample(*pct))
-        .filter_map(|(d, _)| {
-            d.plan(request_port).map(|(_, plan)| MirrorTarget {
-                host: d.host.clone(),
-                plan,
-            })
-        })
-        .collect();
+    let mirrors = mirrors(route, table, request_port);
     if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
         slot.set_service(chosen.host.clone(), chosen.host.clone());
         slot.set_cluster(routed_port, chosen.subset.clone());
@@ -335,6 +351,28 @@ where
     ext.insert(new_dst);
     ext.insert(plan);
     ext.insert(decision);
+    let response_ops = response_ops(route, chosen);
+    let future = inner.call(req);
+    routed(future, delay, route.timeout, route.id.clone(), response_ops)
+}
+
+/// The mirrors of a route this request draws, with their plans for its port.
+fn mirrors(route: &CompiledRoute, table: &RouteTable, request_port: u16) -> Vec<MirrorTarget> {
+    route
+        .mirrors
+        .iter()
+        .filter(|(_, pct)| table.sample(*pct))
+        .filter_map(|(d, _)| {
+            d.plan(request_port).map(|(_, plan)| MirrorTarget {
+                host: d.host.clone(),
+                plan,
+            })
+        })
+        .collect()
+}
+
+/// The response header operations: the route's, then the chosen destination's.
+fn response_ops(route: &CompiledRoute, chosen: &crate::routes::CompiledDestination) -> HeaderOps {
     let mut response_ops = route.headers.response.clone();
     response_ops
         .set
@@ -345,9 +383,23 @@ where
     response_ops
         .remove
         .extend(chosen.headers.response.remove.iter().cloned());
-    let timeout = route.timeout;
-    let id = route.id.clone();
-    let future = inner.call(req);
+    response_ops
+}
+
+/// The routed answer: after the fault delay drawn, within the route's timeout, with the
+/// response header operations applied.
+fn routed<F, RspB, E>(
+    future: F,
+    delay: Option<std::time::Duration>,
+    timeout: Option<std::time::Duration>,
+    id: Arc<str>,
+    response_ops: HeaderOps,
+) -> RouteFuture<F, RspB>
+where
+    F: Future<Output = Result<Response<RspB>, E>> + Send + 'static,
+    E: Into<BoxError>,
+    RspB: Send + 'static,
+{
     RouteFuture::Routed {
         future: Box::pin(async move {
             if let Some(d) = delay {
