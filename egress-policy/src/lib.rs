@@ -1,5 +1,13 @@
-//! Policy for egress traffic, configured with Istio's own YAML.
+//! Policy for egress traffic, configured with Istio's own YAML or built in code.
 //!
+//! ```text
+//! YAML ──istio──▶ model::Config ──compile──▶ snapshot::Policy ──PolicyStore/PolicySource──▶
+//!   SnapshotLayer (one Arc<Policy> per request) ─▶ layers::* ─▶ engines (registry, routes,
+//!   authz, jwt) decide over the request's snapshot
+//! ```
+//!
+//! - [`model`] holds the plain types of what the gateway enforces; [`compile`] turns a
+//!   [`model::Config`] into the one [`snapshot::Policy`] every layer reads.
 //! - [`istio`] reads `networking.istio.io` resources with file and line positions and
 //!   validates them as Istio does ([`diag`] carries the findings).
 //! - [`registry`] compiles `ServiceEntry` resources into an immutable [`Registry`] and
