@@ -9,9 +9,12 @@
 //! CUSTOM) rule that uses one is dropped, and in a DENY rule the field is ignored, so that a
 //! DENY never becomes narrower because the traffic is opaque.
 
+mod attributes;
+mod compile;
 mod facts;
 pub mod path;
 
+pub use attributes::{Attributes, HttpAttributes, Pattern, remove_matching};
 pub use facts::{BadForwardedFor, RequestFacts, bad_xff, remote_ip};
 
 use ipnet::IpNet;
@@ -26,68 +29,7 @@ use crate::model::{
     bracketed, parse_ip_block, when_key_is_http_only,
 };
 
-use crate::identity::RequestAuth;
-
-/// One Istio string match: exact, `prefix*`, `*suffix`, or `*` (present and non-empty).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Pattern {
-    /// The whole value.
-    Exact(Box<str>),
-    /// `prefix*`.
-    Prefix(Box<str>),
-    /// `*suffix`.
-    Suffix(Box<str>),
-    /// `*`.
-    Present,
-}
-
-impl Pattern {
-    /// Compiles a validated pattern.
-    pub fn new(s: &str) -> Self {
-        if s == "*" {
-            Pattern::Present
-        } else if let Some(p) = s.strip_suffix('*') {
-            Pattern::Prefix(p.into())
-        } else if let Some(p) = s.strip_prefix('*') {
-            Pattern::Suffix(p.into())
-        } else {
-            Pattern::Exact(s.into())
-        }
-    }
-
-    /// Whether `v` matches.
-    pub fn matches(&self, v: &str) -> bool {
-        self.matches_bytes(v.as_bytes())
-    }
-
-    /// Whether the bytes `v` match: header values are bytes (obs-text is not UTF-8), and a
-    /// value that is not text still has a prefix, a suffix and an exact spelling.
-    pub fn matches_bytes(&self, v: &[u8]) -> bool {
-        match self {
-            Pattern::Exact(e) => v == e.as_bytes(),
-            Pattern::Prefix(p) => v.starts_with(p.as_bytes()),
-            Pattern::Suffix(s) => v.ends_with(s.as_bytes()),
-            Pattern::Present => !v.is_empty(),
-        }
-    }
-}
-
 pub use egress_core::headers::trim_ows;
-
-/// Removes every header whose (lower-case) name matches one of `patterns`.
-pub fn remove_matching(patterns: &[Pattern], headers: &mut http::HeaderMap) {
-    if patterns.is_empty() {
-        return;
-    }
-    let names: Vec<http::HeaderName> = headers
-        .keys()
-        .filter(|n| patterns.iter().any(|p| p.matches(n.as_str())))
-        .cloned()
-        .collect();
-    for n in names {
-        headers.remove(n);
-    }
-}
 
 fn compile(v: &[String]) -> Vec<Pattern> {
     v.iter().map(|s| Pattern::new(s)).collect()
@@ -126,55 +68,6 @@ impl HostPattern {
                 None | Some(None) => true,
                 Some(Some(p)) => p == port,
             }
-    }
-}
-
-/// What a request or connection is, as policies see it. Built once per request.
-#[derive(Clone, Copy, Debug)]
-pub struct Attributes<'a> {
-    /// HTTP request facts; `None` for `CONNECT` tunnels, TLS passthrough and TCP.
-    pub http: Option<HttpAttributes<'a>>,
-    /// The peer address.
-    pub source_ip: Option<IpAddr>,
-    /// The original client, from `X-Forwarded-For` with trusted hops (else the peer).
-    pub remote_ip: Option<IpAddr>,
-    /// The client certificate's identity without `spiffe://`.
-    pub principal: Option<&'a str>,
-    /// The namespace in that identity (`…/ns/NAME/…`).
-    pub namespace: Option<&'a str>,
-    /// The destination host (lower case; the `CONNECT` host or SNI for L4 traffic).
-    pub host: &'a str,
-    /// The destination port.
-    pub port: u16,
-    /// The destination IP, when the destination is an IP literal.
-    pub destination_ip: Option<IpAddr>,
-    /// The TLS server name (passthrough, terminating servers).
-    pub sni: Option<&'a str>,
-}
-
-/// The HTTP part of [`Attributes`].
-#[derive(Clone, Copy, Debug)]
-pub struct HttpAttributes<'a> {
-    /// The method.
-    pub method: &'a str,
-    /// The normalised path, without the query.
-    pub path: &'a str,
-    /// The request headers.
-    pub headers: &'a http::HeaderMap,
-    /// The validated JWT, if any.
-    pub auth: Option<&'a RequestAuth>,
-}
-
-impl<'a> Attributes<'a> {
-    /// The principal without `spiffe://`, and its namespace.
-    pub fn split_principal(uri_san: &'a str) -> (&'a str, Option<&'a str>) {
-        let p = uri_san.strip_prefix("spiffe://").unwrap_or(uri_san);
-        let ns = p
-            .split('/')
-            .skip_while(|s| *s != "ns")
-            .nth(1)
-            .filter(|s| !s.is_empty());
-        (p, ns)
     }
 }
 
@@ -626,93 +519,6 @@ pub struct PolicySummary {
 }
 
 impl AuthzPolicies {
-    /// Compiles the policies of `config` that apply to `identity`; the ones that do not are
-    /// reported as warnings. A CUSTOM policy must name one of MeshConfig's
-    /// `extensionProviders`.
-    pub fn compile(
-        config: &Config,
-        identity: &Identity,
-    ) -> Result<(Self, Diagnostics), Diagnostics> {
-        let mut set = AuthzPolicies::default();
-        if let Some(mesh) = &config.mesh {
-            set.providers = mesh
-                .extension_providers
-                .iter()
-                .map(|p| (Arc::from(p.name.as_str()), Arc::new(p.http.clone())))
-                .collect();
-        }
-        let providers: Vec<&str> = set.providers.iter().map(|(n, _)| &**n).collect();
-        let providers = providers.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let mut diags = Diagnostics::default();
-        let mut errors = Diagnostics::default();
-        for p in &config.access_policies {
-            let id = p.meta.id();
-            let diag = |severity, message: String| Diagnostic {
-                severity,
-                file: p.meta.file.clone(),
-                line: p.meta.line,
-                col: 1,
-                resource: Some(format!("AuthorizationPolicy {id}").into()),
-                field: String::new(),
-                message,
-            };
-            if let Err(why) = identity.applies(&p.scope, &p.meta.namespace) {
-                diags.push(diag(
-                    Severity::Warning,
-                    format!("does not apply to this gateway: {why}"),
-                ));
-                set.summary.push(PolicySummary {
-                    name: id,
-                    action: p.action,
-                    applies: Err(why),
-                });
-                continue;
-            }
-            if p.action == AuthzAction::Custom
-                && let Some(name) = &p.provider
-                && !providers.contains(name)
-            {
-                let mut d = diag(
-                    Severity::Error,
-                    format!(
-                        "provider {name:?} is not among meshConfig.extensionProviders (known: {providers:?})"
-                    ),
-                );
-                d.field = "spec.provider.name".into();
-                errors.push(d);
-                continue;
-            }
-            let compiled = compile_policy(p);
-            set.summary.push(PolicySummary {
-                name: id,
-                action: p.action,
-                applies: Ok(compiled.rules.len()),
-            });
-            if p.action == AuthzAction::Custom
-                && let Some(provider) = p.provider.as_deref().and_then(|n| set.provider(n))
-            {
-                let mut headers = set.authorizer_headers.to_vec();
-                for h in &provider.headers_to_upstream_on_allow {
-                    let pattern = Pattern::new(&h.to_ascii_lowercase());
-                    if !headers.contains(&pattern) {
-                        headers.push(pattern);
-                    }
-                }
-                set.authorizer_headers = headers.into();
-            }
-            match p.action {
-                AuthzAction::Custom => set.custom.push(compiled),
-                AuthzAction::Deny => set.deny.push(compiled),
-                AuthzAction::Allow => set.allow.push(compiled),
-                AuthzAction::Audit => set.audit.push(compiled),
-            }
-        }
-        if errors.has_errors() {
-            return Err(errors);
-        }
-        Ok((set, diags))
-    }
-
     /// Removes from a client's request every header that an authorizer in force may set
     /// upstream (`headersToUpstreamOnAllow`): the upstream sees only the authorizer's values.
     pub fn remove_authorizer_headers(&self, headers: &mut http::HeaderMap) {
@@ -802,21 +608,6 @@ impl AuthzPolicies {
             rule: None,
             action: Some(AuthzAction::Allow),
         }
-    }
-}
-
-fn compile_policy(p: &AccessPolicy) -> CPolicy {
-    CPolicy {
-        name: p.meta.id().into(),
-        provider: p.provider.as_deref().map(Arc::from),
-        // `rules` absent: nothing matches.
-        rules: p
-            .rules
-            .as_deref()
-            .unwrap_or(&[])
-            .iter()
-            .map(CRule::new)
-            .collect(),
     }
 }
 

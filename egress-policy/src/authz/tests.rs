@@ -1,4 +1,5 @@
 use super::*;
+use crate::identity::RequestAuth;
 use crate::istio::{Binding, ConfigSet};
 use http::HeaderMap;
 
