@@ -16,4 +16,5 @@ mod jwks;
 mod listeners;
 mod passthrough;
 mod reload;
+mod setup;
 mod tunnel;

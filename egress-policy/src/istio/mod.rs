@@ -13,6 +13,7 @@ mod l4_route;
 pub mod mesh;
 mod model;
 mod reader;
+mod request_authentication;
 pub mod security;
 mod service_entry;
 mod virtual_service;
@@ -232,9 +233,12 @@ impl ConfigSet {
                 }
             }
             "RequestAuthentication" => {
-                if let Some(p) =
-                    security::read_request_authentication(&mut r, meta, spec, namespace_given)
-                {
+                if let Some(p) = request_authentication::read_request_authentication(
+                    &mut r,
+                    meta,
+                    spec,
+                    namespace_given,
+                ) {
                     self.jwt_authentications.push(p);
                 }
             }

@@ -1,5 +1,8 @@
 use super::*;
+use crate::diag::Diagnostics;
 use crate::istio::ConfigSet;
+use crate::model::{Binding, Config, OutboundPolicy};
+use crate::registry::Registry;
 
 const REGISTRY: &str = r#"
 apiVersion: networking.istio.io/v1
