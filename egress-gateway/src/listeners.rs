@@ -61,88 +61,29 @@ pub(crate) fn http_builder(args: &RunArgs) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// The servers of the selected `Gateway`s that share one port.
+struct PortGroup {
+    port: u16,
+    hosts: Vec<String>,
+    gateway: String,
+    kind: Kind,
+    tls_files: Option<ServerTlsFiles>,
+}
+
 /// Opens one listener per port of the selected `Gateway` servers that speak HTTP. A port
 /// that cannot be bound (privileged, in use) is logged and skipped: the main listener still
 /// serves every route.
 pub(crate) async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerListener> {
-    let mut by_port: Vec<(u16, Vec<String>, String, Kind, Option<ServerTlsFiles>)> = Vec::new();
-    for gw in &loaded.config.gateways {
-        if !loaded.binding.selected.contains(&gw.meta.id()) {
-            continue;
-        }
-        for server in &gw.servers {
-            let passthrough = server.tls_mode.as_deref() == Some("PASSTHROUGH")
-                && matches!(server.port.protocol, Protocol::Tls | Protocol::Https);
-            let terminate = matches!(server.tls_mode.as_deref(), Some("SIMPLE" | "MUTUAL"))
-                && matches!(
-                    server.port.protocol,
-                    Protocol::Https | Protocol::Http | Protocol::Http2
-                );
-            let tcp = server.tls_mode.is_none()
-                && matches!(
-                    server.port.protocol,
-                    Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis
-                );
-            if !passthrough
-                && !terminate
-                && !tcp
-                && (!server.port.protocol.is_http() || server.tls_mode.is_some())
-            {
-                tracing::warn!(
-                    gateway = %gw.meta.id(),
-                    port = server.port.number,
-                    protocol = ?server.port.protocol,
-                    tls_mode = ?server.tls_mode,
-                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL) servers are served; this combination is not"
-                );
-                continue;
-            }
-            let kind = if passthrough {
-                Kind::Passthrough
-            } else if tcp {
-                Kind::Tcp
-            } else {
-                Kind::Http
-            };
-            match by_port
-                .iter_mut()
-                .find(|(p, _, _, _, _)| *p == server.port.number)
-            {
-                Some((_, _, _, other, _)) if *other != kind => {
-                    tracing::warn!(
-                        gateway = %gw.meta.id(),
-                        port = server.port.number,
-                        "Gateway server not opened: another server on this port speaks another protocol"
-                    );
-                }
-                Some((_, hosts, _, _, _)) => hosts.extend(server.hosts.iter().cloned()),
-                None => by_port.push((
-                    server.port.number,
-                    server.hosts.clone(),
-                    gw.meta.id(),
-                    kind,
-                    terminate.then(|| server.tls_files.clone()),
-                )),
-            }
-        }
-    }
     let mut out = Vec::new();
-    for (port, hosts, gateway, kind, tls_files) in by_port {
-        let tls = match tls_files {
+    for group in by_port(loaded) {
+        let (port, gateway) = (group.port, &group.gateway);
+        let tls = match group.tls_files.as_ref().map(acceptor) {
             None => None,
-            Some(files) => {
-                let (Some(cert), Some(key)) = (&files.server_certificate, &files.private_key)
-                else {
-                    continue;
-                };
-                let ca = files.ca_certificates.as_deref().map(std::path::Path::new);
-                match egress_tls::server_config(cert.as_ref(), key.as_ref(), ca) {
-                    Ok(config) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
-                    Err(error) => {
-                        tracing::error!(%gateway, port, %error, "Gateway server not opened: invalid TLS settings");
-                        continue;
-                    }
-                }
+            Some(Ok(Some(acceptor))) => Some(acceptor),
+            Some(Ok(None)) => continue,
+            Some(Err(error)) => {
+                tracing::error!(%gateway, port, %error, "Gateway server not opened: invalid TLS settings");
+                continue;
             }
         };
         let Some(listen_port) = port.checked_add(args.gateway_port_offset) else {
@@ -160,11 +101,11 @@ pub(crate) async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerL
                 out.push(ServerListener {
                     listener,
                     addr,
-                    hosts: ServerHosts::new(hosts.iter().map(String::as_str), port),
-                    gateway,
+                    hosts: ServerHosts::new(group.hosts.iter().map(String::as_str), port),
+                    gateway: group.gateway,
                     port,
-                    passthrough: kind == Kind::Passthrough,
-                    tcp: kind == Kind::Tcp,
+                    passthrough: group.kind == Kind::Passthrough,
+                    tcp: group.kind == Kind::Tcp,
                     tls,
                 });
             }
@@ -178,6 +119,84 @@ pub(crate) async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerL
         }
     }
     out
+}
+
+/// The servers this gateway opens, grouped by port; a server of a combination not served,
+/// or of another protocol than the port's first, is logged and left out.
+fn by_port(loaded: &Loaded) -> Vec<PortGroup> {
+    let mut groups: Vec<PortGroup> = Vec::new();
+    let selected = loaded
+        .config
+        .gateways
+        .iter()
+        .filter(|gw| loaded.binding.selected.contains(&gw.meta.id()));
+    for gw in selected {
+        for server in &gw.servers {
+            let Some((kind, terminate)) = server_kind(server) else {
+                tracing::warn!(
+                    gateway = %gw.meta.id(),
+                    port = server.port.number,
+                    protocol = ?server.port.protocol,
+                    tls_mode = ?server.tls_mode,
+                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL) servers are served; this combination is not"
+                );
+                continue;
+            };
+            match groups.iter_mut().find(|g| g.port == server.port.number) {
+                Some(g) if g.kind != kind => {
+                    tracing::warn!(
+                        gateway = %gw.meta.id(),
+                        port = server.port.number,
+                        "Gateway server not opened: another server on this port speaks another protocol"
+                    );
+                }
+                Some(g) => g.hosts.extend(server.hosts.iter().cloned()),
+                None => groups.push(PortGroup {
+                    port: server.port.number,
+                    hosts: server.hosts.clone(),
+                    gateway: gw.meta.id(),
+                    kind,
+                    tls_files: terminate.then(|| server.tls_files.clone()),
+                }),
+            }
+        }
+    }
+    groups
+}
+
+/// What a server's listener speaks, and whether it terminates TLS; `None` for a
+/// combination of protocol and TLS mode that is not served.
+fn server_kind(server: &egress_policy::model::Server) -> Option<(Kind, bool)> {
+    let protocol = server.port.protocol;
+    let mode = server.tls_mode.as_deref();
+    if mode == Some("PASSTHROUGH") && matches!(protocol, Protocol::Tls | Protocol::Https) {
+        return Some((Kind::Passthrough, false));
+    }
+    if matches!(mode, Some("SIMPLE" | "MUTUAL"))
+        && matches!(protocol, Protocol::Https | Protocol::Http | Protocol::Http2)
+    {
+        return Some((Kind::Http, true));
+    }
+    if mode.is_none()
+        && matches!(
+            protocol,
+            Protocol::Tcp | Protocol::Mongo | Protocol::Mysql | Protocol::Redis
+        )
+    {
+        return Some((Kind::Tcp, false));
+    }
+    (protocol.is_http() && mode.is_none()).then_some((Kind::Http, false))
+}
+
+/// The TLS acceptor of a terminating server (`Ok(None)`: its files are incomplete, which
+/// the configuration check has already reported).
+fn acceptor(files: &ServerTlsFiles) -> Result<Option<tokio_rustls::TlsAcceptor>, String> {
+    let (Some(cert), Some(key)) = (&files.server_certificate, &files.private_key) else {
+        return Ok(None);
+    };
+    let ca = files.ca_certificates.as_deref().map(std::path::Path::new);
+    let config = egress_tls::server_config(cert.as_ref(), key.as_ref(), ca)?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
 }
 
 /// The refusal reason of an HTTP parser error, if the connection ended with one.
@@ -286,39 +305,10 @@ pub(crate) async fn accept_loop<S>(
                     watcher.watch(conn).await
                 }
                 Some(acceptor) => {
-                    let handshake = tokio::time::timeout(
-                        std::time::Duration::from_secs(10),
-                        acceptor.accept(io),
-                    );
-                    let stream = match handshake.await {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(error)) => {
-                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
-                            tracing::info!(%peer, %error, "TLS handshake with a client failed");
-                            return;
-                        }
-                        Err(_) => {
-                            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
-                            tracing::info!(%peer, "TLS handshake with a client timed out");
-                            return;
-                        }
-                    };
-                    // Only a verifying (MUTUAL) server has peer certificates here: rustls
-                    // hands them over only once they chain to the server's CA.
-                    let (principal, cert) = match stream
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                    {
-                        Some(cert) => (
-                            egress_tls::certificate_principal(cert)
-                                .map(|p| SourcePrincipal(p.into())),
-                            http::HeaderValue::from_str(&egress_tls::forwarded_client_cert(cert))
-                                .ok()
-                                .map(ClientCertificate),
-                        ),
-                        None => (None, None),
+                    let Some((stream, principal, cert)) =
+                        client_handshake(&acceptor, io, peer, &metrics).await
+                    else {
+                        return;
                     };
                     let (stream, framing) = FramingGuard::new(stream);
                     let svc = with_client(svc, peer, principal, cert, framing);
@@ -329,16 +319,68 @@ pub(crate) async fn accept_loop<S>(
                 }
             };
             if let Err(error) = result {
-                // hyper answers what it cannot parse itself (400, 431) and closes; those
-                // refusals never reach the stack, so they are logged and counted here.
-                match parser_refusal(&*error) {
-                    Some(reason) => {
-                        metrics.refused(Outcome::Denied(reason));
-                        tracing::info!(%peer, reason = reason.token(), %error, "request refused by the HTTP parser");
-                    }
-                    None => tracing::debug!(%peer, %error, "connection ended with an error"),
-                }
+                log_connection_error(&*error, peer, &metrics);
             }
         });
+    }
+}
+
+/// The TLS handshake with a client of a terminating server, bounded in time, and the
+/// identity its certificate proves. Only a verifying (MUTUAL) server has peer certificates
+/// here: rustls hands them over only once they chain to the server's CA.
+async fn client_handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    io: tokio::net::TcpStream,
+    peer: SocketAddr,
+    metrics: &Metrics,
+) -> Option<(
+    tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    Option<SourcePrincipal>,
+    Option<ClientCertificate>,
+)> {
+    let handshake = tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(io));
+    let stream = match handshake.await {
+        Ok(Ok(s)) => s,
+        Ok(Err(error)) => {
+            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
+            tracing::info!(%peer, %error, "TLS handshake with a client failed");
+            return None;
+        }
+        Err(_) => {
+            metrics.refused(Outcome::Denied(RejectionKind::ClientTlsHandshake));
+            tracing::info!(%peer, "TLS handshake with a client timed out");
+            return None;
+        }
+    };
+    let (principal, cert) = match stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+    {
+        Some(cert) => (
+            egress_tls::certificate_principal(cert).map(|p| SourcePrincipal(p.into())),
+            http::HeaderValue::from_str(&egress_tls::forwarded_client_cert(cert))
+                .ok()
+                .map(ClientCertificate),
+        ),
+        None => (None, None),
+    };
+    Some((stream, principal, cert))
+}
+
+/// hyper answers what it cannot parse itself (400, 431) and closes; those refusals never
+/// reach the stack, so they are logged and counted here.
+fn log_connection_error(
+    error: &(dyn std::error::Error + 'static),
+    peer: SocketAddr,
+    metrics: &Metrics,
+) {
+    match parser_refusal(error) {
+        Some(reason) => {
+            metrics.refused(Outcome::Denied(reason));
+            tracing::info!(%peer, reason = reason.token(), %error, "request refused by the HTTP parser");
+        }
+        None => tracing::debug!(%peer, %error, "connection ended with an error"),
     }
 }

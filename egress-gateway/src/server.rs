@@ -119,37 +119,24 @@ impl Gateway {
             conn_stats: conn_stats.clone(),
         };
         let svc = stack::build(stack_config.clone(), None);
-        let state = Arc::new(AdminState {
-            ready: AtomicBool::new(false),
-            mirror_stats: mirror.stats(),
-            metrics: metrics.clone(),
-            reloader: Arc::new(crate::reload::Reloader::new(
-                args.config.clone(),
-                config.clone(),
-                policy.clone(),
-            )),
-            policy,
-            security: security.clone(),
-            tracer: tracer.clone(),
-            conn_stats,
-            dump: static_dump(
-                args,
-                Listeners {
-                    proxy: proxy_addr,
-                    admin: admin_addr,
-                    gateway_servers: self
-                        .servers
-                        .iter()
-                        .map(|s| format!("{} ({} port {})", s.addr, s.gateway, s.port))
-                        .collect(),
-                },
-                &binding,
-                &config,
-                &diagnostics,
-                resolve_dump,
-            ),
-        });
-
+        let listeners = Listeners {
+            proxy: proxy_addr,
+            admin: admin_addr,
+            gateway_servers: self
+                .servers
+                .iter()
+                .map(|s| format!("{} ({} port {})", s.addr, s.gateway, s.port))
+                .collect(),
+        };
+        let dump = static_dump(
+            args,
+            listeners,
+            &binding,
+            &config,
+            &diagnostics,
+            resolve_dump,
+        );
+        let state = admin_state(args, &stack_config, &mirror, config, dump);
         let builder = Arc::new(http_builder(args));
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
@@ -218,6 +205,31 @@ async fn serve_until_shutdown(
     }
     drain(&state, tasks, tunnels, graceful, args.drain_timeout).await;
     admin.abort();
+}
+
+/// What the admin endpoints serve: readiness, stats, the reloader and the dump.
+fn admin_state(
+    args: &RunArgs,
+    stack: &StackConfig,
+    mirror: &egress_core::mirror::MirrorLayer,
+    config: egress_policy::istio::ConfigSet,
+    dump: StaticDump,
+) -> Arc<AdminState> {
+    Arc::new(AdminState {
+        ready: AtomicBool::new(false),
+        mirror_stats: mirror.stats(),
+        metrics: stack.metrics.clone(),
+        reloader: Arc::new(crate::reload::Reloader::new(
+            args.config.clone(),
+            config,
+            stack.policy.clone(),
+        )),
+        policy: stack.policy.clone(),
+        security: stack.security.clone(),
+        tracer: stack.tracer.clone(),
+        conn_stats: stack.conn_stats.clone(),
+        dump,
+    })
 }
 
 /// The parts of `/config_dump` fixed at start.

@@ -224,32 +224,9 @@ where
         InnerOrBoxed::boxed(Box::pin(async move {
             let (mut parts, body) = req.into_parts();
             // 1. The body, when the provider wants it.
-            let (body, check_body) = match &provider.include_request_body_in_check {
-                None => (Either::Left(body), (Bytes::new(), false)),
-                Some(cfg) => {
-                    let max = cfg.max_request_bytes as usize;
-                    let mut body = body;
-                    // A broken body is the client's: 400, never a 500 of the gateway's.
-                    let (read, complete) = read_up_to(&mut body, max)
-                        .await
-                        .map_err(egress_core::body::ClientBodyError)?;
-                    if !complete && !cfg.allow_partial_message {
-                        return Ok(Rejection::new(RejectionKind::BodyTooLarge).respond(
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            true,
-                            format!("egress: the request body is over the {max} bytes the authorizer accepts\n"),
-                        ));
-                    }
-                    // The authorizer sees at most `max` bytes; upstream gets the whole body.
-                    let check = read.slice(..read.len().min(max));
-                    (
-                        Either::Right(Prefixed {
-                            prefix: Some(read),
-                            rest: body,
-                        }),
-                        (check, !complete),
-                    )
-                }
+            let (body, check_body) = match body_for_check(&provider, body).await? {
+                Ok(split) => split,
+                Err(too_large) => return Ok(too_large),
             };
             // 2. The check, bounded in number and time.
             let verdict = ask(&layer, &provider, &parts, check_body, &target).await;
@@ -257,16 +234,12 @@ where
                 Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
                     // The authorizer saw the client's copies (when asked to); upstream sees
                     // only what the authorizer answered.
-                    crate::authz::remove_matching(&authorizer_headers, &mut parts.headers);
-                    for (name, value) in rparts.headers.iter() {
-                        // Never framing or routing headers: the authorizer cannot change
-                        // how the request is delimited or where it goes.
-                        if !is_framing(name)
-                            && matches_any(&provider.headers_to_upstream_on_allow, name)
-                        {
-                            parts.headers.insert(name.clone(), value.clone());
-                        }
-                    }
+                    allowed_upstream(
+                        &provider,
+                        &authorizer_headers,
+                        &rparts.headers,
+                        &mut parts.headers,
+                    );
                     drop(rbody);
                     let req = Request::from_parts(parts, body);
                     let mut rsp = inner.call(req).await.map_err(Into::into)?;
@@ -299,6 +272,58 @@ where
                 }
             }
         }))
+    }
+}
+
+/// The body the request goes on with, and what of it the authorizer sees (its first
+/// `maxRequestBytes`, and whether that is partial); `Ok(Err(413))` when the body is over the
+/// limit and partial messages are not allowed.
+async fn body_for_check<B>(
+    provider: &HttpAuthorizer,
+    mut body: B,
+) -> Result<Result<(CheckedBody<B>, (Bytes, bool)), Response<BoxBody>>, BoxError>
+where
+    B: Body<Data = Bytes> + Send + Unpin,
+    B::Error: Into<BoxError>,
+{
+    let Some(cfg) = &provider.include_request_body_in_check else {
+        return Ok(Ok((Either::Left(body), (Bytes::new(), false))));
+    };
+    let max = cfg.max_request_bytes as usize;
+    // A broken body is the client's: 400, never a 500 of the gateway's.
+    let (read, complete) = read_up_to(&mut body, max)
+        .await
+        .map_err(egress_core::body::ClientBodyError)?;
+    if !complete && !cfg.allow_partial_message {
+        return Ok(Err(Rejection::new(RejectionKind::BodyTooLarge).respond(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            true,
+            format!("egress: the request body is over the {max} bytes the authorizer accepts\n"),
+        )));
+    }
+    // The authorizer sees at most `max` bytes; upstream gets the whole body.
+    let check = read.slice(..read.len().min(max));
+    let body = Either::Right(Prefixed {
+        prefix: Some(read),
+        rest: body,
+    });
+    Ok(Ok((body, (check, !complete))))
+}
+
+/// The authorizer saw the client's copies of its headers (when asked to); upstream sees only
+/// what the authorizer answered, and never framing or routing headers: the authorizer cannot
+/// change how the request is delimited or where it goes.
+fn allowed_upstream(
+    provider: &HttpAuthorizer,
+    authorizer_headers: &[Pattern],
+    answer: &HeaderMap,
+    request: &mut HeaderMap,
+) {
+    crate::authz::remove_matching(authorizer_headers, request);
+    for (name, value) in answer {
+        if !is_framing(name) && matches_any(&provider.headers_to_upstream_on_allow, name) {
+            request.insert(name.clone(), value.clone());
+        }
     }
 }
 

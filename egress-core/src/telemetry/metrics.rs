@@ -410,9 +410,24 @@ pub(super) fn record<B>(
             .get_or_create(&ReasonLabels { reason: r.token() })
             .inc();
     }
-    if !metrics.access_log {
-        return labels;
+    if metrics.access_log {
+        access_log(metrics, slot, info, rsp, &labels, ms);
     }
+    labels
+}
+
+/// The request's access log line: to the access log file when there is one, else as a
+/// `tracing` event of target `egress::access`.
+fn access_log<B>(
+    metrics: &Metrics,
+    slot: &TelemetrySlot,
+    info: &RequestInfo,
+    rsp: &Response<B>,
+    labels: &RequestLabels,
+    ms: f64,
+) {
+    let reason = labels.egress_reason;
+    let service = &labels.destination_service.0;
     if let Some(file) = &metrics.access_file {
         file.log(&crate::access_log::Entry {
             method: info.method.as_str(),
@@ -428,11 +443,11 @@ pub(super) fn record<B>(
                 .get(http::header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse().ok()),
-            cluster: &cluster(&service, slot),
+            cluster: &cluster(service, slot),
             route: slot.route().map_or("-", |r| &**r),
             upstream_host: slot.upstream(),
         });
-        return labels;
+        return;
     }
     tracing::info!(
         target: "egress::access",
@@ -449,12 +464,11 @@ pub(super) fn record<B>(
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-"),
-        upstream_cluster = %cluster(&service, slot),
+        upstream_cluster = %cluster(service, slot),
         upstream_host = %slot.upstream().map_or_else(|| "-".to_owned(), |a| a.to_string()),
         route = slot.route().map_or("-", |r| &**r),
         "access"
     );
-    labels
 }
 
 fn blackhole() -> (Arc<str>, Arc<str>) {

@@ -180,140 +180,160 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let Inner {
-                client,
-                dialer,
-                request_timeout: timeout,
-                body_idle_timeout: idle,
-                dial_table,
-            } = &*inner;
-            let dial_table = dial_table.as_ref();
-            let (timeout, idle) = (*timeout, *idle);
             let Some(dst) = req.extensions().get::<Destination>().cloned() else {
                 return Err("upstream: no Destination in the request extensions".into());
             };
             let plan = req.extensions().get::<UpstreamPlan>();
-            if let Some(proxy) = dialer.proxy_for(&dst, plan)? {
-                // Through the upstream proxy: it resolves; the connector asks it for a
-                // tunnel to the validated name, keyed like TLS by name and port.
-                let Some(table) = dial_table else {
-                    return Err(format!("{dst}: an upstream proxy is configured but this transport has no connector for it").into());
-                };
-                let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
-                let name = dst.host().to_string();
-                let tls = plan.and_then(|p| p.tls.clone());
-                let sni = match &tls {
-                    Some(t) => t.sni.as_deref().map_or(name.clone(), str::to_owned),
-                    None => name.clone(),
-                };
-                let scheme = if tls.is_some() {
-                    Scheme::HTTPS
-                } else {
-                    Scheme::HTTP
-                };
-                let proxy_name = format!("upstream proxy {}", proxy.address());
-                table.set(
-                    &sni,
-                    port,
-                    DialEntry {
-                        addrs: Vec::new(),
-                        tls,
-                        proxy: Some(proxy),
-                        source: plan.and_then(|p| p.source),
-                        sni: None,
-                    },
-                );
-                let authority = pool_authority(&sni, port, scheme == Scheme::HTTPS)?;
-                let req = prepare(req, &dst, scheme, authority)?
-                    .map(|b| IdleTimeout::for_request(b, idle));
-                let send = client.request(req);
-                let result = match timeout {
-                    Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
-                        UpstreamError::new(
-                            UpstreamErrorKind::ResponseTimeout,
-                            format!("{dst}: no response within {t:?}"),
-                        )
-                    })?,
-                    None => send.await,
-                };
-                return match result {
-                    Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
-                    Err(e) => Err(classify(&dst, &proxy_name, e).into()),
-                };
+            if let Some(proxy) = inner.dialer.proxy_for(&dst, plan)? {
+                let (scheme, authority, proxy_name) = inner.via_proxy(&dst, plan, proxy)?;
+                return inner
+                    .send(req, &dst, scheme, authority, None, &proxy_name)
+                    .await;
             }
             let key = plan.and_then(|p| hash_key(&p.balance, &req));
-            let addrs = dialer.addresses_for(&dst, plan, key).await?;
+            let addrs = inner.dialer.addresses_for(&dst, plan, key).await?;
             let addr = addrs[0];
             if let Some(slot) = req.extensions().get::<Arc<crate::ctx::TelemetrySlot>>() {
                 slot.set_upstream(addr);
             }
-            let _in_flight = dialer.begin(addr);
-            let tls = plan.and_then(|p| p.tls.clone());
-            let source = plan.and_then(|p| p.source);
-            let authority = match (tls, source) {
-                (None, None) => authority_of(addr)?,
-                (tls, source) => {
-                    // TLS origination, or a fixed source address: the connector dials the
-                    // addresses validated above for this key. TLS pools per SNI and port; a
-                    // fixed source gets keys of its own, so that no connection made from
-                    // another address is reused.
-                    let Some(table) = dial_table else {
-                        return Err(UpstreamError::new(
-                            UpstreamErrorKind::TlsHandshake,
-                            format!("{dst}: TLS origination or a fixed source address is configured but this transport has no connector for it"),
-                        )
-                        .into());
-                    };
-                    let name = match tls.as_ref().and_then(|t| t.sni.as_ref()) {
-                        Some(s) => s.to_string(),
-                        None => dst.host().to_string(),
-                    };
-                    let port = addr.port();
-                    let is_tls = tls.is_some();
-                    let key = match source {
-                        None => name.clone(),
-                        Some(src) => source_key(&name, src),
-                    };
-                    table.set(
-                        &key,
-                        port,
-                        DialEntry {
-                            addrs,
-                            tls,
-                            proxy: None,
-                            source,
-                            sni: source.map(|_| Arc::from(name.as_str())),
-                        },
-                    );
-                    pool_authority(&key, port, is_tls)?
-                }
-            };
+            let _in_flight = inner.dialer.begin(addr);
             let scheme = if plan.is_some_and(|p| p.tls.is_some()) {
                 Scheme::HTTPS
             } else {
                 Scheme::HTTP
             };
-            let req =
-                prepare(req, &dst, scheme, authority)?.map(|b| IdleTimeout::for_request(b, idle));
-            let send = client.request(req);
-            let result = match timeout {
-                Some(t) => match tokio::time::timeout(t, send).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        return Err(UpstreamError::new(
-                            UpstreamErrorKind::ResponseTimeout,
-                            format!("{dst}: no response from {addr} within {t:?}"),
-                        )
-                        .into());
-                    }
-                },
-                None => send.await,
-            };
-            match result {
-                Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
-                Err(e) => Err(classify(&dst, &addr, e).into()),
-            }
+            let authority = inner.direct(&dst, plan, addrs)?;
+            inner
+                .send(req, &dst, scheme, authority, Some(addr), &addr)
+                .await
         })
+    }
+}
+
+impl<C, B> Inner<C, B>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+    B: Body + Send + 'static + Unpin,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    /// Through the upstream proxy: it resolves; the connector asks it for a tunnel to the
+    /// validated name, keyed like TLS by name and port. The scheme, the pool authority and
+    /// the proxy's name for errors.
+    fn via_proxy(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+        proxy: Arc<crate::transport::UpstreamProxy>,
+    ) -> Result<(Scheme, Authority, String), BoxError> {
+        let Some(table) = &self.dial_table else {
+            return Err(format!(
+                "{dst}: an upstream proxy is configured but this transport has no connector for it"
+            )
+            .into());
+        };
+        let port = plan.and_then(|p| p.port).unwrap_or(dst.port());
+        let tls = plan.and_then(|p| p.tls.clone());
+        let sni = match tls.as_ref().and_then(|t| t.sni.as_deref()) {
+            Some(sni) => sni.to_owned(),
+            None => dst.host().to_string(),
+        };
+        let scheme = if tls.is_some() {
+            Scheme::HTTPS
+        } else {
+            Scheme::HTTP
+        };
+        let proxy_name = format!("upstream proxy {}", proxy.address());
+        table.set(
+            &sni,
+            port,
+            DialEntry {
+                addrs: Vec::new(),
+                tls,
+                proxy: Some(proxy),
+                source: plan.and_then(|p| p.source),
+                sni: None,
+            },
+        );
+        let authority = pool_authority(&sni, port, scheme == Scheme::HTTPS)?;
+        Ok((scheme, authority, proxy_name))
+    }
+
+    /// The pool authority for the validated addresses: the address itself, or, for TLS
+    /// origination or a fixed source address, a key under which the connector dials exactly
+    /// these addresses. TLS pools per SNI and port; a fixed source gets keys of its own, so
+    /// that no connection made from another address is reused.
+    fn direct(
+        &self,
+        dst: &Destination,
+        plan: Option<&UpstreamPlan>,
+        addrs: Vec<SocketAddr>,
+    ) -> Result<Authority, BoxError> {
+        let tls = plan.and_then(|p| p.tls.clone());
+        let source = plan.and_then(|p| p.source);
+        if tls.is_none() && source.is_none() {
+            return Ok(authority_of(addrs[0])?);
+        }
+        let Some(table) = &self.dial_table else {
+            return Err(UpstreamError::new(
+                UpstreamErrorKind::TlsHandshake,
+                format!("{dst}: TLS origination or a fixed source address is configured but this transport has no connector for it"),
+            )
+            .into());
+        };
+        let name = match tls.as_ref().and_then(|t| t.sni.as_ref()) {
+            Some(s) => s.to_string(),
+            None => dst.host().to_string(),
+        };
+        let port = addrs[0].port();
+        let is_tls = tls.is_some();
+        let key = match source {
+            None => name.clone(),
+            Some(src) => source_key(&name, src),
+        };
+        table.set(
+            &key,
+            port,
+            DialEntry {
+                addrs,
+                tls,
+                proxy: None,
+                source,
+                sni: source.map(|_| Arc::from(name.as_str())),
+            },
+        );
+        Ok(pool_authority(&key, port, is_tls)?)
+    }
+
+    /// Writes the request for the pool and waits for the response head within the request
+    /// timeout; both bodies get the idle timeout. `addr` and `peer` name the other end in
+    /// errors.
+    async fn send(
+        &self,
+        req: Request<B>,
+        dst: &Destination,
+        scheme: Scheme,
+        authority: Authority,
+        addr: Option<SocketAddr>,
+        peer: &(dyn std::fmt::Display + Sync),
+    ) -> Result<Response<BoxBody>, BoxError> {
+        let idle = self.body_idle_timeout;
+        let req = prepare(req, dst, scheme, authority)?.map(|b| IdleTimeout::for_request(b, idle));
+        let send = self.client.request(req);
+        let result = match self.request_timeout {
+            Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
+                let from = addr.map(|a| format!(" from {a}")).unwrap_or_default();
+                UpstreamError::new(
+                    UpstreamErrorKind::ResponseTimeout,
+                    format!("{dst}: no response{from} within {t:?}"),
+                )
+            })?,
+            None => send.await,
+        };
+        match result {
+            Ok(rsp) => Ok(rsp.map(|b| BoxBody::new(IdleTimeout::new(b, idle)))),
+            Err(e) => Err(classify(dst, peer, e).into()),
+        }
     }
 }
 

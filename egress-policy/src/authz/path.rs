@@ -76,6 +76,38 @@ pub fn normalize_with(
     }
     // 1. Percent-encodings: decode unreserved ones (and, for DECODE_AND_MERGE_SLASHES,
     //    %2F and %5C), upper-case the rest, refuse broken ones and NUL.
+    let mut decoded = decode_percent(bytes, mode)?;
+    // `%252F` is `%2F` to an origin that decodes twice: refused where the gateway promises
+    // that no spelling hides a path (checked after decoding: `%25%32%46` spells it too).
+    if mode == Normalization::DecodeAndMergeSlashes
+        && decoded.windows(5).any(|w| {
+            w[..3].eq_ignore_ascii_case(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some()
+        })
+    {
+        return Err(PathError(
+            "the path has a double percent-encoding (%25 before hex digits)",
+        ));
+    }
+    // 2. `\` is a separator, as browsers and Envoy's canonicaliser read it.
+    for b in decoded.iter_mut() {
+        if *b == b'\\' {
+            *b = b'/';
+        }
+    }
+    // 3. Merge slashes, for the modes that ask.
+    if mode != Normalization::Base {
+        decoded.dedup_by(|a, b| *a == b'/' && *b == b'/');
+    }
+    // 4. Remove dot segments (RFC 3986 section 5.2.4), never climbing above the root.
+    let text = String::from_utf8(decoded).map_err(|_| PathError("the path is not UTF-8"))?;
+    let normal = remove_dot_segments(&text);
+    Ok((normal != path).then_some(normal))
+}
+
+/// Decodes the percent-encodings any reader would decode alike: unreserved characters
+/// (and, for `DECODE_AND_MERGE_SLASHES`, `%2F` and `%5C`); the rest are upper-cased, broken
+/// ones and NUL refused.
+fn decode_percent(bytes: &[u8], mode: Normalization) -> Result<Vec<u8>, PathError> {
     let mut decoded = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -105,29 +137,11 @@ pub fn normalize_with(
             i += 1;
         }
     }
-    // `%252F` is `%2F` to an origin that decodes twice: refused where the gateway promises
-    // that no spelling hides a path (checked after decoding: `%25%32%46` spells it too).
-    if mode == Normalization::DecodeAndMergeSlashes
-        && decoded.windows(5).any(|w| {
-            w[..3].eq_ignore_ascii_case(b"%25") && hex(w[3]).is_some() && hex(w[4]).is_some()
-        })
-    {
-        return Err(PathError(
-            "the path has a double percent-encoding (%25 before hex digits)",
-        ));
-    }
-    // 2. `\` is a separator, as browsers and Envoy's canonicaliser read it.
-    for b in decoded.iter_mut() {
-        if *b == b'\\' {
-            *b = b'/';
-        }
-    }
-    // 3. Merge slashes, for the modes that ask.
-    if mode != Normalization::Base {
-        decoded.dedup_by(|a, b| *a == b'/' && *b == b'/');
-    }
-    // 4. Remove dot segments (RFC 3986 section 5.2.4), never climbing above the root.
-    let text = String::from_utf8(decoded).map_err(|_| PathError("the path is not UTF-8"))?;
+    Ok(decoded)
+}
+
+/// `text` (starting with `/`) without `.` and `..` segments, never above the root.
+fn remove_dot_segments(text: &str) -> String {
     let mut out: Vec<&str> = Vec::new();
     let segments: Vec<&str> = text[1..].split('/').collect();
     let last = segments.len() - 1;
@@ -153,7 +167,7 @@ pub fn normalize_with(
     if trailing_slash || normal.is_empty() {
         normal.push('/');
     }
-    Ok((normal != path).then_some(normal))
+    normal
 }
 
 #[cfg(test)]

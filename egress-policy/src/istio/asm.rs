@@ -120,27 +120,19 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         return;
     };
     let name = f.string(r, "name").unwrap_or_default();
-    let mut hosts = Vec::new();
-    match f.take("hosts") {
-        None => r.error(
+    if !f.has("hosts") {
+        r.error(
             node,
             format!("{path}.hosts"),
             "a destination needs at least one host",
-        ),
-        Some(n) => {
-            for (i, h) in r
-                .list(n, &format!("{path}.hosts"))
-                .unwrap_or(&[])
-                .iter()
-                .enumerate()
-            {
-                let p = format!("{path}.hosts[{i}]");
-                if let Some(s) = r.string(h, &p)
-                    && let Some(host) = check_host(r, h, &p, &s)
-                {
-                    hosts.push(host);
-                }
-            }
+        );
+    }
+    let mut hosts = Vec::new();
+    for (h, p) in f.list(r, "hosts") {
+        if let Some(s) = r.string(h, &p)
+            && let Some(host) = check_host(r, h, &p, &s)
+        {
+            hosts.push(host);
         }
     }
     let port = match f.take("port") {
@@ -154,23 +146,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         .take("httpsUpgrade")
         .and_then(|n| read_upgrade(r, n, &format!("{path}.httpsUpgrade")));
     if let Some(g) = f.take("byEgressGateway") {
-        let gp = format!("{path}.byEgressGateway");
-        if let Some(mut gf) = r.map(g, &gp) {
-            // The port on the egress gateway the sidecar sends to; clients of this gateway
-            // reach it on its listeners, so the number is only checked.
-            let _ = gf.uint(r, "port", 1, 65535);
-            if let Some(n) = gf.take("httpsUpgrade") {
-                if upgrade.is_some() {
-                    r.error(
-                        n,
-                        format!("{gp}.httpsUpgrade"),
-                        "httpsUpgrade is set twice for this destination",
-                    );
-                }
-                upgrade = upgrade.or_else(|| read_upgrade(r, n, &format!("{gp}.httpsUpgrade")));
-            }
-            gf.finish(r, &[]);
-        }
+        upgrade = read_by_gateway(r, g, &f.path("byEgressGateway"), upgrade);
     }
     f.finish(r, &[]);
     let Some(mut port) = port else { return };
@@ -201,27 +177,67 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
             return;
         }
         port.target_port = Some(target);
-        for host in &hosts {
-            out.destination_policies.push(DestinationRule {
-                meta: Meta {
-                    name: format!("{}-{host}", generated.name),
-                    ..generated.clone()
-                },
-                host: host.clone(),
-                subsets: Vec::new(),
-                lb: None,
-                port_lb: Vec::new(),
-                tls: None,
-                port_tls: vec![(port.number, simple_tls())],
-            });
-        }
+        out.destination_policies.extend(
+            hosts
+                .iter()
+                .map(|host| upgrade_policy(&generated, host, port.number)),
+        );
     }
+    out.services.push(service(generated, hosts, port));
+}
+
+/// `byEgressGateway`: the port on the egress gateway the sidecar sends to (clients of this
+/// gateway reach it on its listeners, so the number is only checked), and possibly the
+/// destination's `httpsUpgrade`, set once.
+fn read_by_gateway(
+    r: &mut Reader<'_>,
+    g: &Node,
+    gp: &str,
+    upgrade: Option<Option<u16>>,
+) -> Option<Option<u16>> {
+    let Some(mut gf) = r.map(g, gp) else {
+        return upgrade;
+    };
+    let _ = gf.uint(r, "port", 1, 65535);
+    let mut upgrade = upgrade;
+    if let Some(n) = gf.take("httpsUpgrade") {
+        if upgrade.is_some() {
+            r.error(
+                n,
+                format!("{gp}.httpsUpgrade"),
+                "httpsUpgrade is set twice for this destination",
+            );
+        }
+        upgrade = upgrade.or_else(|| read_upgrade(r, n, &format!("{gp}.httpsUpgrade")));
+    }
+    gf.finish(r, &[]);
+    upgrade
+}
+
+/// The `DestinationRule` ASM generates for an upgraded host: TLS origination on the port.
+fn upgrade_policy(generated: &Meta, host: &str, port: u16) -> DestinationRule {
+    DestinationRule {
+        meta: Meta {
+            name: format!("{}-{host}", generated.name),
+            ..generated.clone()
+        },
+        host: host.to_owned(),
+        subsets: Vec::new(),
+        lb: None,
+        port_lb: Vec::new(),
+        tls: None,
+        port_tls: vec![(port, simple_tls())],
+    }
+}
+
+/// The `ServiceEntry` ASM generates for one destination.
+fn service(meta: Meta, hosts: Vec<String>, port: Port) -> ServiceEntry {
     let wildcard = hosts.iter().any(|h| h.starts_with("*."));
-    out.services.push(ServiceEntry {
-        meta: generated,
+    ServiceEntry {
+        meta,
         hosts,
         addresses: Vec::new(),
-        ports: vec![Port { ..port }],
+        ports: vec![port],
         location: Location::MeshExternal,
         // A wildcard cannot be resolved as such: the requested name is.
         resolution: if wildcard {
@@ -232,7 +248,7 @@ fn read_to(r: &mut Reader<'_>, meta: &Meta, node: &Node, path: &str, out: &mut G
         endpoints: Vec::new(),
         export_to: Vec::new(),
         source_ip: None,
-    });
+    }
 }
 
 /// `Some(Some(port))` when enabled, `Some(None)` when disabled.

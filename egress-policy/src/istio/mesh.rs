@@ -277,19 +277,7 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
     };
     let timeout = match f.take("timeout") {
         None => Some(Duration::from_secs(10)),
-        Some(n) => r.string(n, &format!("{path}.timeout")).and_then(|s| {
-            match crate::duration::parse_duration(&s) {
-                Ok(d) if !d.is_zero() => Some(d),
-                _ => {
-                    r.error(
-                        n,
-                        format!("{path}.timeout"),
-                        format!("{s:?} is not a positive duration"),
-                    );
-                    None
-                }
-            }
-        }),
+        Some(n) => r.positive_duration(n, &f.path("timeout")),
     };
     let path_prefix = f.string(r, "pathPrefix").unwrap_or_default();
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
@@ -318,40 +306,14 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
         }
     };
     let include_request_headers_in_check = patterns(r, &mut f, "includeRequestHeadersInCheck");
-    let include_additional_headers_in_check = match f.take("includeAdditionalHeadersInCheck") {
-        None => Vec::new(),
-        Some(n) => r
-            .string_map(n, &format!("{path}.includeAdditionalHeadersInCheck"))
-            .into_iter()
-            .map(|(k, v)| (k.to_ascii_lowercase(), v))
-            .collect(),
-    };
-    for (k, v) in &include_additional_headers_in_check {
-        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
-            || http::HeaderValue::from_str(v).is_err()
-        {
-            r.error(
-                node,
-                format!("{path}.includeAdditionalHeadersInCheck.{k}"),
-                "not a valid header",
-            );
-        }
-    }
+    let include_additional_headers_in_check = additional_headers(r, &mut f, node);
     let include_request_body_in_check = match f.take("includeRequestBodyInCheck") {
         None => None,
-        Some(n) => {
-            let p = format!("{path}.includeRequestBodyInCheck");
-            let mut bf = r.map(n, &p)?;
-            let max = bf
-                .uint(r, "maxRequestBytes", 1, 64 * 1024 * 1024)
-                .unwrap_or(8192) as u32;
-            let partial = bf.boolean(r, "allowPartialMessage").unwrap_or(false);
-            bf.finish(r, &["packAsBytes"]);
-            Some(BodyInCheck {
-                max_request_bytes: max,
-                allow_partial_message: partial,
-            })
-        }
+        Some(n) => Some(read_body_in_check(
+            r,
+            n,
+            &f.path("includeRequestBodyInCheck"),
+        )?),
     };
     let headers_to_upstream_on_allow = patterns(r, &mut f, "headersToUpstreamOnAllow");
     let headers_to_downstream_on_deny = patterns(r, &mut f, "headersToDownstreamOnDeny");
@@ -370,5 +332,41 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
         headers_to_upstream_on_allow,
         headers_to_downstream_on_deny,
         headers_to_downstream_on_allow,
+    })
+}
+
+/// `includeAdditionalHeadersInCheck`: names lowercased, each pair a valid header.
+fn additional_headers(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    node: &Node,
+) -> Vec<(String, String)> {
+    let key = "includeAdditionalHeadersInCheck";
+    let headers: Vec<(String, String)> = f
+        .string_map(r, key)
+        .into_iter()
+        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+        .collect();
+    for (k, v) in &headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err()
+            || http::HeaderValue::from_str(v).is_err()
+        {
+            r.error(node, format!("{}.{k}", f.path(key)), "not a valid header");
+        }
+    }
+    headers
+}
+
+/// `includeRequestBodyInCheck`: how much of the body the authorizer sees.
+fn read_body_in_check(r: &mut Reader<'_>, n: &Node, path: &str) -> Option<BodyInCheck> {
+    let mut bf = r.map(n, path)?;
+    let max = bf
+        .uint(r, "maxRequestBytes", 1, 64 * 1024 * 1024)
+        .unwrap_or(8192) as u32;
+    let partial = bf.boolean(r, "allowPartialMessage").unwrap_or(false);
+    bf.finish(r, &["packAsBytes"]);
+    Some(BodyInCheck {
+        max_request_bytes: max,
+        allow_partial_message: partial,
     })
 }

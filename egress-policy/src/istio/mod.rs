@@ -133,10 +133,23 @@ impl ConfigSet {
         doc: &Node,
         ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
     ) {
+        // Taken out while reading, so that the reader and the set are borrowed apart.
+        let mut diags = std::mem::take(&mut self.diagnostics);
+        self.read_into(&mut diags, file, doc, ignored);
+        self.diagnostics = diags;
+    }
+
+    fn read_into(
+        &mut self,
+        diags: &mut crate::diag::Diagnostics,
+        file: &Arc<str>,
+        doc: &Node,
+        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
+    ) {
         let mut r = Reader {
             file: file.clone(),
             resource: None,
-            diags: &mut self.diagnostics,
+            diags,
         };
         let Some(mut f) = r.map(doc, "") else { return };
         let api = f.take("apiVersion").and_then(|n| r.string(n, "apiVersion"));
@@ -148,7 +161,7 @@ impl ConfigSet {
         if kind == "List" && api == "v1" {
             let items = f.take("items").map(|n| r.list(n, "items").unwrap_or(&[]));
             for item in items.unwrap_or(&[]) {
-                self.read_resource(file, item, ignored);
+                self.read_into(r.diags, file, item, ignored);
             }
             return;
         }
@@ -182,59 +195,91 @@ impl ConfigSet {
             col: doc.col,
         };
         let spec = spec.unwrap_or(&empty);
-        match kind.as_str() {
+        let data = data.unwrap_or(&empty);
+        let head = Head {
+            doc,
+            api: &api,
+            kind: &kind,
+            namespace_given,
+            networking,
+        };
+        if let Some(id) = self.read_kind(&mut r, &head, meta, spec, data, source_ip) {
+            self.ignored.push(format!("{id} ({file}:{})", doc.line));
+            count_ignored(ignored, file, doc, &kind, &api, id);
+        }
+    }
+
+    /// Reads one resource of a known kind into the set; `Some(id)` for a kind (or version)
+    /// the gateway does not read, to be listed as ignored.
+    fn read_kind(
+        &mut self,
+        r: &mut Reader<'_>,
+        head: &Head<'_>,
+        meta: Meta,
+        spec: &Node,
+        data: &Node,
+        source_ip: Option<std::net::IpAddr>,
+    ) -> Option<Arc<str>> {
+        let Head {
+            doc,
+            api,
+            kind,
+            namespace_given,
+            networking,
+        } = *head;
+        let r = &mut *r;
+        match kind {
             "ServiceEntry" | "Sidecar" | "VirtualService" | "DestinationRule" | "Gateway"
                 if !networking =>
             {
-                unsupported_version(&mut r, doc, &api, &kind, NETWORKING_VERSIONS)
+                unsupported_version(r, doc, api, kind, NETWORKING_VERSIONS)
             }
             "ServiceEntry" => {
-                if let Some(mut se) = service_entry::read(&mut r, meta, spec) {
+                if let Some(mut se) = service_entry::read(r, meta, spec) {
                     se.source_ip = source_ip;
                     self.services.push(se);
                 }
             }
             "Sidecar" => {
-                if let Some(sc) = read_sidecar(&mut r, meta, spec) {
+                if let Some(sc) = read_sidecar(r, meta, spec) {
                     self.outbound_settings.push(sc);
                 }
             }
             "VirtualService" => {
-                if let Some(vs) = virtual_service::read(&mut r, meta, spec) {
+                if let Some(vs) = virtual_service::read(r, meta, spec) {
                     self.virtual_hosts.push(vs);
                 }
             }
             "Gateway" => {
-                if let Some(g) = gateway::read(&mut r, meta, spec) {
+                if let Some(g) = gateway::read(r, meta, spec) {
                     self.gateways.push(g);
                 }
             }
             "DestinationRule" => {
-                if let Some(dr) = destination_rule::read_destination_rule(&mut r, meta, spec) {
+                if let Some(dr) = destination_rule::read_destination_rule(r, meta, spec) {
                     self.destination_policies.push(dr);
                 }
             }
-            "ASMEgressTrafficPolicy" if asm::ASM_VERSIONS.contains(&api.as_str()) => {
-                if let Some(g) = asm::read(&mut r, &meta, spec) {
+            "ASMEgressTrafficPolicy" if asm::ASM_VERSIONS.contains(&api) => {
+                if let Some(g) = asm::read(r, &meta, spec) {
                     self.services.extend(g.services);
                     self.destination_policies.extend(g.destination_policies);
                 }
             }
             "AuthorizationPolicy" | "RequestAuthentication"
-                if !security::SECURITY_VERSIONS.contains(&api.as_str()) =>
+                if !security::SECURITY_VERSIONS.contains(&api) =>
             {
-                unsupported_version(&mut r, doc, &api, &kind, security::SECURITY_VERSIONS)
+                unsupported_version(r, doc, api, kind, security::SECURITY_VERSIONS)
             }
             "AuthorizationPolicy" => {
-                if let Some(p) =
-                    security::read_authorization_policy(&mut r, meta, spec, namespace_given)
+                if let Some(p) = security::read_authorization_policy(r, meta, spec, namespace_given)
                 {
                     self.access_policies.push(p);
                 }
             }
             "RequestAuthentication" => {
                 if let Some(p) = request_authentication::read_request_authentication(
-                    &mut r,
+                    r,
                     meta,
                     spec,
                     namespace_given,
@@ -243,20 +288,26 @@ impl ConfigSet {
                 }
             }
             "ConfigMap" if api == "v1" && meta.name == "istio" => {
-                let data = data.unwrap_or(&empty);
-                if let Some(m) = mesh::read_config_map(&mut r, meta, data) {
-                    set_mesh(&mut self.mesh, &mut r, doc, m);
+                if let Some(m) = mesh::read_config_map(r, meta, data) {
+                    set_mesh(&mut self.mesh, r, doc, m);
                 }
             }
             "IstioOperator" if api.starts_with("install.istio.io/") => {
-                read_istio_operator(&mut self.mesh, &mut r, meta, spec, doc)
+                read_istio_operator(&mut self.mesh, r, meta, spec, doc)
             }
-            _ => {
-                self.ignored.push(format!("{id} ({file}:{})", doc.line));
-                count_ignored(ignored, file, doc, &kind, &api, id);
-            }
+            _ => return r.resource.clone(),
         }
+        None
     }
+}
+
+/// What the head of a resource says, for reading its `spec`.
+struct Head<'a> {
+    doc: &'a Node,
+    api: &'a str,
+    kind: &'a str,
+    namespace_given: bool,
+    networking: bool,
 }
 
 /// An `IstioOperator`: only its `spec.meshConfig` is for a gateway.

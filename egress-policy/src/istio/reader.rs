@@ -27,6 +27,11 @@ impl<'n> Fields<'n> {
         Some(&self.entries[i].value)
     }
 
+    /// Whether `key` is present (read or not).
+    pub(crate) fn has(&self, key: &str) -> bool {
+        self.entries.iter().any(|e| e.key == key)
+    }
+
     /// The path of a field below this mapping.
     pub(crate) fn path(&self, key: &str) -> String {
         if self.path.is_empty() {
@@ -101,6 +106,51 @@ impl<'n> Fields<'n> {
     ) -> Option<u64> {
         let n = self.take(key)?;
         r.uint(n, &self.path(key), min, max)
+    }
+
+    /// `key` read by `read` at its path, if present.
+    pub(crate) fn read<T>(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+        read: impl FnOnce(&mut Reader<'_>, &'n Node, &str) -> Option<T>,
+    ) -> Option<T> {
+        let n = self.take(key)?;
+        read(r, n, &self.path(key))
+    }
+
+    /// Every item of the list `key` read by `read` (empty when absent); items that do not
+    /// read are left out, their errors reported.
+    pub(crate) fn read_list<T>(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+        mut read: impl FnMut(&mut Reader<'_>, &'n Node, &str) -> Option<T>,
+    ) -> Vec<T> {
+        self.list(r, key)
+            .into_iter()
+            .filter_map(|(n, p)| read(r, n, &p))
+            .collect()
+    }
+
+    /// `key` as a duration (`5s`, `1.5m`, `0s`), if present.
+    pub(crate) fn duration(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+    ) -> Option<std::time::Duration> {
+        let n = self.take(key)?;
+        r.duration(n, &self.path(key))
+    }
+
+    /// `key` as a duration above zero, if present.
+    pub(crate) fn positive_duration(
+        &mut self,
+        r: &mut Reader<'_>,
+        key: &str,
+    ) -> Option<std::time::Duration> {
+        let n = self.take(key)?;
+        r.positive_duration(n, &self.path(key))
     }
 
     /// `key` as a list of nodes (empty when absent), each with its path.
@@ -243,6 +293,34 @@ impl Reader<'_> {
             None => {
                 let what = if *plain { "" } else { " (quoted)" };
                 self.error(node, path, format!("expected a number, got {text:?}{what}"));
+                None
+            }
+        }
+    }
+
+    /// A duration (`5s`, `1.5m`, `0s`).
+    pub(crate) fn duration(&mut self, node: &Node, path: &str) -> Option<std::time::Duration> {
+        let s = self.string(node, path)?;
+        match crate::duration::parse_duration(&s) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.error(node, path, e);
+                None
+            }
+        }
+    }
+
+    /// A duration above zero.
+    pub(crate) fn positive_duration(
+        &mut self,
+        node: &Node,
+        path: &str,
+    ) -> Option<std::time::Duration> {
+        let s = self.string(node, path)?;
+        match crate::duration::parse_duration(&s) {
+            Ok(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.error(node, path, format!("{s:?} is not a positive duration"));
                 None
             }
         }

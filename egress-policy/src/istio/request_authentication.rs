@@ -63,7 +63,7 @@ fn read_jwt_rule(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<JwtRule>
     let forward_original_token = f.boolean(r, "forwardOriginalToken").unwrap_or(false);
     let (output_payload_to_header, output_claim_to_headers) =
         read_jwt_outputs(r, &mut f, node, path);
-    let timeout = positive_duration(r, &mut f, "timeout");
+    let timeout = f.positive_duration(r, "timeout");
     f.finish(r, &[]);
     Some(JwtRule {
         issuer,
@@ -190,22 +190,4 @@ fn read_jwt_outputs(
         }
     }
     (output_payload_to_header, output_claim_to_headers)
-}
-
-/// `key` as a positive duration (`5s`, `1.5m`), if present.
-fn positive_duration(
-    r: &mut Reader<'_>,
-    f: &mut Fields<'_>,
-    key: &str,
-) -> Option<std::time::Duration> {
-    let n = f.take(key)?;
-    let path = f.path(key);
-    let s = r.string(n, &path)?;
-    match crate::duration::parse_duration(&s) {
-        Ok(d) if !d.is_zero() => Some(d),
-        _ => {
-            r.error(n, path, format!("{s:?} is not a positive duration"));
-            None
-        }
-    }
 }

@@ -1,14 +1,12 @@
 //! Reading and validating `VirtualService`: HTTP, TLS and TCP routes and their matches.
 
 use regex::Regex;
-use std::time::Duration;
 
 use super::model::{
     DirectResponse, Fault, HeaderOps, Headers, HttpRoute, Meta, Redirect, Retries, Rewrite,
     RouteTarget, VirtualService, WeightedDestination,
 };
 use super::reader::{Fields, Reader};
-use crate::duration::parse_duration;
 use crate::yaml::Node;
 
 use super::http_match::read_match;
@@ -95,92 +93,38 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
 fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> {
     let mut f = r.map(node, path)?;
     let name = f.string(r, "name");
-    let mut matches = Vec::new();
-    if let Some(n) = f.take("match") {
-        for (i, m) in r
-            .list(n, &format!("{path}.match"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            if let Some(m) = read_match(r, m, &format!("{path}.match[{i}]")) {
-                matches.push(m);
-            }
-        }
-    }
-    let mut route = Vec::new();
-    let route_node = f.take("route");
-    if let Some(n) = route_node {
-        for (i, d) in r
-            .list(n, &format!("{path}.route"))
-            .unwrap_or(&[])
-            .iter()
-            .enumerate()
-        {
-            if let Some(d) = read_weighted(r, d, &format!("{path}.route[{i}]")) {
-                route.push(d);
-            }
-        }
-    }
-    let redirect_node = f.take("redirect");
-    let redirect = redirect_node.and_then(|n| read_redirect(r, n, &format!("{path}.redirect")));
-    let direct_node = f.take("directResponse");
-    let direct_response =
-        direct_node.and_then(|n| read_direct(r, n, &format!("{path}.directResponse")));
-    let rewrite = f
-        .take("rewrite")
-        .and_then(|n| read_rewrite(r, n, &format!("{path}.rewrite")));
-    let timeout = f.take("timeout").and_then(|n| {
-        let p = format!("{path}.timeout");
-        let s = r.string(n, &p)?;
-        match parse_duration(&s) {
-            Ok(d) => Some(d),
-            Err(e) => {
-                r.error(n, &p, e);
-                None
-            }
-        }
-    });
+    let matches = f.read_list(r, "match", read_match);
+    let has_route = f.has("route");
+    let route = f.read_list(r, "route", read_weighted);
+    let redirect_given = f.has("redirect");
+    let redirect = f.read(r, "redirect", read_redirect);
+    let direct_given = f.has("directResponse");
+    let direct_response = f.read(r, "directResponse", read_direct);
+    let rewrite = f.read(r, "rewrite", read_rewrite);
+    let timeout = f.duration(r, "timeout");
     let headers = f
-        .take("headers")
-        .map(|n| read_headers(r, n, &format!("{path}.headers")))
+        .read(r, "headers", |r, n, p| Some(read_headers(r, n, p)))
         .unwrap_or_default();
     let mirrors = read_mirrors(r, &mut f, node, path);
     let fault = f
-        .take("fault")
-        .map(|n| read_fault(r, n, &format!("{path}.fault")))
+        .read(r, "fault", |r, n, p| Some(read_fault(r, n, p)))
         .unwrap_or_default();
-    let retries = f
-        .take("retries")
-        .and_then(|n| read_retries(r, n, &format!("{path}.retries")));
+    let retries = f.read(r, "retries", read_retries);
     f.finish(r, ROUTE_LATER);
-
-    let actions = [
-        route_node.is_some(),
-        redirect_node.is_some(),
-        direct_node.is_some(),
-    ];
-    if actions.iter().filter(|a| **a).count() != 1 {
+    if [has_route, redirect_given, direct_given]
+        .iter()
+        .filter(|a| **a)
+        .count()
+        != 1
+    {
         r.error(
             node,
             path,
             "an HTTP route needs exactly one of route, redirect and directResponse",
         );
     }
-    if route_node.is_some() {
-        if route.is_empty() {
-            r.error(
-                node,
-                format!("{path}.route"),
-                "a route needs at least one destination",
-            );
-        } else if route.len() > 1 && route.iter().all(|d| d.weight == 0) {
-            r.error(
-                node,
-                format!("{path}.route"),
-                "weights are all zero: nothing would be routed",
-            );
-        }
+    if has_route {
+        check_weights(r, node, &format!("{path}.route"), &route);
     }
     if rewrite.is_some() && redirect.is_some() {
         r.error(
@@ -204,14 +148,12 @@ fn read_route(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<HttpRoute> 
     })
 }
 
-fn read_duration(r: &mut Reader<'_>, n: &Node, p: &str) -> Option<Duration> {
-    let s = r.string(n, p)?;
-    match parse_duration(&s) {
-        Ok(d) => Some(d),
-        Err(e) => {
-            r.error(n, p, e);
-            None
-        }
+/// A route's destinations: at least one, and not all of several weighted zero.
+fn check_weights(r: &mut Reader<'_>, node: &Node, path: &str, route: &[WeightedDestination]) {
+    if route.is_empty() {
+        r.error(node, path, "a route needs at least one destination");
+    } else if route.len() > 1 && route.iter().all(|d| d.weight == 0) {
+        r.error(node, path, "weights are all zero: nothing would be routed");
     }
 }
 
@@ -245,7 +187,7 @@ fn read_fault(r: &mut Reader<'_>, node: &Node, path: &str) -> Fault {
         if let Some(mut df) = r.map(n, &p) {
             let d = df
                 .take("fixedDelay")
-                .and_then(|d| read_duration(r, d, &format!("{p}.fixedDelay")));
+                .and_then(|d| r.duration(d, &format!("{p}.fixedDelay")));
             let pct = read_percentage(r, &mut df, &p);
             df.finish(r, &["exponentialDelay"]);
             match d {
@@ -282,7 +224,7 @@ fn read_retries(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Retries> 
     let attempts = f.uint(r, "attempts", 0, 100).unwrap_or(0) as u32;
     let per_try_timeout = f
         .take("perTryTimeout")
-        .and_then(|n| read_duration(r, n, &format!("{path}.perTryTimeout")));
+        .and_then(|n| r.duration(n, &format!("{path}.perTryTimeout")));
     let mut retry_on = Vec::new();
     if let Some(n) = f.take("retryOn") {
         let p = format!("{path}.retryOn");

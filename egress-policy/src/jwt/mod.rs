@@ -269,37 +269,7 @@ impl JwtPolicy {
         token: &str,
         store: &JwksStore,
     ) -> Result<(usize, RequestAuth), JwtFailure> {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(_s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(JwtFailure::invalid(
-                "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
-            ));
-        };
-        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-        let header: serde_json::Value = b64
-            .decode(h.trim_end_matches('='))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| JwtFailure::invalid("Jwt header is an invalid JSON"))?;
-        let payload: serde_json::Value = b64
-            .decode(p.trim_end_matches('='))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| JwtFailure::invalid("Jwt payload is an invalid JSON"))?;
-        let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
-        let alg: Algorithm = match alg {
-            "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384"
-            | "EdDSA" => alg
-                .parse()
-                .map_err(|_| JwtFailure::invalid("Jwt algorithm is not supported"))?,
-            _ => {
-                return Err(JwtFailure::invalid(format!(
-                    "Jwt algorithm {alg:?} is not supported (asymmetric algorithms only; never \"none\")"
-                )));
-            }
-        };
+        let (alg, header, payload) = unverified(token)?;
         let iss = payload.get("iss").and_then(|v| v.as_str()).unwrap_or("");
         let Some((index, rule)) = self
             .rules
@@ -342,36 +312,7 @@ impl JwtPolicy {
         let mut last = None;
         for k in candidates {
             match jsonwebtoken::decode::<serde_json::Value>(token, &k.key, &validation) {
-                Ok(data) => {
-                    let claims = data.claims;
-                    let audiences: Vec<String> = match claims.get("aud") {
-                        Some(serde_json::Value::String(s)) => vec![s.clone()],
-                        Some(serde_json::Value::Array(a)) => a
-                            .iter()
-                            .filter_map(|v| v.as_str().map(str::to_owned))
-                            .collect(),
-                        _ => Vec::new(),
-                    };
-                    if !rule.audiences.is_empty()
-                        && !audiences.iter().any(|a| rule.audiences.contains(a))
-                    {
-                        return Err(JwtFailure::invalid("Audiences in Jwt are not allowed"));
-                    }
-                    let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
-                    let presenter = claims
-                        .get("azp")
-                        .and_then(|v| v.as_str())
-                        .map(str::to_owned);
-                    return Ok((
-                        index,
-                        RequestAuth {
-                            principal: format!("{iss}/{sub}").into(),
-                            audiences,
-                            presenter,
-                            claims,
-                        },
-                    ));
-                }
+                Ok(data) => return Ok((index, verified(rule, iss, data.claims)?)),
                 Err(e) => last = Some(e),
             }
         }
@@ -382,6 +323,75 @@ impl JwtPolicy {
             _ => "Jwt verification fails",
         }))
     }
+}
+
+/// The algorithm, header and payload of a compact JWS, before its signature is checked:
+/// only asymmetric algorithms are accepted (never `none` or a shared secret).
+fn unverified(
+    token: &str,
+) -> Result<(Algorithm, serde_json::Value, serde_json::Value), JwtFailure> {
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_s), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(JwtFailure::invalid(
+            "Jwt is not in the form of Header.Payload.Signature with two dots and 3 sections",
+        ));
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: serde_json::Value = b64
+        .decode(h.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| JwtFailure::invalid("Jwt header is an invalid JSON"))?;
+    let payload: serde_json::Value = b64
+        .decode(p.trim_end_matches('='))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| JwtFailure::invalid("Jwt payload is an invalid JSON"))?;
+    let alg = header.get("alg").and_then(|a| a.as_str()).unwrap_or("");
+    let alg: Algorithm = match alg {
+        "RS256" | "RS384" | "RS512" | "PS256" | "PS384" | "PS512" | "ES256" | "ES384" | "EdDSA" => {
+            alg.parse()
+                .map_err(|_| JwtFailure::invalid("Jwt algorithm is not supported"))?
+        }
+        _ => {
+            return Err(JwtFailure::invalid(format!(
+                "Jwt algorithm {alg:?} is not supported (asymmetric algorithms only; never \"none\")"
+            )));
+        }
+    };
+    Ok((alg, header, payload))
+}
+
+/// The identity of a token whose signature verified, once its audience is allowed.
+fn verified(
+    rule: &CompiledRule,
+    iss: &str,
+    claims: serde_json::Value,
+) -> Result<RequestAuth, JwtFailure> {
+    let audiences: Vec<String> = match claims.get("aud") {
+        Some(serde_json::Value::String(s)) => vec![s.clone()],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if !rule.audiences.is_empty() && !audiences.iter().any(|a| rule.audiences.contains(a)) {
+        return Err(JwtFailure::invalid("Audiences in Jwt are not allowed"));
+    }
+    let sub = claims.get("sub").and_then(|v| v.as_str()).unwrap_or("");
+    let presenter = claims
+        .get("azp")
+        .and_then(|v| v.as_str())
+        .map(str::to_owned);
+    Ok(RequestAuth {
+        principal: format!("{iss}/{sub}").into(),
+        audiences,
+        presenter,
+        claims,
+    })
 }
 
 /// A validated token and what to change in the request.
