@@ -135,3 +135,170 @@ fn retries_error(policy: &RetryPolicy, e: &(dyn std::error::Error + 'static)) ->
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use crate::BoxBody;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// An upstream that answers 503 to its first `failures` calls (sleeping `stall` on the
+    /// first), then 200; it counts the calls.
+    fn upstream(
+        failures: usize,
+        stall: Duration,
+    ) -> (
+        impl Service<
+            Request<MirrorBody<BoxBody>>,
+            Response = Response<BoxBody>,
+            Error = BoxError,
+            Future = impl Send,
+        > + Clone
+        + Send
+        + 'static,
+        Arc<AtomicUsize>,
+    ) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = calls.clone();
+        let svc = tower::service_fn(move |_req: Request<MirrorBody<BoxBody>>| {
+            let n = seen.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n == 0 {
+                    tokio::time::sleep(stall).await;
+                }
+                let mut rsp = Response::new(BoxBody::empty());
+                if n < failures {
+                    *rsp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, BoxError>(rsp)
+            }
+        });
+        (svc, calls)
+    }
+
+    fn request(
+        policy: Option<RetryPolicy>,
+        body: MirrorBody<BoxBody>,
+    ) -> Request<MirrorBody<BoxBody>> {
+        let mut req = Request::new(body);
+        if let Some(p) = policy {
+            req.extensions_mut().insert(p);
+        }
+        req
+    }
+
+    fn gateway_errors(attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            attempts,
+            on_gateway_error: true,
+            ..RetryPolicy::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn retries_until_success_or_attempts_run_out() {
+        let empty = || Either::Left(BoxBody::empty());
+        let (svc, calls) = upstream(2, Duration::ZERO);
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(request(Some(gateway_errors(2)), empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 3)
+        );
+
+        let (svc, calls) = upstream(5, Duration::ZERO);
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(request(Some(gateway_errors(1)), empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 2)
+        );
+
+        // No policy, or a status the policy does not name: one attempt.
+        let (svc, calls) = upstream(5, Duration::ZERO);
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(request(None, empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+        let only_409 = RetryPolicy {
+            attempts: 3,
+            statuses: vec![409],
+            ..RetryPolicy::default()
+        };
+        let (svc, calls) = upstream(5, Duration::ZERO);
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(request(Some(only_409), empty()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+    }
+
+    /// A body that is still streaming cannot be sent twice; a buffered one is.
+    #[tokio::test]
+    async fn only_replayable_bodies_are_retried() {
+        let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(1);
+        let (svc, calls) = upstream(5, Duration::ZERO);
+        let streaming = request(Some(gateway_errors(3)), Either::Left(BoxBody::new(rx)));
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(streaming)
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (503, 1)
+        );
+        drop(tx);
+        let (svc, calls) = upstream(1, Duration::ZERO);
+        let held = Either::Right(Full::new(Bytes::from_static(b"payload")));
+        let rsp = RetryLayer::new()
+            .layer(svc)
+            .oneshot(request(Some(gateway_errors(3)), held))
+            .await
+            .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 2)
+        );
+    }
+
+    /// An attempt over the per-try timeout counts as a failed one and is retried.
+    #[tokio::test]
+    async fn a_stalled_attempt_times_out_and_is_retried() {
+        let (svc, calls) = upstream(0, Duration::from_secs(30));
+        let policy = RetryPolicy {
+            per_try_timeout: Some(Duration::from_millis(50)),
+            ..gateway_errors(1)
+        };
+        let rsp = tokio::time::timeout(
+            Duration::from_secs(10),
+            RetryLayer::new()
+                .layer(svc)
+                .oneshot(request(Some(policy), Either::Left(BoxBody::empty()))),
+        )
+        .await
+        .expect("bounded by the per-try timeout")
+        .unwrap();
+        assert_eq!(
+            (rsp.status().as_u16(), calls.load(Ordering::SeqCst)),
+            (200, 2)
+        );
+    }
+}

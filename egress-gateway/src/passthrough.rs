@@ -10,16 +10,12 @@
 //! goes where the `tcp` route of a VirtualService hosted by the server sends its port, and
 //! is closed when there is none.
 
-use egress_core::ctx::{
-    Destination, Host, Outcome, RejectionKind, RequestForm, Scheme, UpstreamPlan,
-};
-use egress_core::host::parse_host;
+use egress_core::ctx::{Outcome, Refusal, RejectionKind};
 use egress_core::telemetry::Metrics;
 use egress_core::transport::Dialer;
-use egress_policy::authz::Attributes;
-use egress_policy::istio::OutboundPolicy;
+use egress_policy::connection::{passthrough_target, tcp_target};
 use egress_policy::routes::ServerHosts;
-use egress_policy::snapshot::{Policy, PolicyStore};
+use egress_policy::snapshot::PolicyStore;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -52,53 +48,6 @@ impl Passthrough {
             "tls-listener"
         }
     }
-}
-
-/// Authorises a connection at L4 (source, destination host, port, SNI). A CUSTOM policy
-/// cannot be asked about bytes that are not HTTP: when one matches, the connection is
-/// refused (fail closed).
-fn authorize(
-    policy: &Policy,
-    peer: std::net::SocketAddr,
-    host: &str,
-    port: u16,
-    sni: Option<&str>,
-) -> Result<(), (Outcome, String)> {
-    let policies = &policy.authz;
-    if policies.is_empty() {
-        return Ok(());
-    }
-    let attrs = Attributes {
-        http: None,
-        source_ip: Some(peer.ip()),
-        remote_ip: Some(peer.ip()),
-        principal: None,
-        namespace: None,
-        host,
-        port,
-        destination_ip: host.parse().ok(),
-        sni,
-    };
-    if let Some((provider, policy)) = policies.custom_match(&attrs) {
-        return Err((
-            Outcome::Denied(RejectionKind::ExtAuthzError),
-            format!(
-                "CUSTOM policy {policy} (provider {provider}) matches, and an HTTP authorizer cannot check an opaque connection"
-            ),
-        ));
-    }
-    let d = policies.evaluate(&attrs);
-    if d.allowed {
-        return Ok(());
-    }
-    Err((
-        Outcome::Denied(RejectionKind::RbacDenied),
-        format!(
-            "RBAC: access denied (policy {}, rule {})",
-            d.policy.as_deref().unwrap_or("-"),
-            d.rule.map_or(-1, |r| r as i64)
-        ),
-    ))
 }
 
 pub(crate) async fn serve(listener: TcpListener, p: Passthrough) {
@@ -167,54 +116,10 @@ async fn handle(
         Outcome::Denied(RejectionKind::SniMissing),
         "the ClientHello carries no server name".to_owned(),
     ))?;
-    let sni = sni.trim_end_matches('.').to_ascii_lowercase();
-    if !p.hosts.contains(&sni) {
-        return Err((
-            Outcome::Denied(RejectionKind::NoRoute),
-            format!("{sni} is not among the hosts of this Gateway server"),
-        ));
-    }
-    let Ok(Host::Name(name)) = parse_host(&sni) else {
-        return Err((
-            Outcome::Denied(RejectionKind::Malformed),
-            format!("invalid SNI {sni:?}"),
-        ));
-    };
     // One snapshot decides the connection: route, registry and policies alike.
     let policy = p.policy.load();
-    let (dst, plan): (Destination, Option<UpstreamPlan>) =
-        match policy.routes.tls_route(&sni, p.port) {
-            Some((host, port, plan)) => (
-                Destination::new(Host::Name(host), port, Scheme::Https, RequestForm::Connect),
-                Some(plan),
-            ),
-            None => {
-                let registry = &policy.registry;
-                let dst = Destination::new(
-                    Host::Name(name),
-                    p.port,
-                    Scheme::Https,
-                    RequestForm::Connect,
-                );
-                match registry.lookup_name(&sni, p.port) {
-                    Some(found) if found.port.protocol.allows_tunnel() => {
-                        let plan = found.plan.clone();
-                        (dst, Some(plan))
-                    }
-                    None if registry.policy() == OutboundPolicy::AllowAny => (dst, None),
-                    _ => {
-                        return Err((
-                            Outcome::Denied(RejectionKind::NotInRegistry),
-                            format!(
-                                "{sni}:{} is not registered for TLS and no tls route matches",
-                                p.port
-                            ),
-                        ));
-                    }
-                }
-            }
-        };
-    authorize(&policy, peer, &sni, p.port, Some(&sni))?;
+    let target = passthrough_target(&policy, &p.hosts, p.port, &sni, peer.ip()).map_err(refused)?;
+    let (dst, plan) = (target.destination, target.plan);
     let upstream = p
         .dialer
         .connect(&dst, plan.as_ref())
@@ -233,35 +138,22 @@ async fn handle_tcp(
 ) -> Result<(), (Outcome, String)> {
     let _ = io.set_nodelay(true);
     let policy = p.policy.load();
-    let Some((host, port, plan)) = policy.routes.tcp_route_for_server(&p.hosts, p.port) else {
-        return Err((
-            Outcome::Denied(RejectionKind::NoRoute),
-            format!(
-                "no VirtualService tcp route covers port {} of this Gateway server",
-                p.port
-            ),
-        ));
-    };
-    let host = match parse_host(&host) {
-        Ok(h) => h,
-        Err(e) => {
-            return Err((
-                Outcome::Denied(RejectionKind::Malformed),
-                format!("route destination {host:?}: {e}"),
-            ));
-        }
-    };
-    authorize(&policy, peer, &host.to_string(), p.port, None)?;
-    let dst = Destination::new(host, port, Scheme::Http, RequestForm::Connect);
+    let target = tcp_target(&policy, &p.hosts, p.port, peer.ip()).map_err(refused)?;
+    let dst = target.destination;
     let upstream = p
         .dialer
-        .connect(&dst, Some(&plan))
+        .connect(&dst, target.plan.as_ref())
         .await
         .map_err(|e| (outcome_of(&e), e.to_string()))?;
     let tcp = p.metrics.tunnel_opened(None, "TCP", dst.to_string());
     let (sent, received) = crate::tunnel::splice(io, upstream, Vec::new(), p.idle, &dst).await;
     tcp.closed(sent, received);
     Ok(())
+}
+
+/// An engine's refusal as the outcome of a connection and its log message.
+fn refused(r: Refusal) -> (Outcome, String) {
+    (r.outcome(), r.why().to_owned())
 }
 
 /// A dial failure as the outcome of a connection: the SSRF guard and loops are refusals,

@@ -40,6 +40,7 @@
 
 pub mod authz;
 pub mod compile;
+pub mod connection;
 pub mod diag;
 pub mod duration;
 pub mod ext_authz;

@@ -5,7 +5,9 @@
 
 mod refusal;
 
-pub use refusal::{DENIED_HEADER, ERROR_HEADER, Failure, Outcome, Rejection, RejectionKind};
+pub use refusal::{
+    DENIED_HEADER, ERROR_HEADER, Failure, Outcome, Refusal, Rejection, RejectionKind,
+};
 
 use http::HeaderValue;
 use std::fmt;

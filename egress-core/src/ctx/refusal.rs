@@ -214,3 +214,47 @@ impl Rejection {
         rsp
     }
 }
+
+/// A refusal an engine decided: its typed reason, the status and whether the connection
+/// closes, and the message. A layer renders it with [`Refusal::respond`]; a connection
+/// handler (TLS passthrough, TCP) that has no response to send logs and counts it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    kind: RejectionKind,
+    status: StatusCode,
+    close: bool,
+    why: String,
+}
+
+impl Refusal {
+    /// A refusal of `kind`, answered with `status` (closing the connection when `close`)
+    /// and `why` as the body.
+    pub fn new(kind: RejectionKind, status: StatusCode, close: bool, why: String) -> Self {
+        Self {
+            kind,
+            status,
+            close,
+            why,
+        }
+    }
+
+    /// Its reason.
+    pub fn kind(&self) -> RejectionKind {
+        self.kind
+    }
+
+    /// Its outcome, for metrics and the access log.
+    pub fn outcome(&self) -> Outcome {
+        Outcome::Denied(self.kind)
+    }
+
+    /// Its message, without the trailing newline of a response body.
+    pub fn why(&self) -> &str {
+        self.why.trim_end()
+    }
+
+    /// The refusal as a response (see [`Rejection::respond`]).
+    pub fn respond<B: From<Bytes>>(self) -> Response<B> {
+        Rejection::new(self.kind).respond(self.status, self.close, self.why)
+    }
+}

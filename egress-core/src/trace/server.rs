@@ -175,3 +175,83 @@ where
         Poll::Ready(result)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::super::{ClientSpanLayer, TraceConfig};
+    use super::*;
+    use crate::BoxBody;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    use tower::ServiceExt;
+
+    const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// Server and client layers around an upstream that echoes the `traceparent` it got; the
+    /// exporter points at a closed port, so the spans recorded show up as failed exports.
+    #[tokio::test]
+    async fn the_upstream_sees_the_clients_trace_under_a_new_span() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", closed.local_addr().unwrap());
+        drop(closed);
+        let mut config = TraceConfig::new(endpoint.parse().unwrap(), "gw");
+        config.sampling = 0.0;
+        config.interval = Duration::from_millis(20);
+        config.timeout = Duration::from_secs(2);
+        let tracer = Tracer::start(config);
+        let upstream = tower::service_fn(|req: Request<()>| async move {
+            let mut rsp = Response::new(BoxBody::empty());
+            if let Some(tp) = req.headers().get("traceparent") {
+                rsp.headers_mut().insert("x-upstream-saw", tp.clone());
+            }
+            Ok::<_, crate::BoxError>(rsp)
+        });
+        let svc = TraceLayer::new(tracer.clone())
+            .layer(ClientSpanLayer::new(tracer.clone()).layer(upstream));
+        let req = Request::get("http://api.example.com/")
+            .header("traceparent", PARENT)
+            .body(())
+            .unwrap();
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        let saw = rsp.headers()["x-upstream-saw"].to_str().unwrap();
+        let parts: Vec<&str> = saw.split('-').collect();
+        assert_eq!(parts.len(), 4, "{saw}");
+        assert_eq!(parts[1], "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+        assert_ne!(parts[2], "00f067aa0ba902b7", "a span of the gateway's");
+        // The parent's sampling decision wins over the ratio (0 here).
+        assert_eq!(parts[3], "01");
+        // A server and a client span were recorded, and fail to export to the closed port.
+        let stats = tracer.stats().clone();
+        let recorded = tokio::time::timeout(Duration::from_secs(10), async {
+            while stats.failed.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(recorded.is_ok(), "failed exports: {stats:?}");
+
+        // A parent that does not sample: continued under a new span, nothing recorded.
+        let unsampled = PARENT.replace("-01", "-00");
+        let req = Request::get("http://api.example.com/")
+            .header("traceparent", unsampled.as_str())
+            .body(())
+            .unwrap();
+        let rsp = svc.clone().oneshot(req).await.unwrap();
+        let saw = rsp.headers()["x-upstream-saw"].to_str().unwrap();
+        assert!(
+            saw.starts_with("00-4bf92f35") && saw.ends_with("-00"),
+            "{saw}"
+        );
+        // Nobody traces and the ratio is 0: the request goes on untouched.
+        let req = Request::get("http://api.example.com/").body(()).unwrap();
+        let rsp = svc.oneshot(req).await.unwrap();
+        assert!(rsp.headers().get("x-upstream-saw").is_none());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            stats.failed.load(Ordering::SeqCst),
+            2,
+            "only the sampled spans"
+        );
+    }
+}

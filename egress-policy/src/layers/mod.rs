@@ -13,3 +13,6 @@ pub use jwt::{JwtLayer, JwtService};
 pub use path::{PathNormalize, PathNormalizeLayer};
 pub use registry::{RegistryOnly, RegistryOnlyLayer};
 pub use routes::{RouteLayer, Routing};
+
+#[cfg(test)]
+mod tests;

@@ -21,7 +21,8 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use crate::Registry;
-use crate::model::{OutboundPolicy, Protocol};
+use crate::model::Protocol;
+use crate::registry::Admission;
 
 /// Checks each request's destination against a [`Registry`] that can be swapped at run time.
 #[derive(Clone, Debug)]
@@ -100,27 +101,8 @@ where
             return RefuseOr::refused(crate::snapshot::missing());
         };
         let connect = dst.form() == RequestForm::Connect;
-        match registry.lookup(dst) {
-            Some(found) => {
-                if connect
-                    && registry.policy() == OutboundPolicy::RegistryOnly
-                    && !found.port.protocol.allows_tunnel()
-                {
-                    let why = format!(
-                        "egress: CONNECT to {dst} refused: port {} of ServiceEntry {} is declared {:?}, \
-                         which must be sent as plain HTTP requests (not a tunnel) so that they can be checked\n",
-                        found.port.number,
-                        found.service.meta.id(),
-                        found.port.protocol
-                    );
-                    return RefuseOr::refused(
-                        Rejection::new(RejectionKind::TunnelNotAllowed).respond(
-                            StatusCode::FORBIDDEN,
-                            true,
-                            why,
-                        ),
-                    );
-                }
+        match registry.admit(dst) {
+            Ok(Admission::Registered(found)) => {
                 let plan = found.plan.clone();
                 if connect {
                     let tls = matches!(found.port.protocol, Protocol::Https | Protocol::Tls);
@@ -137,7 +119,7 @@ where
                 req.extensions_mut().insert(plan);
                 RefuseOr::inner(self.inner.call(req))
             }
-            None if registry.policy() == OutboundPolicy::AllowAny => {
+            Ok(Admission::Passthrough) => {
                 req.extensions_mut().insert(TunnelInspection::Opaque);
                 if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
                     let p: Arc<str> = Arc::from("PassthroughCluster");
@@ -146,20 +128,7 @@ where
                 req.extensions_mut().insert(Passthrough);
                 RefuseOr::inner(self.inner.call(req))
             }
-            None => {
-                let (status, what) = if connect {
-                    (StatusCode::FORBIDDEN, "CONNECT to ")
-                } else {
-                    (StatusCode::BAD_GATEWAY, "")
-                };
-                let why = format!(
-                    "egress: {what}{dst} refused: not in the service registry \
-                     (outbound traffic policy is REGISTRY_ONLY; add a ServiceEntry for this host and port)\n"
-                );
-                RefuseOr::refused(
-                    Rejection::new(RejectionKind::NotInRegistry).respond(status, connect, why),
-                )
-            }
+            Err(refusal) => RefuseOr::refused(refusal.respond()),
         }
     }
 }

@@ -201,6 +201,26 @@ pub struct JwtProvider {
     pub timeout: Option<Duration>,
 }
 
+impl JwtProvider {
+    /// Tokens of `issuer`, found where Istio looks by default (`Authorization: Bearer`,
+    /// then `access_token`); set [`jwks`](Self::jwks) or [`jwks_uri`](Self::jwks_uri).
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            audiences: Vec::new(),
+            jwks: None,
+            jwks_uri: None,
+            from_headers: Vec::new(),
+            from_params: Vec::new(),
+            from_cookies: Vec::new(),
+            forward_original_token: false,
+            output_payload_to_header: None,
+            output_claim_to_headers: Vec::new(),
+            timeout: None,
+        }
+    }
+}
+
 /// A `JwtAuthentication`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JwtAuthentication {
@@ -210,6 +230,18 @@ pub struct JwtAuthentication {
     pub scope: Scope,
     /// `jwtRules`.
     pub jwt_rules: Vec<JwtProvider>,
+}
+
+impl JwtAuthentication {
+    /// These providers, for every workload of the gateway's scope (`meta`'s namespace, or
+    /// all of them from the root namespace).
+    pub fn new(meta: Meta, jwt_rules: Vec<JwtProvider>) -> Self {
+        Self {
+            meta,
+            scope: Scope::default(),
+            jwt_rules,
+        }
+    }
 }
 
 /// Keys a [`Condition`] may use besides `request.headers[…]` and `request.auth.claims[…]`,

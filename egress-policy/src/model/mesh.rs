@@ -72,6 +72,28 @@ pub struct OtelProvider {
     pub http_path: Option<String>,
 }
 
+impl HttpAuthorizer {
+    /// An authorizer at `service:port` with Istio's defaults: asked with the request's
+    /// method, path and the headers Envoy always sends, answered within 10 s, failing
+    /// closed with 403.
+    pub fn new(service: impl Into<String>, port: u16) -> Self {
+        Self {
+            service: service.into(),
+            port,
+            timeout: Duration::from_secs(10),
+            path_prefix: String::new(),
+            fail_open: false,
+            status_on_error: 403,
+            include_request_headers_in_check: Vec::new(),
+            include_additional_headers_in_check: Vec::new(),
+            include_request_body_in_check: None,
+            headers_to_upstream_on_allow: Vec::new(),
+            headers_to_downstream_on_deny: Vec::new(),
+            headers_to_downstream_on_allow: Vec::new(),
+        }
+    }
+}
+
 /// The MeshSettings fields this gateway reads.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -90,4 +112,19 @@ pub struct MeshSettings {
     pub path_normalization: Option<Normalization>,
     /// `rootNamespace`.
     pub root_namespace: Option<String>,
+}
+
+impl MeshSettings {
+    /// No settings: the gateway's defaults and its command line decide.
+    pub fn new(meta: Meta) -> Self {
+        Self {
+            meta,
+            outbound: None,
+            extension_providers: Vec::new(),
+            otel_providers: Vec::new(),
+            default_tracing: Vec::new(),
+            path_normalization: None,
+            root_namespace: None,
+        }
+    }
 }

@@ -6,7 +6,10 @@
 //! IPs and CIDRs. Each registered port carries its precomputed [`UpstreamPlan`], so the check
 //! on the request path is lookups and reference-count bumps only.
 
+mod admit;
 mod plan;
+
+pub use admit::Admission;
 
 use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
 use ipnet::IpNet;

@@ -509,3 +509,6 @@ where
         self.project().inner.poll(cx).map_err(Into::into)
     }
 }
+
+#[cfg(test)]
+mod tests;
