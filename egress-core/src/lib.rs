@@ -18,6 +18,29 @@
 //!
 //! Each layer reads the facts that earlier layers inserted into the request extensions and
 //! refuses with a precise [`Rejection`](ctx::Rejection) when one is missing, never with a panic.
+//!
+//! ```
+//! use egress_core::ctx::Destination;
+//! use egress_core::destination::DestinationLayer;
+//! use egress_core::{BoxBody, BoxError, respond};
+//! use tower::{ServiceBuilder, ServiceExt};
+//!
+//! let svc = ServiceBuilder::new()
+//!     .map_result(respond::into_response)
+//!     .layer(DestinationLayer::new())
+//!     .service_fn(|req: http::Request<BoxBody>| async move {
+//!         // The one parse of where the request goes, for every later layer.
+//!         let dst = req.extensions().get::<Destination>().expect("parsed");
+//!         Ok::<_, BoxError>(http::Response::new(BoxBody::from(dst.to_string())))
+//!     });
+//! let req = http::Request::get("http://API.example.com./v1")
+//!     .header("host", "api.example.com")
+//!     .body(BoxBody::empty())
+//!     .unwrap();
+//! let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+//! let rsp = rt.block_on(svc.oneshot(req)).unwrap();
+//! assert_eq!(rsp.status(), 200);
+//! ```
 
 pub mod access_log;
 pub mod body;

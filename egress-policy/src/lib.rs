@@ -19,6 +19,11 @@
 //!   [`ext_authz::ExtAuthzLayer`] runs CUSTOM policies against an HTTP authorizer; [`jwt`]
 //!   validates tokens as `RequestAuthentication` says ([`layers::JwtLayer`]).
 //!
+//! - [`connection`] decides for connections without an HTTP request (TLS passthrough by
+//!   SNI, TCP Gateway servers by port) with the same engines: the route table,
+//!   [`Registry::admit`] (which HTTP requests and `CONNECT` ask too) and the policies; every
+//!   refusal is a typed [`Refusal`](egress_core::ctx::Refusal).
+//!
 //! Mechanisms (destination parsing, transport) live in `egress-core`; this crate only decides.
 //!
 //! ```

@@ -6,7 +6,17 @@
 //!   says, pooling connections per SNI and port.
 //! - [`ProxyTlsClient`]: TLS to an `https://` upstream proxy.
 //! - [`probe`]: telling a TLS handshake from other bytes at the start of a stream (for the
-//!   `CONNECT` and passthrough inspection still to come).
+//!   `CONNECT` and passthrough inspection).
+//!
+//! ```
+//! use egress_tls::{TlsProbe, probe};
+//!
+//! // A TLS 1.2 record header carrying a handshake, and a plain HTTP request line.
+//! assert_eq!(probe(&[22, 3, 1, 0, 200, 1]), TlsProbe::Handshake);
+//! assert_eq!(probe(b"GET / HTTP/1.1\r\n"), TlsProbe::NotTls);
+//! // TLS to an upstream proxy, verified against the webpki roots.
+//! let _client = egress_tls::ProxyTlsClient::new(None).expect("roots load");
+//! ```
 
 mod config;
 mod connect;
