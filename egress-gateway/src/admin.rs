@@ -48,12 +48,9 @@ struct PolicyDump {
 /// The parts of `/config_dump` that do not change while running.
 #[derive(Serialize)]
 pub(crate) struct StaticDump {
-    pub(crate) sources: Vec<String>,
     pub(crate) listeners: Listeners,
     pub(crate) resolve: Vec<ResolveDump>,
-    pub(crate) ignored: Vec<String>,
     pub(crate) gateway: GatewayDump,
-    pub(crate) warnings: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -86,8 +83,14 @@ struct Dump<'a> {
     routes: egress_policy::routes::RouteSummary,
     #[serde(rename = "lastReload")]
     last_reload: crate::reload::ReloadStatus,
+    /// The files of the configuration in force.
+    sources: &'a [String],
     /// Every resource read, as parsed (VirtualServices, DestinationRules, Gateways, ...).
     resources: &'a egress_policy::istio::ConfigSet,
+    /// Documents of kinds this gateway does not read.
+    ignored: &'a [String],
+    /// The warnings of the configuration in force.
+    warnings: &'a [String],
     authorization: AuthzDump,
     #[serde(flatten)]
     fixed: &'a StaticDump,
@@ -108,11 +111,13 @@ pub(crate) async fn handle(
         (&Method::GET, "/config_dump") => {
             // One snapshot for the whole dump, as for a request.
             let policy = state.policy.load();
-            let resources = state.reloader.resources.load();
             let dump = Dump {
                 registry: policy.registry.summary(),
                 routes: policy.routes.summary(),
-                resources: &resources,
+                sources: &policy.config.sources,
+                resources: &policy.config,
+                ignored: &policy.config.ignored,
+                warnings: &policy.warnings,
                 authorization: {
                     let authz = &policy.authz;
                     AuthzDump {

@@ -13,7 +13,7 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             let _ = writeln!(
                 out,
                 "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
-                loaded.config.sources.len(),
+                loaded.policy.config.sources.len(),
                 reg.services().len(),
                 reg.policy().as_str()
             );
@@ -47,7 +47,7 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
                     }
                 );
             }
-            for vs in &loaded.config.virtual_hosts {
+            for vs in &loaded.policy.config.virtual_hosts {
                 let _ = writeln!(
                     out,
                     "  VirtualService {}: hosts [{}] {} http route(s){}",

@@ -21,16 +21,15 @@ pub struct Loaded {
     pub policy: Policy,
     /// Which `Gateway` resources select this gateway.
     pub binding: Binding,
-    /// Everything that was read.
-    pub config: ConfigSet,
     /// Warnings (errors would have failed the load).
     pub diagnostics: Diagnostics,
 }
 
 impl Loaded {
-    /// The compiled policy, with what was read and found.
-    pub fn into_policy(self) -> (Policy, ConfigSet, Binding, Diagnostics) {
-        (self.policy, self.config, self.binding, self.diagnostics)
+    /// The compiled policy (which keeps the configuration it was compiled from), the
+    /// `Gateway` binding and the warnings.
+    pub fn into_policy(self) -> (Policy, Binding, Diagnostics) {
+        (self.policy, self.binding, self.diagnostics)
     }
 }
 
@@ -75,7 +74,6 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
     Ok(Loaded {
         policy: compiled.policy,
         binding: compiled.binding,
-        config,
         diagnostics: compiled.diagnostics,
     })
 }

@@ -126,6 +126,7 @@ pub(crate) async fn bind_servers(args: &RunArgs, loaded: &Loaded) -> Vec<ServerL
 fn by_port(loaded: &Loaded) -> Vec<PortGroup> {
     let mut groups: Vec<PortGroup> = Vec::new();
     let selected = loaded
+        .policy
         .config
         .gateways
         .iter()

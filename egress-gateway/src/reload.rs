@@ -1,7 +1,6 @@
 //! Hot reload: re-read the configuration on SIGHUP or when its files change, and swap it in
 //! only when it compiles without errors; a bad configuration leaves the old one serving.
 
-use arc_swap::ArcSwap;
 use egress_policy::snapshot::PolicyStore;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -26,8 +25,6 @@ pub(crate) struct ReloadStatus {
 /// Reloads the configuration into the live registry and routes.
 pub(crate) struct Reloader {
     args: ConfigArgs,
-    /// Every resource of the configuration in force, for `/config_dump`.
-    pub(crate) resources: ArcSwap<egress_policy::istio::ConfigSet>,
     policy: PolicyStore,
     pub(crate) successes: AtomicU64,
     pub(crate) failures: AtomicU64,
@@ -36,14 +33,9 @@ pub(crate) struct Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(
-        args: ConfigArgs,
-        resources: egress_policy::istio::ConfigSet,
-        policy: PolicyStore,
-    ) -> Self {
+    pub(crate) fn new(args: ConfigArgs, policy: PolicyStore) -> Self {
         Self {
             args,
-            resources: ArcSwap::from_pointee(resources),
             policy,
             successes: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -63,15 +55,12 @@ impl Reloader {
                 for w in loaded.diagnostics.warnings() {
                     tracing::warn!("{w}");
                 }
-                // Routes first: they were compiled against the new registry, and a request
-                // that meets new routes and the old registry only skips the registry check
-                // for destinations the new routes chose.
-                // Security before routes: a request never meets new routes under old policies.
                 let services = loaded.policy.registry.services().len();
-                let (policy, config, _, _) = loaded.into_policy();
-                // One store: a request sees the old configuration or the new one, whole.
+                let (policy, _, _) = loaded.into_policy();
+                // One store of one compiled whole (registry, routes, security, and the
+                // resources the dump shows): a request or a dump sees the old
+                // configuration or the new one, never parts of both.
                 self.policy.store(policy);
-                self.resources.store(Arc::new(config));
                 self.successes.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(trigger = why, services, "configuration reloaded");
                 ReloadStatus {

@@ -79,7 +79,8 @@ impl Gateway {
             .map_err(|_| StartError(format!("invalid --via-name {:?}", args.via_name)))?;
         let ext_authz_overrides = overrides;
         let ext_authz_dial = ext_authz_overrides.clone();
-        let (policy, config, binding, diagnostics) = self.loaded.into_policy();
+        let (policy, binding, diagnostics) = self.loaded.into_policy();
+        let config = policy.config.clone();
         let (services, outbound) = (
             policy.registry.services().len(),
             policy.registry.policy().as_str(),
@@ -128,15 +129,8 @@ impl Gateway {
                 .map(|s| format!("{} ({} port {})", s.addr, s.gateway, s.port))
                 .collect(),
         };
-        let dump = static_dump(
-            args,
-            listeners,
-            &binding,
-            &config,
-            &diagnostics,
-            resolve_dump,
-        );
-        let state = admin_state(args, &stack_config, &mirror, config, dump);
+        let dump = static_dump(args, listeners, &binding, resolve_dump);
+        let state = admin_state(args, &stack_config, &mirror, dump);
         let builder = Arc::new(http_builder(args));
         let limit = Arc::new(Semaphore::new(args.max_connections));
 
@@ -212,7 +206,6 @@ fn admin_state(
     args: &RunArgs,
     stack: &StackConfig,
     mirror: &egress_core::mirror::MirrorLayer,
-    config: egress_policy::istio::ConfigSet,
     dump: StaticDump,
 ) -> Arc<AdminState> {
     Arc::new(AdminState {
@@ -221,7 +214,6 @@ fn admin_state(
         metrics: stack.metrics.clone(),
         reloader: Arc::new(crate::reload::Reloader::new(
             args.config.clone(),
-            config,
             stack.policy.clone(),
         )),
         policy: stack.policy.clone(),
@@ -232,17 +224,15 @@ fn admin_state(
     })
 }
 
-/// The parts of `/config_dump` fixed at start.
+/// The parts of `/config_dump` fixed at start (the listeners, and so the `Gateway`
+/// binding that opened them, stay until a restart).
 fn static_dump(
     args: &RunArgs,
     listeners: Listeners,
     binding: &egress_policy::model::Binding,
-    config: &egress_policy::istio::ConfigSet,
-    diagnostics: &egress_policy::diag::Diagnostics,
     resolve: Vec<ResolveDump>,
 ) -> StaticDump {
     StaticDump {
-        sources: config.sources.clone(),
         listeners,
         gateway: GatewayDump {
             name: args.config.gateway_name.clone(),
@@ -255,8 +245,6 @@ fn static_dump(
             selected_by: binding.selected.clone(),
         },
         resolve,
-        ignored: config.ignored.clone(),
-        warnings: diagnostics.warnings().map(|d| d.to_string()).collect(),
     }
 }
 

@@ -97,6 +97,7 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
     if let Some(d) = weak_normalization(config, normalization) {
         diagnostics.push(d);
     }
+    let warnings = diagnostics.warnings().map(|d| d.to_string()).collect();
     Ok(Compiled {
         policy: Policy {
             registry: Arc::new(registry),
@@ -104,6 +105,8 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
             authz: Arc::new(authz),
             jwt: Arc::new(jwt),
             normalization,
+            config: Arc::new(config.clone()),
+            warnings,
         },
         binding,
         diagnostics,

@@ -1,12 +1,14 @@
 //! Configuration diagnostics: every error and warning names its file, line, resource and field.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
 
 /// How serious a diagnostic is.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 pub enum Severity {
     /// The configuration is rejected.
     Error,
@@ -15,7 +17,8 @@ pub enum Severity {
 }
 
 /// One finding about the configuration.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Diagnostic {
     /// Error or warning.
     pub severity: Severity,
@@ -51,7 +54,8 @@ impl fmt::Display for Diagnostic {
 }
 
 /// A collection of diagnostics.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Diagnostics {
     items: Vec<Diagnostic>,
 }

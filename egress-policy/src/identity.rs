@@ -2,6 +2,7 @@
 //! identity a validated token gives a request. Shared by authorization and JWT validation,
 //! which depend on it and not on each other.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -76,7 +77,8 @@ impl Identity {
 ///
 /// - Inserted by: [`JwtLayer`](crate::layers::JwtLayer). - Read by: authorization (`requestPrincipals`,
 ///   `request.auth.*`), telemetry.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct RequestAuth {
     /// `iss/sub`.
     pub principal: Arc<str>,

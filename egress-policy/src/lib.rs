@@ -26,6 +26,10 @@
 //!
 //! Mechanisms (destination parsing, transport) live in `egress-core`; this crate only decides.
 //!
+//! Feature `serde` (off by default) derives `Serialize` for the model and the compiled
+//! summaries, which is how the gateway's `/config_dump` prints them; the model itself
+//! carries no serialisation.
+//!
 //! ```
 //! use egress_policy::{istio::ConfigSet, registry::Registry};
 //!

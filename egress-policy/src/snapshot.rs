@@ -22,6 +22,7 @@ use crate::Registry;
 use crate::authz::AuthzPolicies;
 use crate::authz::path::Normalization;
 use crate::jwt::JwtPolicy;
+use crate::model::Config;
 use crate::routes::RouteTable;
 
 /// Everything the request layers decide with, compiled together and swapped as one.
@@ -37,6 +38,12 @@ pub struct Policy {
     pub jwt: Arc<JwtPolicy>,
     /// Path normalisation.
     pub normalization: Normalization,
+    /// The configuration this was compiled from, as read: what a dump of the policy in
+    /// force shows, so that it never pairs one configuration's resources with another's
+    /// decisions.
+    pub config: Arc<Config>,
+    /// The warnings its compile found (an error would have failed it), for the same dump.
+    pub warnings: Vec<String>,
 }
 
 /// The gateway's store of its [`Policy`]: a reload compiles a new one and stores it.
@@ -224,6 +231,8 @@ mod tests {
             authz: Arc::default(),
             jwt: Arc::default(),
             normalization: Normalization::default(),
+            config: Arc::new(set),
+            warnings: Vec::new(),
         }
     }
 

@@ -256,3 +256,43 @@ async fn reloads_under_load_lose_no_request() {
         "RSS grew from {before} kB to {after} kB"
     );
 }
+
+/// `/config_dump` after a reload shows the configuration in force, whole: its resources,
+/// what it ignored and its warnings come from the same snapshot as its decisions (they
+/// were once fixed at start, so a reload left the dump describing the old files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_follows_a_reload() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let a = service_entry("a", "a.test", port, "HTTP", "  resolution: DNS\n");
+    let gw = Gateway::start(&a, &[&mapped("b.test", &origin), "--watch-interval=100ms"]);
+    let dump = || async {
+        curl_async(&[&format!("http://{}/config_dump", gw.admin)])
+            .await
+            .body
+    };
+    let before: serde_json::Value = serde_json::from_str(&dump().await).unwrap();
+    let hosts = before["resources"]["service_entries"].to_string();
+    assert!(
+        hosts.contains("\"a.test\"") && !hosts.contains("b.test"),
+        "{before}"
+    );
+    assert_eq!(before["ignored"], serde_json::json!([]), "{before}");
+
+    let b = service_entry("b", "b.test", port, "HTTP", "  resolution: DNS\n");
+    let later = "---\napiVersion: networking.istio.io/v1alpha3\nkind: EnvoyFilter\nmetadata: {name: f, namespace: default}\nspec: {}\n";
+    std::fs::write(
+        gw.config_dir().join("config.yaml"),
+        format!("{a}{b}{later}"),
+    )
+    .unwrap();
+    assert!(eventually(&gw, "b.test", port, 200).await, "{}", gw.log());
+    let after: serde_json::Value = serde_json::from_str(&dump().await).unwrap();
+    let hosts = after["resources"]["service_entries"].to_string();
+    assert!(hosts.contains("\"b.test\""), "{after}");
+    let ignored = after["ignored"].to_string();
+    assert!(ignored.contains("EnvoyFilter"), "{after}");
+    let warnings = after["warnings"].to_string();
+    assert!(warnings.contains("EnvoyFilter"), "{after}");
+    assert_eq!(after["lastReload"]["outcome"], "success", "{after}");
+}

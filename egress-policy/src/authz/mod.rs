@@ -20,6 +20,7 @@ pub use facts::{BadForwardedFor, RequestFacts, bad_xff, remote_ip};
 use index::PolicyList;
 
 use ipnet::IpNet;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -389,7 +390,8 @@ impl CPolicy {
 }
 
 /// The outcome of DENY and ALLOW evaluation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct AuthzDecision {
     /// Allowed or not.
     pub allowed: bool,
@@ -417,7 +419,8 @@ pub struct AuthzPolicies {
 }
 
 /// One policy, as `/config_dump` shows it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct PolicySummary {
     /// `ns/name`.
     pub name: String,

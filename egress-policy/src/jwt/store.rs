@@ -3,6 +3,7 @@
 
 use crate::shared::Shared;
 use arc_swap::ArcSwap;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +25,8 @@ pub trait FetchJwks: Send + Sync + 'static {
 }
 
 /// The state of one URI, for `/config_dump`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct JwksStatus {
     /// Usable keys in the current set.
     pub keys: usize,

@@ -2,6 +2,7 @@
 //! authentication.
 
 use ipnet::IpNet;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -9,8 +10,9 @@ use std::time::Duration;
 use super::Meta;
 
 /// `AccessPolicy.action`.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum AuthzAction {
     /// Allow what matches; with any ALLOW policy, what matches none is denied.
     Allow,
@@ -35,7 +37,8 @@ impl AuthzAction {
 }
 
 /// `targetRefs[]` / `targetRef`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct TargetRef {
     /// `group` (empty for core).
     pub group: String,
@@ -48,22 +51,24 @@ pub struct TargetRef {
 }
 
 /// Which proxies a security resource applies to.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Scope {
     /// `selector.matchLabels`, when a selector is given.
     pub selector: Option<Vec<(String, String)>>,
     /// `targetRefs` (and the older `targetRef`).
-    #[serde(rename = "targetRefs")]
+    #[cfg_attr(feature = "serde", serde(rename = "targetRefs"))]
     pub target_refs: Vec<TargetRef>,
     /// Whether `metadata.namespace` was written (a resource without one is taken as meant
     /// for this gateway, as `kubectl apply -n` would place it).
-    #[serde(rename = "namespaceGiven")]
+    #[cfg_attr(feature = "serde", serde(rename = "namespaceGiven"))]
     pub namespace_given: bool,
 }
 
 /// `Source`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 #[allow(
     missing_docs,
     reason = "each field is the Istio field of the same name"
@@ -82,8 +87,9 @@ pub struct Source {
 }
 
 /// `Operation`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 #[allow(
     missing_docs,
     reason = "each field is the Istio field of the same name"
@@ -100,8 +106,9 @@ pub struct Operation {
 }
 
 /// `Condition` (`when[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct Condition {
     /// `key`, e.g. `request.headers[x-token]`.
     pub key: String,
@@ -112,7 +119,8 @@ pub struct Condition {
 }
 
 /// `Rule`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Rule {
     /// `from[].source`.
     pub from: Vec<Source>,
@@ -123,7 +131,8 @@ pub struct Rule {
 }
 
 /// An `AccessPolicy`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct AccessPolicy {
     /// Name, namespace, source.
     pub meta: Meta,
@@ -155,7 +164,8 @@ impl AccessPolicy {
 }
 
 /// `JWTHeader` (`fromHeaders[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct JwtHeader {
     /// `name`.
     pub name: String,
@@ -164,7 +174,8 @@ pub struct JwtHeader {
 }
 
 /// `ClaimToHeader` (`outputClaimToHeaders[]`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct ClaimToHeader {
     /// `header`.
     pub header: String,
@@ -173,8 +184,9 @@ pub struct ClaimToHeader {
 }
 
 /// `JWTRule`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct JwtProvider {
     /// `issuer`.
     pub issuer: String,
@@ -197,7 +209,7 @@ pub struct JwtProvider {
     /// `outputClaimToHeaders`.
     pub output_claim_to_headers: Vec<ClaimToHeader>,
     /// `timeout`: for fetching `jwksUri`.
-    #[serde(skip)]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub timeout: Option<Duration>,
 }
 
@@ -222,7 +234,8 @@ impl JwtProvider {
 }
 
 /// A `JwtAuthentication`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct JwtAuthentication {
     /// Name, namespace, source.
     pub meta: Meta,

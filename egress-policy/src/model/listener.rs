@@ -1,12 +1,14 @@
 //! The listeners a gateway opens (servers of `Gateway` resources) and which of them this
 //! gateway is.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 
 use super::{Meta, Protocol};
 
 /// `Server.port`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct ServerPort {
     /// `number`.
     pub number: u16,
@@ -17,23 +19,28 @@ pub struct ServerPort {
 }
 
 /// `Gateway.servers[]`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Server {
     /// `port`.
     pub port: ServerPort,
     /// `hosts`, as written (`ns/host`, `host`, `*`, `*.suffix`).
     pub hosts: Vec<String>,
     /// `tls.mode`, when set.
-    #[serde(rename = "tlsMode", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "tlsMode", skip_serializing_if = "Option::is_none")
+    )]
     pub tls_mode: Option<String>,
     /// `tls` files for `SIMPLE`/`MUTUAL` servers.
-    #[serde(rename = "tlsFiles")]
+    #[cfg_attr(feature = "serde", serde(rename = "tlsFiles"))]
     pub tls_files: ServerTlsFiles,
 }
 
 /// `ServerTLSSettings` files of a terminating server.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct ServerTlsFiles {
     /// `serverCertificate` (PEM chain).
     pub server_certificate: Option<String>,
@@ -44,7 +51,8 @@ pub struct ServerTlsFiles {
 }
 
 /// A `Gateway`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Gateway {
     /// Name, namespace, source.
     pub meta: Meta,
@@ -55,7 +63,8 @@ pub struct Gateway {
 }
 
 /// Which Gateways this proxy is: those whose selector its labels satisfy.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Binding {
     /// `namespace/name` of every selected Gateway; empty means "acting for the mesh".
     pub selected: Vec<String>,

@@ -1,14 +1,16 @@
 //! Settings of the whole gateway: the outbound policy, external authorizers, trace
 //! collectors, path normalisation and the root namespace.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::time::Duration;
 
 use super::{Meta, Normalization, OutboundPolicy};
 
 /// `extensionProviders[].envoyExtAuthzHttp`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct HttpAuthorizer {
     /// `service`: the authorizer's host name (`ns/host` accepted; the namespace is dropped).
     pub service: String,
@@ -16,7 +18,7 @@ pub struct HttpAuthorizer {
     pub port: u16,
     /// `timeout` (Istio's default is 600s; here 10s, so a stuck authorizer cannot hold
     /// requests for ten minutes).
-    #[serde(skip)]
+    #[cfg_attr(feature = "serde", serde(skip))]
     pub timeout: Duration,
     /// `pathPrefix`, prepended to the request path in the check.
     pub path_prefix: String,
@@ -39,8 +41,9 @@ pub struct HttpAuthorizer {
 }
 
 /// `includeRequestBodyInCheck`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct BodyInCheck {
     /// `maxRequestBytes`.
     pub max_request_bytes: u32,
@@ -49,18 +52,20 @@ pub struct BodyInCheck {
 }
 
 /// An `extensionProviders[]` entry this gateway can use.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct ExtensionProvider {
     /// `name`, as `AuthorizationPolicy.provider.name` refers to it.
     pub name: String,
     /// The HTTP authorizer.
-    #[serde(rename = "envoyExtAuthzHttp")]
+    #[cfg_attr(feature = "serde", serde(rename = "envoyExtAuthzHttp"))]
     pub http: HttpAuthorizer,
 }
 
 /// `extensionProviders[].opentelemetry`: an OTLP collector for traces.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct OtelProvider {
     /// `name`, as `defaultProviders.tracing` refers to it.
     pub name: String,
@@ -95,8 +100,9 @@ impl HttpAuthorizer {
 }
 
 /// The MeshSettings fields this gateway reads.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct MeshSettings {
     /// Where it was read.
     pub meta: Meta,

@@ -33,6 +33,7 @@
 //! | [`JwtAuthentication`] | JWT providers | `RequestAuthentication` |
 //! | [`MeshSettings`] | authorizers, collectors, normalisation | MeshConfig |
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -62,27 +63,28 @@ pub use traffic::{ClientTls, DestinationPolicy, LoadBalancer, Subset};
 /// A whole configuration: every resource of the policy, in the order read, and what reading
 /// found. Filled by a front end ([`crate::istio`]) or built in code; [`crate::compile`]
 /// checks the references between its parts and compiles it.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Config {
     /// External services (Istio `ServiceEntry`).
-    #[serde(rename = "service_entries")]
+    #[cfg_attr(feature = "serde", serde(rename = "service_entries"))]
     pub services: Vec<Service>,
     /// Resources that set the outbound policy (Istio `Sidecar`).
-    #[serde(rename = "sidecars")]
+    #[cfg_attr(feature = "serde", serde(rename = "sidecars"))]
     pub outbound_settings: Vec<OutboundSetting>,
     /// Routes per host (Istio `VirtualService`).
-    #[serde(rename = "virtual_services")]
+    #[cfg_attr(feature = "serde", serde(rename = "virtual_services"))]
     pub virtual_hosts: Vec<VirtualHost>,
     /// Subsets, balancing and TLS per destination (Istio `DestinationRule`).
-    #[serde(rename = "destination_rules")]
+    #[cfg_attr(feature = "serde", serde(rename = "destination_rules"))]
     pub destination_policies: Vec<DestinationPolicy>,
     /// Listeners (Istio `Gateway`).
     pub gateways: Vec<Gateway>,
     /// Access policies (Istio `AuthorizationPolicy`).
-    #[serde(rename = "authorization_policies")]
+    #[cfg_attr(feature = "serde", serde(rename = "authorization_policies"))]
     pub access_policies: Vec<AccessPolicy>,
     /// JWT authentication (Istio `RequestAuthentication`).
-    #[serde(rename = "request_authentications")]
+    #[cfg_attr(feature = "serde", serde(rename = "request_authentications"))]
     pub jwt_authentications: Vec<JwtAuthentication>,
     /// Gateway-wide settings (Istio MeshConfig).
     pub mesh: Option<MeshSettings>,
@@ -95,7 +97,8 @@ pub struct Config {
 }
 
 /// Where a resource was defined.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Meta {
     /// `metadata.name`.
     pub name: String,
@@ -125,8 +128,9 @@ impl Meta {
 }
 
 /// `pathNormalization.normalization`.
-#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum Normalization {
     /// As received.
     None,

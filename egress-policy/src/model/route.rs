@@ -3,13 +3,15 @@
 //! TLS (by SNI) and TCP routes of tunnels.
 
 use regex::Regex;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::time::Duration;
 
 use super::Meta;
 
 /// `Destination` of a route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct RouteTarget {
     /// `host` (lower-case).
     pub host: String,
@@ -20,7 +22,8 @@ pub struct RouteTarget {
 }
 
 /// `HTTPRouteDestination`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct WeightedDestination {
     /// `destination`.
     pub destination: RouteTarget,
@@ -31,7 +34,8 @@ pub struct WeightedDestination {
 }
 
 /// Header operations of one direction.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct HeaderOps {
     /// Replace.
     pub set: Vec<(String, String)>,
@@ -42,7 +46,8 @@ pub struct HeaderOps {
 }
 
 /// `Headers`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Headers {
     /// On the request.
     pub request: HeaderOps,
@@ -51,8 +56,9 @@ pub struct Headers {
 }
 
 /// `HTTPRedirect`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct Redirect {
     /// New path.
     pub uri: Option<String>,
@@ -69,7 +75,8 @@ pub struct Redirect {
 }
 
 /// `HTTPDirectResponse`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct DirectResponse {
     /// Status.
     pub status: u16,
@@ -78,8 +85,9 @@ pub struct DirectResponse {
 }
 
 /// `HTTPRewrite`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct Rewrite {
     /// Replaces the matched prefix (or the whole path for exact/regex matches).
     pub uri: Option<String>,
@@ -90,8 +98,9 @@ pub struct Rewrite {
 }
 
 /// `HTTPRoute`.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct HttpRoute {
     /// `name`.
     pub name: Option<String>,
@@ -106,7 +115,7 @@ pub struct HttpRoute {
     /// `rewrite`.
     pub rewrite: Option<Rewrite>,
     /// `timeout`.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub timeout: Option<Duration>,
     /// `headers`.
     pub headers: Headers,
@@ -119,7 +128,8 @@ pub struct HttpRoute {
 }
 
 /// `HTTPFaultInjection`.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Fault {
     /// `delay.fixedDelay` and its percentage.
     pub delay: Option<(Duration, f64)>,
@@ -128,8 +138,9 @@ pub struct Fault {
 }
 
 /// `HTTPRetry`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct Retries {
     /// Retries after the first attempt (Istio's `attempts`).
     pub attempts: u32,
@@ -141,8 +152,9 @@ pub struct Retries {
 }
 
 /// A `VirtualHost`.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct VirtualHost {
     /// Name, namespace, source.
     pub meta: Meta,
@@ -196,19 +208,21 @@ impl WeightedDestination {
 }
 
 /// A string match (`StringMatch`), or presence (`{}`) where Istio allows it.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub enum StringMatch {
     /// Equal to.
     Exact(String),
     /// Starts with.
     Prefix(String),
     /// Matches the whole value (RE2 syntax, as Envoy's safe regex).
-    Regex(#[serde(serialize_with = "regex_str")] Regex),
+    Regex(#[cfg_attr(feature = "serde", serde(serialize_with = "regex_str"))] Regex),
     /// Present, whatever its value (`{}`).
     Present,
 }
 
+#[cfg(feature = "serde")]
 fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
     let text = r.as_str();
     // Undo the anchoring added at compile time.
@@ -220,8 +234,9 @@ fn regex_str<S: serde::Serializer>(r: &Regex, s: S) -> Result<S::Ok, S::Error> {
 }
 
 /// `HTTPMatchRequest`.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct HttpMatch {
     /// `name`.
     pub name: Option<String>,
@@ -248,7 +263,8 @@ pub struct HttpMatch {
 }
 
 /// `TCPRoute`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct TcpRoute {
     /// `match`: port and gateways (empty: everything).
     pub matches: Vec<TlsMatch>,
@@ -257,8 +273,9 @@ pub struct TcpRoute {
 }
 
 /// `TLSRoute`: where TLS connections with matching SNI go, unterminated.
-#[derive(Clone, Debug, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct TlsRoute {
     /// `match` blocks: SNI hosts (wildcards allowed), port, gateways.
     pub matches: Vec<TlsMatch>,
@@ -267,8 +284,9 @@ pub struct TlsRoute {
 }
 
 /// `TLSMatchAttributes`.
-#[derive(Clone, Debug, Default, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct TlsMatch {
     /// `sniHosts` (lower-case).
     pub sni_hosts: Vec<String>,

@@ -2,13 +2,15 @@
 //! resolved, and the outbound policy for destinations that are not among them.
 
 use ipnet::IpNet;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 
 use super::Meta;
 
 /// How a service's endpoints are found (Istio `ServiceEntry.resolution`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum Resolution {
     /// Forward to the address the client asked for.
     None,
@@ -23,8 +25,9 @@ pub enum Resolution {
 }
 
 /// Whether a service is outside the mesh (Istio `ServiceEntry.location`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum Location {
     /// Outside the mesh (the usual case for egress).
     MeshExternal,
@@ -33,8 +36,9 @@ pub enum Location {
 }
 
 /// A port's protocol (`ServicePort.protocol`).
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum Protocol {
     /// HTTP/1.1.
     Http,
@@ -100,7 +104,8 @@ impl Protocol {
 }
 
 /// A port of a service (Istio `ServicePort`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Port {
     /// The port clients use.
     pub number: u16,
@@ -109,12 +114,16 @@ pub struct Port {
     /// Its name (may be empty).
     pub name: String,
     /// The port dialled upstream, when it differs.
-    #[serde(rename = "targetPort", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "targetPort", skip_serializing_if = "Option::is_none")
+    )]
     pub target_port: Option<u16>,
 }
 
 /// An endpoint of a service (Istio `WorkloadEntry` in `ServiceEntry.endpoints`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Endpoint {
     /// An IP address, or a DNS name for `DNS` resolution.
     pub address: String,
@@ -123,12 +132,13 @@ pub struct Endpoint {
     /// Labels (selected by `DestinationRule` subsets).
     pub labels: Vec<(String, String)>,
     /// Load-balancing weight.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
     pub weight: Option<u32>,
 }
 
 /// An external service: its hosts, addresses, ports and endpoints (Istio `ServiceEntry`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Service {
     /// Name, namespace, source.
     pub meta: Meta,
@@ -145,11 +155,14 @@ pub struct Service {
     /// Endpoints.
     pub endpoints: Vec<Endpoint>,
     /// `exportTo` (accepted, not enforced: a gateway serves every namespace).
-    #[serde(rename = "exportTo")]
+    #[cfg_attr(feature = "serde", serde(rename = "exportTo"))]
     pub export_to: Vec<String>,
     /// The `egress.io/source-ip` annotation: the local address this service's upstream
     /// connections are made from (a firewall allow-list per destination).
-    #[serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")
+    )]
     pub source_ip: Option<std::net::IpAddr>,
 }
 
@@ -206,8 +219,9 @@ impl Endpoint {
 }
 
 /// What happens to destinations outside the registry.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "SCREAMING_SNAKE_CASE"))]
 pub enum OutboundPolicy {
     /// Unregistered destinations pass (Istio's mesh default).
     AllowAny,
@@ -227,7 +241,8 @@ impl OutboundPolicy {
 
 /// An outbound policy set by one resource (Istio `Sidecar`: only its
 /// `outboundTrafficPolicy` applies to a gateway); several must agree.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct OutboundSetting {
     /// Name, namespace, source.
     pub meta: Meta,

@@ -1,12 +1,14 @@
 //! How traffic to a service is sent: subsets of its endpoints, load balancing and TLS
 //! origination, per port and per subset.
 
+#[cfg(feature = "serde")]
 use serde::Serialize;
 
 use super::Meta;
 
 /// A named subset of a service's endpoints, selected by labels (Istio `DestinationRule.subsets`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Subset {
     /// `name`.
     pub name: String,
@@ -20,7 +22,8 @@ pub struct Subset {
 
 /// How traffic to one host is sent: its subsets, load balancing and TLS origination, for
 /// the whole host and per port (Istio `DestinationRule`).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct DestinationPolicy {
     /// Name, namespace, source.
     pub meta: Meta,
@@ -54,7 +57,8 @@ impl DestinationPolicy {
 }
 
 /// How a destination's endpoints are balanced (Istio `trafficPolicy.loadBalancer`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub enum LoadBalancer {
     /// `ROUND_ROBIN` (and `UNSPECIFIED`).
     RoundRobin,
@@ -71,8 +75,9 @@ pub enum LoadBalancer {
 }
 
 /// TLS the gateway originates to a destination (Istio `ClientTLSSettings`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "camelCase"))]
 pub struct ClientTls {
     /// `DISABLE`, `SIMPLE` or `MUTUAL`.
     pub mode: String,

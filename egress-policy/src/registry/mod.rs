@@ -13,6 +13,7 @@ pub use admit::Admission;
 
 use egress_core::ctx::{Destination, Host, Target, UpstreamPlan};
 use ipnet::IpNet;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -64,13 +65,14 @@ pub struct Registry {
 }
 
 /// A summary of the registry, for `check` and `/config_dump`.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct RegistrySummary<'a> {
     /// The outbound policy.
-    #[serde(rename = "outboundTrafficPolicy")]
+    #[cfg_attr(feature = "serde", serde(rename = "outboundTrafficPolicy"))]
     pub policy: OutboundPolicy,
     /// The registered services.
-    #[serde(rename = "serviceEntries")]
+    #[cfg_attr(feature = "serde", serde(rename = "serviceEntries"))]
     pub services: &'a [Arc<Service>],
 }
 

@@ -16,6 +16,7 @@ mod matching;
 
 use egress_core::ctx::{RetryPolicy, Target, UpstreamPlan};
 use http::Request;
+#[cfg(feature = "serde")]
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,7 +139,8 @@ pub struct RouteTable {
 }
 
 /// A summary for `/config_dump` and `check`.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct RouteSummary {
     /// Hosts with routes.
     pub hosts: Vec<String>,
