@@ -65,5 +65,8 @@ pub mod shared;
 pub mod snapshot;
 pub mod yaml;
 
+#[cfg(test)]
+mod engine_tests;
+
 pub use layers::RegistryOnlyLayer;
 pub use registry::Registry;
