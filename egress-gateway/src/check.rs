@@ -9,81 +9,7 @@ use crate::config::{self, LoadError};
 pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
     match config::load(args) {
         Ok(loaded) => {
-            let reg = &loaded.policy.registry;
-            let _ = writeln!(
-                out,
-                "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
-                loaded.policy.config.sources.len(),
-                reg.services().len(),
-                reg.policy().as_str()
-            );
-            for se in reg.services() {
-                let ports: Vec<String> = se
-                    .ports
-                    .iter()
-                    .map(|p| match p.target_port {
-                        Some(t) => format!("{}/{:?}->{t}", p.number, p.protocol),
-                        None => format!("{}/{:?}", p.number, p.protocol),
-                    })
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  ServiceEntry {}: hosts [{}] ports [{}] resolution {:?}{}",
-                    se.meta.id(),
-                    se.hosts.join(", "),
-                    ports.join(", "),
-                    se.resolution,
-                    if se.addresses.is_empty() {
-                        String::new()
-                    } else {
-                        format!(
-                            " addresses [{}]",
-                            se.addresses
-                                .iter()
-                                .map(|a| a.to_string())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        )
-                    }
-                );
-            }
-            for vs in &loaded.policy.config.virtual_hosts {
-                let _ = writeln!(
-                    out,
-                    "  VirtualService {}: hosts [{}] {} http route(s){}",
-                    vs.meta.id(),
-                    vs.hosts.join(", "),
-                    vs.http.len(),
-                    if vs.gateways.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" gateways [{}]", vs.gateways.join(", "))
-                    }
-                );
-            }
-            if !loaded.binding.selected.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "  this gateway is selected by Gateway {}",
-                    loaded.binding.selected.join(", ")
-                );
-            }
-            for skipped in loaded.policy.routes.summary().skipped {
-                let _ = writeln!(out, "  skipped: {skipped}");
-            }
-            for p in loaded.policy.authz.summary() {
-                if let Ok(rules) = p.applies {
-                    let _ = writeln!(
-                        out,
-                        "  AuthorizationPolicy {}: {} with {rules} rule(s)",
-                        p.name,
-                        p.action.as_str()
-                    );
-                }
-            }
-            for issuer in loaded.policy.jwt.issuers() {
-                let _ = writeln!(out, "  JWT issuer {issuer}");
-            }
+            summary(&loaded, out);
             for w in loaded.diagnostics.warnings() {
                 let _ = writeln!(err, "{w}");
             }
@@ -105,5 +31,84 @@ pub fn run(args: &ConfigArgs, out: &mut dyn Write, err: &mut dyn Write) -> i32 {
             );
             1
         }
+    }
+}
+
+/// What the compiled policy holds, a line per resource in force.
+fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
+    let reg = &loaded.policy.registry;
+    let _ = writeln!(
+        out,
+        "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
+        loaded.policy.config.sources.len(),
+        reg.services().len(),
+        reg.policy().as_str()
+    );
+    for se in reg.services() {
+        let ports: Vec<String> = se
+            .ports
+            .iter()
+            .map(|p| match p.target_port {
+                Some(t) => format!("{}/{:?}->{t}", p.number, p.protocol),
+                None => format!("{}/{:?}", p.number, p.protocol),
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  ServiceEntry {}: hosts [{}] ports [{}] resolution {:?}{}",
+            se.meta.id(),
+            se.hosts.join(", "),
+            ports.join(", "),
+            se.resolution,
+            if se.addresses.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " addresses [{}]",
+                    se.addresses
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        );
+    }
+    for vs in &loaded.policy.config.virtual_hosts {
+        let _ = writeln!(
+            out,
+            "  VirtualService {}: hosts [{}] {} http route(s){}",
+            vs.meta.id(),
+            vs.hosts.join(", "),
+            vs.http.len(),
+            if vs.gateways.is_empty() {
+                String::new()
+            } else {
+                format!(" gateways [{}]", vs.gateways.join(", "))
+            }
+        );
+    }
+    if !loaded.binding.selected.is_empty() {
+        let _ = writeln!(
+            out,
+            "  this gateway is selected by Gateway {}",
+            loaded.binding.selected.join(", ")
+        );
+    }
+    for skipped in loaded.policy.routes.summary().skipped {
+        let _ = writeln!(out, "  skipped: {skipped}");
+    }
+    for p in loaded.policy.authz.summary() {
+        if let Ok(rules) = p.applies {
+            let _ = writeln!(
+                out,
+                "  AuthorizationPolicy {}: {} with {rules} rule(s)",
+                p.name,
+                p.action.as_str()
+            );
+        }
+    }
+    for issuer in loaded.policy.jwt.issuers() {
+        let _ = writeln!(out, "  JWT issuer {issuer}");
     }
 }

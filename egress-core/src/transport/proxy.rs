@@ -241,106 +241,162 @@ impl UpstreamProxy {
         timeout: Duration,
         source: Option<std::net::IpAddr>,
     ) -> Result<UpstreamStream, UpstreamError> {
-        let fail = |kind, what: String| {
-            UpstreamError::new(kind, format!("upstream proxy {}: {what}", self.address()))
-        };
         let work = async {
-            // The proxy is operator configuration, not a request's destination: it is
-            // resolved here and every address is tried in turn.
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
-                .await
-                .map_err(|e| fail(UpstreamErrorKind::DnsFailed, format!("cannot resolve: {e}")))?
-                .collect();
-            let mut tcp = Err(fail(UpstreamErrorKind::DnsFailed, "no address".into()));
-            for addr in addrs {
-                match super::tcp_connect(addr, source).await {
-                    Ok(s) => {
-                        tcp = Ok(s);
-                        break;
-                    }
-                    Err(e) => {
-                        tcp = Err(fail(
-                            UpstreamErrorKind::ConnectFailed,
-                            format!("connecting to {addr}: {e}"),
-                        ))
-                    }
-                }
-            }
-            let tcp = tcp?;
-            let mut stream = if self.https {
-                let tls = self.tls.as_ref().ok_or_else(|| {
-                    fail(
-                        UpstreamErrorKind::TlsHandshake,
-                        "an https:// proxy needs a TLS client and none is configured".into(),
-                    )
-                })?;
-                let io = tls.handshake(tcp, &self.host).await.map_err(|e| {
-                    fail(
-                        UpstreamErrorKind::TlsHandshake,
-                        format!("TLS handshake: {e}"),
-                    )
-                })?;
-                UpstreamStream::Tunnel(io)
-            } else {
-                UpstreamStream::Tcp(tcp)
-            };
-            let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
-            if let Some(a) = &self.authorization {
-                head.push_str("Proxy-Authorization: ");
-                head.push_str(a);
-                head.push_str("\r\n");
-            }
-            head.push_str("\r\n");
-            stream
-                .write_all(head.as_bytes())
-                .await
-                .map_err(|e| fail(UpstreamErrorKind::ConnectFailed, e.to_string()))?;
-            // Read the answer's head byte by byte: nothing of the tunnel may be consumed.
-            let mut answer = Vec::with_capacity(256);
-            let mut byte = [0u8; 1];
-            while !answer.ends_with(b"\r\n\r\n") {
-                if answer.len() > 8192 {
-                    return Err(fail(
-                        UpstreamErrorKind::Protocol,
-                        "answer head too large".into(),
-                    ));
-                }
-                let n = stream
-                    .read(&mut byte)
-                    .await
-                    .map_err(|e| fail(UpstreamErrorKind::Protocol, e.to_string()))?;
-                if n == 0 {
-                    return Err(fail(
-                        UpstreamErrorKind::Protocol,
-                        "closed before answering CONNECT".into(),
-                    ));
-                }
-                answer.push(byte[0]);
-            }
-            let status_line = String::from_utf8_lossy(&answer);
-            let status = status_line.split_whitespace().nth(1).unwrap_or("");
-            if !status.starts_with('2') {
-                let line = status_line.lines().next().unwrap_or("").to_owned();
-                return Err(fail(
-                    UpstreamErrorKind::ConnectFailed,
-                    format!("refused CONNECT {target}: {line}"),
-                ));
-            }
+            let mut stream = self.dial(source).await?;
+            self.open_tunnel(&mut stream, target).await?;
             Ok(stream)
         };
         match tokio::time::timeout(timeout, work).await {
             Ok(r) => r,
-            Err(_) => Err(fail(
+            Err(_) => Err(self.fail(
                 UpstreamErrorKind::ConnectTimeout,
                 format!("no tunnel to {target} within {timeout:?}"),
             )),
         }
     }
+
+    fn fail(&self, kind: UpstreamErrorKind, what: String) -> UpstreamError {
+        UpstreamError::new(kind, format!("upstream proxy {}: {what}", self.address()))
+    }
+
+    /// A connection to the proxy itself, TLS for an `https://` proxy (verified for its
+    /// host before any credential is sent).
+    async fn dial(
+        &self,
+        source: Option<std::net::IpAddr>,
+    ) -> Result<UpstreamStream, UpstreamError> {
+        // The proxy is operator configuration, not a request's destination: it is resolved
+        // here and every address is tried in turn.
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await
+            .map_err(|e| self.fail(UpstreamErrorKind::DnsFailed, format!("cannot resolve: {e}")))?
+            .collect();
+        let mut tcp = Err(self.fail(UpstreamErrorKind::DnsFailed, "no address".into()));
+        for addr in addrs {
+            match super::tcp_connect(addr, source).await {
+                Ok(s) => {
+                    tcp = Ok(s);
+                    break;
+                }
+                Err(e) => {
+                    tcp = Err(self.fail(
+                        UpstreamErrorKind::ConnectFailed,
+                        format!("connecting to {addr}: {e}"),
+                    ))
+                }
+            }
+        }
+        let tcp = tcp?;
+        if !self.https {
+            return Ok(UpstreamStream::Tcp(tcp));
+        }
+        let tls = self.tls.as_ref().ok_or_else(|| {
+            self.fail(
+                UpstreamErrorKind::TlsHandshake,
+                "an https:// proxy needs a TLS client and none is configured".into(),
+            )
+        })?;
+        let io = tls.handshake(tcp, &self.host).await.map_err(|e| {
+            self.fail(
+                UpstreamErrorKind::TlsHandshake,
+                format!("TLS handshake: {e}"),
+            )
+        })?;
+        Ok(UpstreamStream::Tunnel(io))
+    }
+
+    /// Sends `CONNECT target` and reads the proxy's answer; anything but a 2xx status is
+    /// a refusal with the proxy's status line.
+    async fn open_tunnel(
+        &self,
+        stream: &mut UpstreamStream,
+        target: &str,
+    ) -> Result<(), UpstreamError> {
+        let mut head = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+        if let Some(a) = &self.authorization {
+            head.push_str("Proxy-Authorization: ");
+            head.push_str(a);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .map_err(|e| self.fail(UpstreamErrorKind::ConnectFailed, e.to_string()))?;
+        // Read the answer's head byte by byte: nothing of the tunnel may be consumed.
+        let mut answer = Vec::with_capacity(256);
+        let mut byte = [0u8; 1];
+        while !answer.ends_with(b"\r\n\r\n") {
+            if answer.len() > 8192 {
+                return Err(self.fail(UpstreamErrorKind::Protocol, "answer head too large".into()));
+            }
+            let n = stream
+                .read(&mut byte)
+                .await
+                .map_err(|e| self.fail(UpstreamErrorKind::Protocol, e.to_string()))?;
+            if n == 0 {
+                return Err(self.fail(
+                    UpstreamErrorKind::Protocol,
+                    "closed before answering CONNECT".into(),
+                ));
+            }
+            answer.push(byte[0]);
+        }
+        if connect_succeeded(&answer) {
+            return Ok(());
+        }
+        let status_line = String::from_utf8_lossy(&answer);
+        let line = status_line.lines().next().unwrap_or("").to_owned();
+        Err(self.fail(
+            UpstreamErrorKind::ConnectFailed,
+            format!("refused CONNECT {target}: {line}"),
+        ))
+    }
+}
+
+/// Whether a proxy's answer head starts `HTTP/1.x 2dd `: decided on the bytes, so that no
+/// stray byte or odd status (`2`, `2000`) reads as success.
+fn connect_succeeded(head: &[u8]) -> bool {
+    let Some(rest) = head
+        .strip_prefix(b"HTTP/1.1 ")
+        .or_else(|| head.strip_prefix(b"HTTP/1.0 "))
+    else {
+        return false;
+    };
+    matches!(rest, [b'2', a, b, b' ' | b'\r', ..] if a.is_ascii_digit() && b.is_ascii_digit())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only a well-formed 2xx status line opens the tunnel (a bare `2` or a four-digit
+    /// status once counted as success).
+    #[test]
+    fn connect_answer_is_read_exactly() {
+        for ok in [
+            &b"HTTP/1.1 200 Connection established\r\n\r\n"[..],
+            b"HTTP/1.0 200\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ] {
+            assert!(connect_succeeded(ok), "{}", String::from_utf8_lossy(ok));
+        }
+        for refused in [
+            &b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"[..],
+            b"HTTP/1.1 2 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"HTTP/2 200\r\n\r\n",
+            b"xHTTP/1.1 200 OK\r\n\r\n",
+            b"\r\n\r\n",
+        ] {
+            assert!(
+                !connect_succeeded(refused),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+        }
+    }
 
     #[test]
     fn parses_and_scopes() {

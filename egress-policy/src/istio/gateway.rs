@@ -37,7 +37,40 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gatewa
 
 fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
     let mut f = r.map(node, path)?;
-    let port = match f.take("port") {
+    let port = read_server_port(r, node, f.take("port"), path);
+    let hosts = f.strings(r, "hosts");
+    if hosts.is_empty() {
+        r.error(
+            node,
+            format!("{path}.hosts"),
+            "a server needs at least one host",
+        );
+    }
+    let mut tls_files = ServerTlsFiles::default();
+    let tls_mode = f
+        .take("tls")
+        .and_then(|n| read_server_tls(r, n, path, &mut tls_files));
+    f.finish(r, &["bind", "defaultEndpoint", "name"]);
+    Some(Server {
+        port: port?,
+        hosts: hosts
+            .into_iter()
+            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+            .collect(),
+        tls_mode,
+        tls_files,
+    })
+}
+
+/// `port`: number and protocol required, `targetPort` ignored (a gateway listens where it
+/// is told).
+fn read_server_port(
+    r: &mut Reader<'_>,
+    node: &Node,
+    port: Option<&Node>,
+    path: &str,
+) -> Option<ServerPort> {
+    match port {
         None => {
             r.error(node, format!("{path}.port"), "a server needs a port");
             None
@@ -75,29 +108,36 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
                 protocol: protocol?,
             })
         }
-    };
-    let hosts = f.strings(r, "hosts");
-    if hosts.is_empty() {
-        r.error(
-            node,
-            format!("{path}.hosts"),
-            "a server needs at least one host",
-        );
     }
-    let mut tls_files = ServerTlsFiles::default();
-    let tls_mode = f.take("tls").and_then(|n| {
-        let tp = format!("{path}.tls");
-        let mut tf = r.map(n, &tp)?;
-        let mode_node = tf.take("mode");
-        let mode = mode_node.and_then(|m| {
-            r.one_of(
-                m,
-                &format!("{tp}.mode"),
-                &["PASSTHROUGH", "SIMPLE", "MUTUAL", "AUTO_PASSTHROUGH", "ISTIO_MUTUAL", "OPTIONAL_MUTUAL"],
-            )
-            .map(str::to_owned)
-        });
-        let file = |tf: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, key: &str| -> Option<String> {
+}
+
+/// `tls`: the mode, and the files of a terminating server (checked to be readable).
+fn read_server_tls(
+    r: &mut Reader<'_>,
+    n: &Node,
+    path: &str,
+    tls_files: &mut ServerTlsFiles,
+) -> Option<String> {
+    let tp = format!("{path}.tls");
+    let mut tf = r.map(n, &tp)?;
+    let mode_node = tf.take("mode");
+    let mode = mode_node.and_then(|m| {
+        r.one_of(
+            m,
+            &format!("{tp}.mode"),
+            &[
+                "PASSTHROUGH",
+                "SIMPLE",
+                "MUTUAL",
+                "AUTO_PASSTHROUGH",
+                "ISTIO_MUTUAL",
+                "OPTIONAL_MUTUAL",
+            ],
+        )
+        .map(str::to_owned)
+    });
+    let file =
+        |tf: &mut super::reader::Fields<'_>, r: &mut Reader<'_>, key: &str| -> Option<String> {
             let n = tf.take(key)?;
             let p = format!("{tp}.{key}");
             let v = r.string(n, &p)?;
@@ -106,37 +146,38 @@ fn read_server(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Server> {
             }
             Some(v)
         };
-        tls_files.server_certificate = file(&mut tf, r, "serverCertificate");
-        tls_files.private_key = file(&mut tf, r, "privateKey");
-        tls_files.ca_certificates = file(&mut tf, r, "caCertificates");
-        if let Some(c) = tf.take("credentialName") {
-            r.error(c, format!("{tp}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give serverCertificate and privateKey as files");
+    tls_files.server_certificate = file(&mut tf, r, "serverCertificate");
+    tls_files.private_key = file(&mut tf, r, "privateKey");
+    tls_files.ca_certificates = file(&mut tf, r, "caCertificates");
+    if let Some(c) = tf.take("credentialName") {
+        r.error(c, format!("{tp}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give serverCertificate and privateKey as files");
+    }
+    tf.ignore_rest();
+    match mode.as_deref() {
+        Some("SIMPLE" | "MUTUAL")
+            if tls_files.server_certificate.is_none() || tls_files.private_key.is_none() =>
+        {
+            r.error(
+                n,
+                &tp,
+                "SIMPLE and MUTUAL servers need serverCertificate and privateKey",
+            );
         }
-        tf.ignore_rest();
-        match mode.as_deref() {
-            Some("SIMPLE" | "MUTUAL")
-                if tls_files.server_certificate.is_none() || tls_files.private_key.is_none() =>
-            {
-                r.error(n, &tp, "SIMPLE and MUTUAL servers need serverCertificate and privateKey");
-            }
-            Some("MUTUAL") if tls_files.ca_certificates.is_none() => {
-                r.error(n, &tp, "a MUTUAL server needs caCertificates to verify clients");
-            }
-            Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH") => {
-                r.error(mode_node.unwrap_or(n), format!("{tp}.mode"), "this mode needs a mesh and is not supported by this gateway");
-            }
-            _ => {}
+        Some("MUTUAL") if tls_files.ca_certificates.is_none() => {
+            r.error(
+                n,
+                &tp,
+                "a MUTUAL server needs caCertificates to verify clients",
+            );
         }
-        mode
-    });
-    f.finish(r, &["bind", "defaultEndpoint", "name"]);
-    Some(Server {
-        port: port?,
-        hosts: hosts
-            .into_iter()
-            .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-            .collect(),
-        tls_mode,
-        tls_files,
-    })
+        Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH") => {
+            r.error(
+                mode_node.unwrap_or(n),
+                format!("{tp}.mode"),
+                "this mode needs a mesh and is not supported by this gateway",
+            );
+        }
+        _ => {}
+    }
+    mode
 }
