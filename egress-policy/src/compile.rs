@@ -78,7 +78,19 @@ pub struct Compiled {
 /// Compiles a configuration, with the warnings found on the way; every error found, when
 /// there is one.
 pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnostics> {
-    let (registry, mut diagnostics) = Registry::compile(config, settings.outbound)?;
+    let mesh_only = mesh_only_errors(config, &settings.gateway_name);
+    let (registry, mut diagnostics) = match Registry::compile(config, settings.outbound) {
+        Ok(_) if mesh_only.has_errors() => {
+            let mut d = config.diagnostics.clone();
+            d.extend(mesh_only);
+            return Err(d);
+        }
+        Ok(found) => found,
+        Err(mut d) => {
+            d.extend(mesh_only);
+            return Err(d);
+        }
+    };
     let binding = Binding::new(&config.gateways, &settings.gateway_labels);
     let (routes, route_diags) = RouteTable::compile(config, &registry, &binding)?;
     diagnostics.extend(route_diags);
@@ -111,6 +123,37 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
         binding,
         diagnostics,
     })
+}
+
+/// The mesh-only settings of `DestinationRule`s that apply here: all but those for this
+/// gateway's own service (`name.namespace.svc.cluster.local` and its shorter forms), which
+/// the sidecars of a two-hop configuration use to reach it.
+fn mesh_only_errors(config: &Config, gateway_name: &str) -> Diagnostics {
+    let (namespace, name) = gateway_name
+        .split_once('/')
+        .unwrap_or(("default", gateway_name));
+    let own = |host: &str| {
+        let Some(rest) = host.strip_prefix(name) else {
+            return false;
+        };
+        match rest.strip_prefix('.') {
+            None => rest.is_empty(),
+            Some(rest) => rest
+                .strip_prefix(namespace)
+                .is_some_and(|r| matches!(r, "" | ".svc" | ".svc.cluster.local")),
+        }
+    };
+    let mut out = Diagnostics::default();
+    for dr in config
+        .destination_policies
+        .iter()
+        .filter(|dr| !own(&dr.host))
+    {
+        for d in &dr.mesh_only {
+            out.push(d.clone());
+        }
+    }
+    out
 }
 
 /// A warning when a normalisation weaker than the default meets rules that match paths:
@@ -152,4 +195,47 @@ fn weak_normalization(config: &Config, mode: Normalization) -> Option<Diagnostic
             mode.as_str()
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(host: &str) -> String {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec:\n  host: {host}\n  subsets:\n  - name: s\n    trafficPolicy:\n      portLevelSettings:\n      - port: {{number: 443}}\n        tls: {{mode: ISTIO_MUTUAL, sni: nginx.example.com}}\n"
+        )
+    }
+
+    /// `ISTIO_MUTUAL` is refused where this gateway would dial with it, and left to the
+    /// sidecars where the rule is for this gateway's own service (two-hop egress).
+    #[test]
+    fn mesh_only_tls_is_an_error_except_for_the_gateways_own_service() {
+        for own in [
+            "istio-egressgateway.istio-system.svc.cluster.local",
+            "istio-egressgateway.istio-system.svc",
+            "istio-egressgateway.istio-system",
+        ] {
+            let config = Config::load_str("own.yaml", &rule(own));
+            let compiled = compile(&config, &Settings::default());
+            assert!(compiled.is_ok(), "{own}: {}", compiled.err().unwrap());
+        }
+        for other in [
+            "nginx.example.com",
+            "istio-egressgateway.other.svc.cluster.local",
+            "istio-egressgateway-x.istio-system.svc.cluster.local",
+        ] {
+            let config = Config::load_str("other.yaml", &rule(other));
+            let err = compile(&config, &Settings::default())
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                err.contains("other.yaml:11:")
+                    && err.contains("spec.subsets[0].trafficPolicy.portLevelSettings[0].tls.mode")
+                    && err.contains("ISTIO_MUTUAL is not supported outside a mesh"),
+                "{other}: {err}"
+            );
+        }
+    }
 }

@@ -227,6 +227,7 @@ fn upgrade_policy(generated: &Meta, host: &str, port: u16) -> DestinationRule {
         port_lb: Vec::new(),
         tls: None,
         port_tls: vec![(port, simple_tls())],
+        mesh_only: Vec::new(),
     }
 }
 

@@ -105,7 +105,9 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
     }
     f.finish(r, &[]);
     if mode == "ISTIO_MUTUAL" {
-        r.error(mode_node.unwrap_or(node), format!("{path}.mode"), "ISTIO_MUTUAL is not supported outside a mesh (there is no mesh certificate authority); use MUTUAL with files");
+        // The sidecar hop of a two-hop egress configuration says ISTIO_MUTUAL for its
+        // connections to this gateway: an error only where this gateway would dial with it.
+        r.defer_error(mode_node.unwrap_or(node), format!("{path}.mode"), "ISTIO_MUTUAL is not supported outside a mesh (there is no mesh certificate authority); use MUTUAL with files");
         return None;
     }
     if mode == "MUTUAL" && (client_certificate.is_none() || private_key.is_none()) {
@@ -208,6 +210,7 @@ pub(crate) fn read_destination_rule(
 ) -> Option<DestinationRule> {
     let mut f = r.map(spec, "spec")?;
     let errors_before = r.diags.errors().count();
+    r.deferred.clear();
     let host = match f.string(r, "host") {
         Some(h) => h.trim_end_matches('.').to_ascii_lowercase(),
         None => {
@@ -265,5 +268,6 @@ pub(crate) fn read_destination_rule(
         port_lb: tp.port_lb,
         tls: tp.tls,
         port_tls: tp.port_tls,
+        mesh_only: std::mem::take(&mut r.deferred),
     })
 }

@@ -150,6 +150,7 @@ impl ConfigSet {
             file: file.clone(),
             resource: None,
             diags,
+            deferred: Vec::new(),
         };
         let Some(mut f) = r.map(doc, "") else { return };
         let api = f.take("apiVersion").and_then(|n| r.string(n, "apiVersion"));
@@ -440,20 +441,18 @@ fn set_mesh(
     doc: &Node,
     m: mesh::MeshConfig,
 ) {
-    {
-        match slot {
-            Some(first) => r.error(
-                doc,
-                "",
-                format!(
-                    "MeshConfig is already given by {} ({}:{}); one source only",
-                    first.meta.id(),
-                    first.meta.file,
-                    first.meta.line
-                ),
+    match slot {
+        Some(first) => r.error(
+            doc,
+            "",
+            format!(
+                "MeshConfig is already given by {} ({}:{}); one source only",
+                first.meta.id(),
+                first.meta.file,
+                first.meta.line
             ),
-            None => *slot = Some(m),
-        }
+        ),
+        None => *slot = Some(m),
     }
 }
 

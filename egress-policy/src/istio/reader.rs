@@ -10,6 +10,9 @@ pub(crate) struct Reader<'d> {
     pub(crate) file: Arc<str>,
     pub(crate) resource: Option<Arc<str>>,
     pub(crate) diags: &'d mut Diagnostics,
+    /// Errors that hold only where the resource applies to this gateway's own traffic
+    /// (see [`crate::model::DestinationPolicy::mesh_only`]); its reader takes them.
+    pub(crate) deferred: Vec<Diagnostic>,
 }
 
 /// The entries of one mapping; keys not taken are reported by [`Fields::finish`].
@@ -190,6 +193,24 @@ impl Reader<'_> {
 
     pub(crate) fn error(&mut self, at: &Node, field: impl Into<String>, msg: impl Into<String>) {
         self.push(Severity::Error, at.line, at.col, field, msg);
+    }
+
+    /// An error kept aside for the resource being read to carry (see [`Reader::deferred`]).
+    pub(crate) fn defer_error(
+        &mut self,
+        at: &Node,
+        field: impl Into<String>,
+        msg: impl Into<String>,
+    ) {
+        self.deferred.push(Diagnostic {
+            severity: Severity::Error,
+            file: self.file.clone(),
+            line: at.line,
+            col: at.col,
+            resource: self.resource.clone(),
+            field: field.into(),
+            message: msg.into(),
+        });
     }
 
     pub(crate) fn warn(&mut self, at: &Node, field: impl Into<String>, msg: impl Into<String>) {

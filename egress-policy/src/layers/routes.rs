@@ -207,7 +207,12 @@ fn lookup<'t, B, RspB: From<Bytes>>(
         }
     };
     let authority = dst.host_header().to_str().unwrap_or("");
-    let found = match table.route_checked(host, dst.port(), dst.scheme().as_str(), authority, req) {
+    // On a Gateway server, `match.port` is the server's port, whatever `Host` says.
+    let port = req
+        .extensions()
+        .get::<crate::routes::ListenerPort>()
+        .map_or(dst.port(), |p| p.0);
+    let found = match table.route_checked(host, port, dst.scheme().as_str(), authority, req) {
         Ok(found) => found,
         Err(name) => {
             let why = format!(

@@ -39,6 +39,11 @@ pub struct DestinationPolicy {
     pub tls: Option<ClientTls>,
     /// `trafficPolicy.portLevelSettings[].tls`, by port.
     pub port_tls: Vec<(u16, ClientTls)>,
+    /// Settings only a mesh can honour (`ISTIO_MUTUAL`), left out of the fields above: each
+    /// is an error, unless `host` is this gateway's own service, whose policy is the
+    /// sidecar's for its hop to the gateway and never applies to what the gateway dials.
+    #[cfg_attr(feature = "serde", serde(skip))]
+    pub mesh_only: Vec<crate::diag::Diagnostic>,
 }
 
 impl DestinationPolicy {
@@ -52,6 +57,7 @@ impl DestinationPolicy {
             port_lb: Vec::new(),
             tls: None,
             port_tls: Vec::new(),
+            mesh_only: Vec::new(),
         }
     }
 }

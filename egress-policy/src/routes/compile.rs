@@ -61,6 +61,12 @@ impl RouteTable {
                     table.tcp.push((vs.hosts.clone(), route));
                 }
             }
+            // A VirtualService with only `tls` or `tcp` routes leaves its hosts' plain HTTP
+            // to the default route (the registry), as Istio does: it has no HTTP routes to
+            // refuse a request with.
+            if vs.http.is_empty() {
+                continue;
+            }
             if let Some(compiled) = inputs.http_routes(vs, &mut diags) {
                 table.index(vs, Arc::new(compiled), &mut diags);
             }
@@ -303,7 +309,9 @@ impl Inputs<'_> {
             let subset = t.subset.as_deref();
             plan.balance = crate::registry::balance_for(policies, hosts, rp.port.number, subset);
             plan.tls = crate::registry::tls_for(policies, hosts, rp.port.number, subset);
-            if t.subset.is_some() && plan.targets.is_empty() {
+            // A subset without labels is the whole service (Istio): only labels that match
+            // no endpoint leave it empty.
+            if !labels.is_empty() && plan.targets.is_empty() {
                 diags.push(diag(
                     vs,
                     Severity::Error,

@@ -9,7 +9,7 @@
 
 mod server_hosts;
 
-pub use server_hosts::{ServerHosts, ServerHostsCheck, ServerHostsLayer};
+pub use server_hosts::{ListenerPort, ServerHosts, ServerHostsCheck, ServerHostsLayer};
 
 mod compile;
 mod matching;

@@ -2,6 +2,8 @@
 //!
 //! - Reads: [`Destination`]. Refuses: **404** `x-egress-denied: no-route` for a host the
 //!   server's `hosts` do not list, as Envoy answers for an unknown virtual host.
+//! - Writes: [`ListenerPort`], the server's declared port, which a route's `match.port`
+//!   is compared with on that listener (Envoy matches the listener, not the `Host` port).
 
 use bytes::Bytes;
 use egress_core::ctx::{Destination, Rejection, RejectionKind};
@@ -10,6 +12,11 @@ use http::{Request, Response, StatusCode};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
+
+/// The declared port of the `Gateway` server a request came in on (not the port it is
+/// bound to, which `--gateway-port-offset` may move): what `match.port` of its routes means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerPort(pub u16);
 
 /// The hosts of a server: exact names, `*.suffix` wildcards, or `*`.
 #[derive(Clone, Debug, Default)]
@@ -95,7 +102,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqB>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqB>) -> Self::Future {
+        // A client cannot send extensions: this one is only ever the listener's.
+        req.extensions_mut().insert(ListenerPort(self.hosts.port));
         let served = req.extensions().get::<Destination>().map(|d| {
             (
                 self.hosts.contains(&d.host().to_string()),

@@ -544,3 +544,78 @@ fn routes_built_in_code() {
     let err = RouteTable::compile(&config, &registry, &Binding::default()).unwrap_err();
     assert!(err.to_string().contains("v9"), "{err}");
 }
+
+/// A subset without labels is the whole service: every endpoint of a STATIC service, the
+/// host itself for a DNS one without endpoints (once refused as "selects no endpoints").
+#[test]
+fn subset_without_labels_selects_every_endpoint() {
+    let rules = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: every}
+spec:
+  host: api.example.com
+  subsets: [{name: every}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other}
+spec:
+  host: other.example.com
+  subsets: [{name: all}]
+---
+"#;
+    let t = table(&format!(
+        "{rules}{}",
+        vs("  - route: [{destination: {host: api.example.com, subset: every}}]\n")
+    ));
+    let r = req("GET", "/", &[]);
+    let (route, _) = t
+        .route("api.example.com", 80, "http", "api.example.com", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route { destinations, .. } = &route.action else {
+        panic!("{:?}", route.action)
+    };
+    assert_eq!(destinations[0].plan(80).unwrap().1.targets.len(), 2);
+
+    let to_other = vs(
+        "  - route: [{destination: {host: other.example.com, subset: all, port: {number: 80}}}]\n",
+    );
+    let t = table(&format!("{rules}{to_other}"));
+    let (route, _) = t
+        .route("api.example.com", 80, "http", "api.example.com", &r)
+        .unwrap()
+        .unwrap();
+    let Action::Route { destinations, .. } = &route.action else {
+        panic!("{:?}", route.action)
+    };
+    let targets = destinations[0].plan(80).unwrap().1.targets;
+    assert_eq!(targets.len(), 1);
+    assert!(
+        format!("{targets:?}").contains("other.example.com"),
+        "{targets:?}"
+    );
+}
+
+/// A VirtualService with only `tls` routes for a host leaves that host's plain HTTP to the
+/// registry (it was once refused with 404 no-route).
+#[test]
+fn tls_only_virtual_service_does_not_capture_http() {
+    let tls_only = r#"apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: tls-only}
+spec:
+  hosts: [api.example.com]
+  tls:
+  - match: [{port: 443, sniHosts: [api.example.com]}]
+    route: [{destination: {host: api.example.com, port: {number: 80}}}]
+"#;
+    let t = table(tls_only);
+    let r = req("GET", "/", &[]);
+    assert!(
+        t.route("api.example.com", 80, "http", "api.example.com", &r)
+            .is_none()
+    );
+    assert!(t.tls_route("api.example.com", 443).is_some());
+}

@@ -1,0 +1,196 @@
+//! Istio's egress tasks through the real binary, with the tasks' manifests as files under
+//! `tests/fixtures/istio-tasks` (only certificate paths are replaced by files made here),
+//! and the behaviours where this gateway once differed from Istio.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use egress_tests::tls::{TestCa, TlsOrigin};
+use egress_tests::{Gateway, curl_async};
+use std::path::Path;
+
+fn fixture(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/istio-tasks")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn check(yaml: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("task.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = std::process::Command::new(egress_tests::gateway_bin())
+        .args(["check", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+/// "Egress Gateways with TLS Origination", mutual TLS: the sidecar hop arrives over mTLS on
+/// the Gateway's 443 server with the application's plain request; the gateway originates
+/// mutual TLS to nginx.example.com. Three things the task needs: the `http` route's
+/// `port: 443` is the server's port (not the `Host` port), the `tls`-only VirtualService for
+/// the same host does not capture its HTTP, and the `ISTIO_MUTUAL` DestinationRule for the
+/// gateway's own service is the sidecar's and is not refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_mutual_tls_origination_task() {
+    // The task's nginx.example.com CA signs the origin's certificate and the gateway's
+    // client certificate; the mesh CA signs the gateway's server and the sidecar's client.
+    let nginx_ca = TestCa::new();
+    let origin = TlsOrigin::start(&nginx_ca.leaf(&["nginx.example.com"]), Some(&nginx_ca)).await;
+    let client = nginx_ca.leaf(&["client.nginx.example.com"]);
+    let mesh_ca = TestCa::new();
+    let server = mesh_ca.leaf(&["nginx.example.com"]);
+    let sidecar = mesh_ca.leaf_with(
+        &["sleep.default"],
+        Some("spiffe://cluster.local/ns/default/sa/sleep"),
+    );
+    let path = |p: &Path| p.display().to_string();
+    let yaml = fixture("egress-gateway-mtls-origination.yaml")
+        .replace("/etc/certs/cert-chain.pem", &path(&server.cert_path))
+        .replace("/etc/certs/key.pem", &path(&server.key_path))
+        .replace("/etc/certs/root-cert.pem", &path(&mesh_ca.pem_path))
+        .replace(
+            "/etc/istio/nginx-client-certs/tls.crt",
+            &path(&client.cert_path),
+        )
+        .replace(
+            "/etc/istio/nginx-client-certs/tls.key",
+            &path(&client.key_path),
+        )
+        .replace(
+            "/etc/istio/nginx-ca-certs/ca-chain.cert.pem",
+            &path(&nginx_ca.pem_path),
+        );
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+
+    let listen = free_port();
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!(
+                "--resolve=my-nginx.mesh-external.svc.cluster.local:443:127.0.0.1:{}",
+                origin.port()
+            ),
+            "--gateway-port-offset",
+            &(listen - 443).to_string(),
+        ],
+    );
+    let connect_to = format!("nginx.example.com:443:127.0.0.1:{listen}");
+    // The application sent `curl http://nginx.example.com`: its Host, with or without the
+    // port, reaches the gateway inside the sidecar's mTLS.
+    for host in ["nginx.example.com", "nginx.example.com:80"] {
+        let r = curl_async(&[
+            "--cacert",
+            &path(&mesh_ca.pem_path),
+            "--cert",
+            &path(&sidecar.cert_path),
+            "--key",
+            &path(&sidecar.key_path),
+            "--connect-to",
+            &connect_to,
+            "-H",
+            &format!("Host: {host}"),
+            "https://nginx.example.com/",
+        ])
+        .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello over tls"),
+            "Host {host}: {r:?}\n{}",
+            gw.log()
+        );
+    }
+    assert!(
+        origin
+            .client_certs
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    );
+    assert!(
+        origin
+            .snis()
+            .iter()
+            .all(|s| s.as_deref() == Some("nginx.example.com")),
+        "{:?}",
+        origin.snis()
+    );
+    // The server is MUTUAL: without the sidecar's certificate there is no request.
+    let r = curl_async(&[
+        "--cacert",
+        &path(&mesh_ca.pem_path),
+        "--connect-to",
+        &connect_to,
+        "https://nginx.example.com/",
+    ])
+    .await;
+    assert_ne!(r.status, 200, "{r:?}");
+}
+
+/// A subset without labels is the whole service, and its traffic policy applies: here TLS
+/// origination to a DNS host without listed endpoints (once refused by `check` as
+/// "selects no endpoints").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subset_without_labels_takes_every_endpoint_and_its_policy() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test"]), None).await;
+    let yaml = format!(
+        r#"apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.test]
+  ports:
+  - {{number: 80, name: http, protocol: HTTP}}
+  - {{number: 443, name: https, protocol: HTTPS}}
+  resolution: DNS
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: secure}}
+spec:
+  host: secure.test
+  subsets:
+  - name: over-tls
+    trafficPolicy:
+      tls: {{mode: SIMPLE, caCertificates: {ca}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: secure}}
+spec:
+  hosts: [secure.test]
+  http:
+  - route:
+    - destination: {{host: secure.test, subset: over-tls, port: {{number: 443}}}}
+"#,
+        ca = ca.pem_path.display()
+    );
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!(
+            "--resolve=secure.test:443:127.0.0.1:{}",
+            origin.port()
+        )],
+    );
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis(), [Some("secure.test".to_owned())]);
+}
