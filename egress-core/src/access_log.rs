@@ -44,6 +44,9 @@ pub struct Entry<'a> {
     pub route: &'a str,
     /// The upstream address dialled.
     pub upstream_host: Option<std::net::SocketAddr>,
+    /// What dry-run authorization policies would have decided (the field is left out of
+    /// the line when no policy is in dry-run).
+    pub dry_run: Option<&'a crate::ctx::DryRun>,
 }
 
 impl std::fmt::Debug for Entry<'_> {
@@ -160,6 +163,10 @@ impl AccessLogFile {
                     }
                     None => line.push_str(",\"upstream_host\":null"),
                 }
+                if let Some(d) = e.dry_run {
+                    line.push_str(",\"dry_run\":");
+                    json_str(&mut line, &d.to_string());
+                }
                 line.push_str("}\n");
             } else {
                 timestamp(&mut line, SystemTime::now());
@@ -189,10 +196,14 @@ impl AccessLogFile {
                 );
                 match e.upstream_host {
                     Some(a) => {
-                        let _ = writeln!(line, "{a}");
+                        let _ = write!(line, "{a}");
                     }
-                    None => line.push_str("-\n"),
+                    None => line.push('-'),
                 }
+                if let Some(d) = e.dry_run {
+                    let _ = write!(line, " dry_run=\"{}\"", Escaped(&d.to_string()));
+                }
+                line.push('\n');
             }
             match self.pending.lock() {
                 Ok(mut p) if p.len() + line.len() <= MAX_PENDING => {
@@ -337,6 +348,7 @@ mod tests {
             cluster: &"outbound|80||h",
             route: "-",
             upstream_host: None,
+            dry_run: None,
         };
         log.log(&e);
         let pending = log.pending.lock().unwrap().clone();

@@ -41,6 +41,8 @@ struct PolicyDump {
     name: String,
     action: &'static str,
     rules: Option<usize>,
+    #[serde(rename = "dryRun")]
+    dry_run: bool,
     #[serde(rename = "notApplied", skip_serializing_if = "Option::is_none")]
     not_applied: Option<String>,
 }
@@ -128,6 +130,7 @@ pub(crate) async fn handle(
                                 name: p.name.clone(),
                                 action: p.action.as_str(),
                                 rules: p.applies.as_ref().ok().copied(),
+                                dry_run: p.dry_run,
                                 not_applied: p.applies.as_ref().err().cloned(),
                             })
                             .collect(),

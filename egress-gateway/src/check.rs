@@ -102,9 +102,14 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
         if let Ok(rules) = p.applies {
             let _ = writeln!(
                 out,
-                "  AuthorizationPolicy {}: {} with {rules} rule(s)",
+                "  AuthorizationPolicy {}: {} with {rules} rule(s){}",
                 p.name,
-                p.action.as_str()
+                p.action.as_str(),
+                if p.dry_run {
+                    " (dry-run: reported, not enforced)"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -160,6 +160,9 @@ pub fn authorize_connection(
             ),
         ));
     }
+    if let Some(dry) = policies.dry_run(&attrs) {
+        crate::authz::log_dry_run(&dry, host, port);
+    }
     let d = policies.evaluate(&attrs);
     if d.allowed {
         return Ok(());

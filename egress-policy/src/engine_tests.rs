@@ -288,3 +288,36 @@ fn authz_denies_first_then_allows_and_names_the_deciding_rule() {
     let d = decide("/private", "192.0.2.1");
     assert!(!d.allowed && d.policy.is_none(), "{d:?}");
 }
+
+#[test]
+fn dry_run_policies_report_their_decision_and_enforce_nothing() {
+    let mut config = Config::default();
+    let mut shadow = AccessPolicy::new(
+        Meta::new("shadow-deny", "istio-system"),
+        AuthzAction::Deny,
+        vec![Rule {
+            to: vec![Operation {
+                paths: vec!["/headers".into()],
+                ..Operation::default()
+            }],
+            ..Rule::default()
+        }],
+    );
+    shadow.dry_run = true;
+    config.access_policies.push(shadow);
+    let p = policy(&config, OutboundPolicy::RegistryOnly);
+    let h = http::HeaderMap::new();
+    let a = facts("api.example.com", "/headers", &h, "192.0.2.1");
+    assert!(p.authz.evaluate(&a).allowed, "dry-run is never enforced");
+    let dry = p.authz.dry_run(&a).unwrap();
+    assert_eq!(dry.to_string(), "deny:denied:istio-system/shadow-deny");
+    assert!(dry.allow.is_none());
+    let other = facts("api.example.com", "/ip", &h, "192.0.2.1");
+    assert_eq!(
+        p.authz.dry_run(&other).unwrap().to_string(),
+        "deny:allowed:-"
+    );
+    // Without dry-run policies nothing is computed.
+    let none = policy(&Config::default(), OutboundPolicy::RegistryOnly);
+    assert!(none.authz.dry_run(&a).is_none());
+}

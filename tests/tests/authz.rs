@@ -334,3 +334,125 @@ spec:
     assert_eq!(r.status, 403, "{r:?}\n{}", gw.log());
     assert!(!gw.log().contains("does not apply"), "{}", gw.log());
 }
+
+/// Istio's "Dry Run" task: a DENY policy annotated `istio.io/dry-run: "true"` denies
+/// nothing, and its would-be decision is logged ("shadow denied"), counted (Istio's
+/// `authz_dry_run_action` / `authz_dry_run_result` labels) and put in the access log. The
+/// same policy without the annotation is enforced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_policies_are_reported_not_enforced() {
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let policy = |name: &str, dry: &str, action: &str, path: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: {name}\n  namespace: istio-system\n  annotations:\n    \"istio.io/dry-run\": \"{dry}\"\nspec:\n  action: {action}\n  rules:\n  - to:\n    - operation:\n        paths: [\"{path}\"]\n"
+        )
+    };
+    let yaml = registry(&origin)
+        + &policy("deny-path-headers", "true", "DENY", "/headers")
+        + &policy("allow-ip", "true", "ALLOW", "/ip")
+        + &policy("deny-admin", "false", "DENY", "/admin");
+    let mut args = resolve_args(&origin);
+    args.push("--access-log=on".into());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let gw = Gateway::start(&yaml, &args);
+    let base = format!("http://api.test:{port}");
+    for _ in 0..3 {
+        assert_eq!(get(&gw, &format!("{base}/headers")).await.status, 200);
+    }
+    assert_eq!(get(&gw, &format!("{base}/ip")).await.status, 200);
+    assert_eq!(get(&gw, &format!("{base}/admin")).await.status, 403);
+    assert_eq!(origin.count(), 4, "dry-run denied nothing");
+
+    assert!(gw.wait_log("shadow denied"), "{}", gw.log());
+    let log = gw.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("shadow denied"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains("istio-system/deny-path-headers"), "{line}");
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("egress::access"))
+        .collect();
+    let headers = access.iter().find(|l| l.contains("/headers")).unwrap();
+    assert!(
+        headers.contains("deny:denied:istio-system/deny-path-headers allow:denied:-"),
+        "{headers}"
+    );
+    let ip = access.iter().find(|l| l.contains("/ip")).unwrap();
+    assert!(
+        ip.contains("deny:allowed:- allow:allowed:istio-system/allow-ip"),
+        "{ip}"
+    );
+
+    let stats = curl_async(&[&format!("http://{}/stats", gw.admin)])
+        .await
+        .body;
+    let count = |action: &str, result: &str, policy: &str| {
+        let key = format!(
+            "egress_authz_dry_run_total{{authz_dry_run_action=\"{action}\",authz_dry_run_result=\"{result}\",policy=\"{policy}\"}}"
+        );
+        stats
+            .lines()
+            .find(|l| l.starts_with(&key))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        count("deny", "denied", "istio-system/deny-path-headers").as_deref(),
+        Some("3"),
+        "{stats}"
+    );
+    assert_eq!(
+        count("allow", "allowed", "istio-system/allow-ip").as_deref(),
+        Some("1"),
+        "{stats}"
+    );
+    // The enforced /admin request ran the shadow engines too: nothing matched there.
+    assert_eq!(
+        count("deny", "allowed", "-").as_deref(),
+        Some("2"),
+        "{stats}"
+    );
+
+    let dump = curl_async(&[&format!("http://{}/config_dump", gw.admin)])
+        .await
+        .body;
+    assert!(dump.contains("\"dryRun\": true"), "{dump}");
+}
+
+/// The annotation takes only Istio's two spellings, and CUSTOM has no shadow mode.
+#[test]
+fn dry_run_annotation_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    for (annotation, action, want) in [
+        (
+            "yes",
+            "DENY",
+            "metadata.annotations.istio.io/dry-run: expected \"true\" or \"false\", got \"yes\"",
+        ),
+        (
+            "true",
+            "CUSTOM\n  provider: {name: ext}",
+            "dry-run is not supported for CUSTOM",
+        ),
+    ] {
+        let path = dir.path().join("p.yaml");
+        std::fs::write(
+            &path,
+            format!("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n  annotations: {{istio.io/dry-run: \"{annotation}\"}}\nspec:\n  action: {action}\n  rules: [{{}}]\n"),
+        )
+        .unwrap();
+        let out = std::process::Command::new(egress_tests::gateway_bin())
+            .args(["check", "--config", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{annotation}: {err}");
+        assert!(
+            err.contains("p.yaml:") && err.contains(want),
+            "{annotation}: {err}"
+        );
+    }
+}

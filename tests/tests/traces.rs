@@ -213,13 +213,14 @@ async fn check_with(grpc: bool, tls: bool) {
     let origin = Origin::start().await;
     let ca = TestCa::new();
     let (recv, port) = receiver(grpc, tls.then_some(&ca)).await;
+    // A dry-run policy's would-be decision is a span tag, as in Istio's "Dry Run" task.
     let yaml = service_entry(
         "api",
         "api.test",
         origin.port(),
         "HTTP",
         "  resolution: DNS\n",
-    );
+    ) + "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: deny-traced\n  namespace: istio-system\n  annotations: {istio.io/dry-run: \"true\"}\nspec:\n  action: DENY\n  rules: [{to: [{operation: {paths: [/traced]}}]}]\n";
     let endpoint = if tls {
         format!("--otlp-endpoint=https://localhost:{port}")
     } else {
@@ -259,6 +260,14 @@ async fn check_with(grpc: bool, tls: bool) {
         Some("200")
     );
     assert_eq!(attr(server, "url.path").as_deref(), Some("/traced"));
+    assert_eq!(
+        attr(server, "istio.authorization.dry_run.deny_policy.name").as_deref(),
+        Some("ns[istio-system]-policy[deny-traced]-rule[0]")
+    );
+    assert_eq!(
+        attr(server, "istio.authorization.dry_run.deny_policy.result").as_deref(),
+        Some("denied")
+    );
     assert_eq!(attr(client, "server.address").as_deref(), Some("api.test"));
     assert!(server.start_time_unix_nano <= client.start_time_unix_nano);
     assert!(client.end_time_unix_nano <= server.end_time_unix_nano);

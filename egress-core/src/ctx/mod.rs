@@ -3,8 +3,10 @@
 //! Each fact is inserted once, by the layer named in its docs, and only read afterwards. A
 //! layer that finds a fact missing refuses the request with a precise [`RejectionKind`].
 
+mod dry_run;
 mod refusal;
 
+pub use dry_run::{DryRun, ShadowResult};
 pub use refusal::{
     DENIED_HEADER, ERROR_HEADER, Failure, Outcome, Refusal, Rejection, RejectionKind,
 };
@@ -400,13 +402,15 @@ impl RetryPolicy {
 /// Facts that layers deeper in the stack report to the telemetry layer for one request.
 ///
 /// - Inserted by: [`TelemetryLayer`](crate::telemetry::TelemetryLayer), shared by reference.
-/// - Written by: the registry check (service), the route layer (route, destination).
+/// - Written by: the registry check (service), the route layer (route, destination), the
+///   authorization layer (dry-run decisions).
 #[derive(Debug, Default)]
 pub struct TelemetrySlot {
     service: std::sync::OnceLock<(Arc<str>, Arc<str>)>,
     route: std::sync::OnceLock<Arc<str>>,
     cluster: std::sync::OnceLock<(u16, Option<Arc<str>>)>,
     upstream: std::sync::OnceLock<std::net::SocketAddr>,
+    dry_run: std::sync::OnceLock<DryRun>,
     request_bytes: std::sync::atomic::AtomicU64,
 }
 
@@ -447,6 +451,16 @@ impl TelemetrySlot {
     /// The upstream address, if one was chosen.
     pub fn upstream(&self) -> Option<std::net::SocketAddr> {
         self.upstream.get().copied()
+    }
+
+    /// Records what the dry-run authorization policies would have decided.
+    pub fn set_dry_run(&self, d: DryRun) {
+        let _ = self.dry_run.set(d);
+    }
+
+    /// The dry-run decisions, if any policy ran in dry-run.
+    pub fn dry_run(&self) -> Option<&DryRun> {
+        self.dry_run.get()
     }
 
     /// Records the route that served the request.

@@ -49,6 +49,14 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DryRunLabels {
+    /// Istio's label names (`deny` / `allow`, `denied` / `allowed`).
+    authz_dry_run_action: &'static str,
+    authz_dry_run_result: &'static str,
+    policy: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -67,6 +75,7 @@ pub struct Metrics {
     tcp_sent: Family<TcpLabels, Counter>,
     tcp_received: Family<TcpLabels, Counter>,
     limits: Family<LimitLabels, Counter>,
+    dry_runs: Family<DryRunLabels, Counter>,
     workload: Label,
     /// `unknown`, shared so that an unlabelled request allocates nothing.
     unknown: Arc<str>,
@@ -148,6 +157,12 @@ impl Metrics {
         let tcp_sent = Family::<TcpLabels, Counter>::default();
         let tcp_received = Family::<TcpLabels, Counter>::default();
         let limits = Family::<LimitLabels, Counter>::default();
+        let dry_runs = Family::<DryRunLabels, Counter>::default();
+        registry.register(
+            "egress_authz_dry_run",
+            "Would-be decisions of dry-run AuthorizationPolicies (istio.io/dry-run), by shadow engine, decision and deciding policy",
+            dry_runs.clone(),
+        );
         registry.register(
             "egress_limit_hits",
             "Times a configured limit refused work (max_connections, ...)",
@@ -210,11 +225,26 @@ impl Metrics {
             tcp_sent,
             tcp_received,
             limits,
+            dry_runs,
             workload: Label(workload.into()),
             unknown: Arc::from("unknown"),
             access_log,
             access_file: None,
         })
+    }
+
+    /// Counts what dry-run policies would have decided: one sample per shadow engine.
+    pub fn count_dry_run(&self, d: &crate::ctx::DryRun) {
+        for (engine, r) in d.results() {
+            let policy = r.policy.clone().unwrap_or_else(|| Arc::from("-"));
+            self.dry_runs
+                .get_or_create(&DryRunLabels {
+                    authz_dry_run_action: engine,
+                    authz_dry_run_result: r.decision(),
+                    policy: Label(policy),
+                })
+                .inc();
+        }
     }
 
     /// The same metrics with the access log written to a file by
@@ -282,6 +312,7 @@ impl Metrics {
                 cluster: &cluster,
                 route: "-",
                 upstream_host: None,
+                dry_run: None,
             });
             return;
         }
@@ -404,6 +435,9 @@ pub(super) fn record<B>(
         .request_bytes
         .get_or_create(&labels)
         .observe(slot.request_bytes() as f64);
+    if let Some(d) = slot.dry_run() {
+        metrics.count_dry_run(d);
+    }
     if let Some(r) = denied {
         metrics
             .refusals
@@ -446,6 +480,7 @@ fn access_log<B>(
             cluster: &cluster(service, slot),
             route: slot.route().map_or("-", |r| &**r),
             upstream_host: slot.upstream(),
+            dry_run: slot.dry_run(),
         });
         return;
     }
@@ -467,6 +502,7 @@ fn access_log<B>(
         upstream_cluster = %cluster(service, slot),
         upstream_host = %slot.upstream().map_or_else(|| "-".to_owned(), |a| a.to_string()),
         route = slot.route().map_or("-", |r| &**r),
+        dry_run = slot.dry_run().map(tracing::field::display),
         "access"
     );
 }

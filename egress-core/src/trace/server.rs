@@ -17,7 +17,7 @@ use super::{
     B3Form, SpanRecord, TraceContext, Tracer, attr_int, attr_str, extract, new_span_id,
     new_trace_id, now_nanos,
 };
-use crate::ctx::{ClientAddr, Destination, Failure, Rejection};
+use crate::ctx::{ClientAddr, Destination, DryRun, Failure, Rejection, TelemetrySlot};
 
 /// Starts a trace context per request and records its server span when sampled.
 #[derive(Clone, Debug)]
@@ -52,6 +52,8 @@ pub struct TraceService<S> {
 
 struct Pending {
     record: SpanRecord,
+    /// Where deeper layers report the dry-run decisions the span carries.
+    slot: Option<Arc<TelemetrySlot>>,
 }
 
 impl<S, ReqB, RspB> Service<Request<ReqB>> for TraceService<S>
@@ -110,6 +112,7 @@ where
                 attributes.push(attr_str("client.address", c.0.ip().to_string()));
             }
             Pending {
+                slot: req.extensions().get::<Arc<TelemetrySlot>>().cloned(),
                 record: SpanRecord {
                     trace_id: ctx.trace_id,
                     span_id: ctx.span_id,
@@ -170,9 +173,30 @@ where
                 }
                 Err(_) => p.record.error = true,
             }
+            if let Some(d) = p.slot.as_ref().and_then(|s| s.dry_run()) {
+                dry_run_attributes(d, &mut p.record.attributes);
+            }
             this.tracer.record(p.record);
         }
         Poll::Ready(result)
+    }
+}
+
+/// Istio's span tags for dry-run policies:
+/// `istio.authorization.dry_run.deny_policy.name` = `ns[foo]-policy[name]-rule[0]`, and
+/// `….result` = `allowed` / `denied`, per shadow engine.
+fn dry_run_attributes(d: &DryRun, out: &mut Vec<super::KeyValue>) {
+    for (engine, r) in d.results() {
+        let prefix = format!("istio.authorization.dry_run.{engine}_policy");
+        if let Some(policy) = &r.policy {
+            let (ns, name) = policy.split_once('/').unwrap_or(("", policy));
+            let rule = r.rule.unwrap_or(0);
+            out.push(attr_str(
+                &format!("{prefix}.name"),
+                format!("ns[{ns}]-policy[{name}]-rule[{rule}]"),
+            ));
+        }
+        out.push(attr_str(&format!("{prefix}.result"), r.decision()));
     }
 }
 

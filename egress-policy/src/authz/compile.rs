@@ -43,6 +43,7 @@ impl AuthzPolicies {
                     name: id,
                     action: p.action,
                     applies: Err(why),
+                    dry_run: p.dry_run,
                 });
                 continue;
             }
@@ -65,6 +66,7 @@ impl AuthzPolicies {
                 name: id,
                 action: p.action,
                 applies: Ok(compiled.rules.len()),
+                dry_run: p.dry_run,
             });
             if p.action == AuthzAction::Custom
                 && let Some(provider) = p.provider.as_deref().and_then(|n| set.provider(n))
@@ -79,6 +81,8 @@ impl AuthzPolicies {
                 set.authorizer_headers = headers.into();
             }
             match p.action {
+                AuthzAction::Deny if p.dry_run => set.dry_deny.push(compiled),
+                AuthzAction::Allow if p.dry_run => set.dry_allow.push(compiled),
                 AuthzAction::Custom => set.custom.push(compiled),
                 AuthzAction::Deny => set.deny.push(compiled),
                 AuthzAction::Allow => set.allow.push(compiled),

@@ -19,6 +19,7 @@ pub use attributes::{Attributes, HttpAttributes, Pattern, remove_matching};
 pub use facts::{BadForwardedFor, RequestFacts, bad_xff, remote_ip};
 use index::PolicyList;
 
+use egress_core::ctx::{DryRun, ShadowResult};
 use ipnet::IpNet;
 #[cfg(feature = "serde")]
 use serde::Serialize;
@@ -403,6 +404,23 @@ pub struct AuthzDecision {
     pub action: Option<AuthzAction>,
 }
 
+/// The log line of a request's or connection's dry-run decisions, one per shadow engine.
+pub fn log_dry_run(dry: &DryRun, host: &str, port: u16) {
+    for (engine, r) in dry.results() {
+        // "shadow denied" / "shadow allowed", as Envoy's RBAC filter logs it.
+        tracing::info!(
+            target: "egress::authz",
+            engine,
+            policy = r.policy.as_deref().unwrap_or("-"),
+            rule = r.rule.map_or(-1, |r| r as i64),
+            host,
+            port,
+            "dry-run policy: shadow {} (not enforced)",
+            r.decision()
+        );
+    }
+}
+
 /// The `AuthorizationPolicy` resources that apply to this gateway, compiled. Immutable:
 /// a reload builds a new set and swaps it in whole.
 #[derive(Clone, Debug, Default)]
@@ -411,6 +429,9 @@ pub struct AuthzPolicies {
     deny: PolicyList,
     allow: PolicyList,
     audit: PolicyList,
+    /// Dry-run DENY and ALLOW policies: Istio's shadow engines, reported, never enforced.
+    dry_deny: PolicyList,
+    dry_allow: PolicyList,
     providers: Vec<(Arc<str>, Arc<HttpAuthorizer>)>,
     /// `headersToUpstreamOnAllow` of every provider a CUSTOM policy in force uses: what
     /// the authorizer alone may set upstream, so never taken from the client.
@@ -428,6 +449,9 @@ pub struct PolicySummary {
     pub action: AuthzAction,
     /// Whether it applies to this gateway, and why not.
     pub applies: Result<usize, String>,
+    /// Evaluated in shadow mode only (`istio.io/dry-run`).
+    #[cfg_attr(feature = "serde", serde(rename = "dryRun"))]
+    pub dry_run: bool,
 }
 
 impl AuthzPolicies {
@@ -444,7 +468,11 @@ impl AuthzPolicies {
 
     /// Whether no DENY, ALLOW or AUDIT policy applies (the DENY/ALLOW layer then does nothing).
     pub fn deny_allow_audit_is_empty(&self) -> bool {
-        self.deny.is_empty() && self.allow.is_empty() && self.audit.is_empty()
+        self.deny.is_empty()
+            && self.allow.is_empty()
+            && self.audit.is_empty()
+            && self.dry_deny.is_empty()
+            && self.dry_allow.is_empty()
     }
 
     /// Whether no CUSTOM policy applies.
@@ -462,10 +490,45 @@ impl AuthzPolicies {
 
     /// Whether no policy applies (the layer then costs nothing).
     pub fn is_empty(&self) -> bool {
-        self.custom.is_empty()
-            && self.deny.is_empty()
-            && self.allow.is_empty()
-            && self.audit.is_empty()
+        self.custom.is_empty() && self.deny_allow_audit_is_empty()
+    }
+
+    /// What the dry-run policies would decide, each kind as Istio's shadow engine for it:
+    /// DENY denies when one matches, ALLOW allows when one matches and denies otherwise.
+    /// `None` when no policy is in dry-run (the common case costs one check).
+    pub fn dry_run(&self, a: &Attributes<'_>) -> Option<DryRun> {
+        if self.dry_deny.is_empty() && self.dry_allow.is_empty() {
+            return None;
+        }
+        let deny = (!self.dry_deny.is_empty()).then(|| {
+            match self.dry_deny.first_match(a, AuthzAction::Deny) {
+                Some((p, rule)) => ShadowResult {
+                    allowed: false,
+                    policy: Some(p.name.clone()),
+                    rule: Some(rule),
+                },
+                None => ShadowResult {
+                    allowed: true,
+                    policy: None,
+                    rule: None,
+                },
+            }
+        });
+        let allow = (!self.dry_allow.is_empty()).then(|| {
+            match self.dry_allow.first_match(a, AuthzAction::Allow) {
+                Some((p, rule)) => ShadowResult {
+                    allowed: true,
+                    policy: Some(p.name.clone()),
+                    rule: Some(rule),
+                },
+                None => ShadowResult {
+                    allowed: false,
+                    policy: None,
+                    rule: None,
+                },
+            }
+        });
+        Some(DryRun { deny, allow })
     }
 
     /// The policies and whether each applies.

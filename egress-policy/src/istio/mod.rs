@@ -167,7 +167,7 @@ impl ConfigSet {
             return;
         }
         let md = read_metadata(&mut r, doc, f.take("metadata"), &kind);
-        let (namespace_given, source_ip) = (md.namespace_given, md.source_ip);
+        let (namespace_given, annotations) = (md.namespace_given, md.annotations);
         let meta = Meta {
             name: md.name,
             namespace: md.namespace,
@@ -204,7 +204,7 @@ impl ConfigSet {
             namespace_given,
             networking,
         };
-        if let Some(id) = self.read_kind(&mut r, &head, meta, spec, data, source_ip) {
+        if let Some(id) = self.read_kind(&mut r, &head, meta, spec, data, annotations) {
             self.ignored.push(format!("{id} ({file}:{})", doc.line));
             count_ignored(ignored, file, doc, &kind, &api, id);
         }
@@ -219,7 +219,7 @@ impl ConfigSet {
         meta: Meta,
         spec: &Node,
         data: &Node,
-        source_ip: Option<std::net::IpAddr>,
+        annotations: Annotations,
     ) -> Option<Arc<str>> {
         let Head {
             doc,
@@ -237,7 +237,7 @@ impl ConfigSet {
             }
             "ServiceEntry" => {
                 if let Some(mut se) = service_entry::read(r, meta, spec) {
-                    se.source_ip = source_ip;
+                    se.source_ip = annotations.source_ip;
                     self.services.push(se);
                 }
             }
@@ -273,9 +273,21 @@ impl ConfigSet {
                 unsupported_version(r, doc, api, kind, security::SECURITY_VERSIONS)
             }
             "AuthorizationPolicy" => {
-                if let Some(p) = security::read_authorization_policy(r, meta, spec, namespace_given)
+                if let Some(mut p) =
+                    security::read_authorization_policy(r, meta, spec, namespace_given)
                 {
-                    self.access_policies.push(p);
+                    p.dry_run = annotations.dry_run.unwrap_or(false);
+                    if p.dry_run && p.action == crate::model::AuthzAction::Custom {
+                        // Istio has no shadow mode for CUSTOM; enforcing it, or not at
+                        // all, would each surprise someone: refused.
+                        r.error(
+                            doc,
+                            format!("metadata.annotations.{DRY_RUN_ANNOTATION}"),
+                            "dry-run is not supported for CUSTOM policies (Istio has no shadow mode for an external authorizer)",
+                        );
+                    } else {
+                        self.access_policies.push(p);
+                    }
                 }
             }
             "RequestAuthentication" => {
@@ -379,8 +391,20 @@ struct Metadata {
     name: String,
     namespace: String,
     namespace_given: bool,
-    source_ip: Option<std::net::IpAddr>,
+    annotations: Annotations,
 }
+
+/// The annotations this gateway reads; the others belong to other tools.
+#[derive(Clone, Copy, Debug, Default)]
+struct Annotations {
+    /// [`SOURCE_IP_ANNOTATION`] (ServiceEntry).
+    source_ip: Option<std::net::IpAddr>,
+    /// [`DRY_RUN_ANNOTATION`] (AuthorizationPolicy).
+    dry_run: Option<bool>,
+}
+
+/// Istio's shadow mode for an `AuthorizationPolicy`: evaluated and reported, never enforced.
+pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 /// Reads `metadata`: the name (required), the namespace (`default` when absent) and this
 /// gateway's own annotation; the many server-set Kubernetes fields are left alone.
@@ -388,7 +412,7 @@ fn read_metadata(r: &mut Reader<'_>, doc: &Node, metadata: Option<&Node>, kind: 
     let mut name = String::new();
     let mut namespace = "default".to_owned();
     let mut namespace_given = false;
-    let mut source_ip = None;
+    let mut annotations = Annotations::default();
     match metadata {
         None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
         Some(m) => {
@@ -401,26 +425,8 @@ fn read_metadata(r: &mut Reader<'_>, doc: &Node, metadata: Option<&Node>, kind: 
                     namespace = ns;
                     namespace_given = true;
                 }
-                if let Some(a) = mf.take("annotations")
-                    && let Some(mut af) = r.map(a, "metadata.annotations")
-                {
-                    if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
-                        let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
-                        match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
-                            Some(Ok(ip)) if kind == "ServiceEntry" => source_ip = Some(ip),
-                            Some(Ok(_)) => r.warn(
-                                n,
-                                &field,
-                                "only ServiceEntry reads this annotation, ignored",
-                            ),
-                            Some(Err(_)) => {
-                                r.error(n, &field, "expected an IP address of this host")
-                            }
-                            None => {}
-                        }
-                    }
-                    // Other annotations belong to other tools.
-                    af.ignore_rest();
+                if let Some(a) = mf.take("annotations") {
+                    annotations = read_annotations(r, a, kind);
                 }
                 // Kubernetes metadata carries many server-set fields; none matter here.
                 mf.ignore_rest();
@@ -431,8 +437,50 @@ fn read_metadata(r: &mut Reader<'_>, doc: &Node, metadata: Option<&Node>, kind: 
         name,
         namespace,
         namespace_given,
-        source_ip,
+        annotations,
     }
+}
+
+fn read_annotations(r: &mut Reader<'_>, node: &Node, kind: &str) -> Annotations {
+    let mut out = Annotations::default();
+    let Some(mut af) = r.map(node, "metadata.annotations") else {
+        return out;
+    };
+    let only = |r: &mut Reader<'_>, n: &Node, field: &str, owner: &str| {
+        r.warn(
+            n,
+            field,
+            format!("only {owner} reads this annotation, ignored"),
+        );
+    };
+    if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
+        let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
+        match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
+            Some(Ok(ip)) if kind == "ServiceEntry" => out.source_ip = Some(ip),
+            Some(Ok(_)) => only(r, n, &field, "ServiceEntry"),
+            Some(Err(_)) => r.error(n, &field, "expected an IP address of this host"),
+            None => {}
+        }
+    }
+    if let Some(n) = af.take(DRY_RUN_ANNOTATION) {
+        let field = format!("metadata.annotations.{DRY_RUN_ANNOTATION}");
+        // Kubernetes annotations are strings; anything but the two spellings Istio
+        // documents could be read as either, so it is refused.
+        match r.string(n, &field).as_deref() {
+            Some("true") if kind == "AuthorizationPolicy" => out.dry_run = Some(true),
+            Some("false") if kind == "AuthorizationPolicy" => out.dry_run = Some(false),
+            Some("true" | "false") => only(r, n, &field, "AuthorizationPolicy"),
+            Some(other) => r.error(
+                n,
+                &field,
+                format!("expected \"true\" or \"false\", got {other:?}"),
+            ),
+            None => {}
+        }
+    }
+    // Other annotations belong to other tools.
+    af.ignore_rest();
+    out
 }
 
 fn set_mesh(

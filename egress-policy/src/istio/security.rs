@@ -151,6 +151,8 @@ pub(crate) fn read_authorization_policy(
         action,
         provider,
         rules,
+        // Set from the annotation by the caller, which read the metadata.
+        dry_run: false,
     })
 }
 

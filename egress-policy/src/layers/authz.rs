@@ -5,11 +5,15 @@
 //! - Refuses with `x-egress-denied: rbac-denied`: **403** `RBAC: access denied` (a
 //!   `CONNECT` is closed after it). The deciding policy and rule go to the log, not to the
 //!   client.
+//! - Dry-run policies (`istio.io/dry-run`) are evaluated beside the enforced ones: their
+//!   would-be decisions are logged and reported to the
+//!   [`TelemetrySlot`] (metric, access log), never enforced.
 
 use bytes::Bytes;
-use egress_core::ctx::{Rejection, RejectionKind};
+use egress_core::ctx::{Rejection, RejectionKind, TelemetrySlot};
 use egress_core::respond::RefuseOr;
 use http::{Request, Response, StatusCode};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
@@ -119,7 +123,14 @@ where
             }
             Err(BadForwardedFor) => return RefuseOr::refused(bad_xff()),
         };
-        let decision = policies.evaluate(&facts.attributes(&req));
+        let attributes = facts.attributes(&req);
+        if let Some(dry) = policies.dry_run(&attributes) {
+            crate::authz::log_dry_run(&dry, &facts.host, facts.port);
+            if let Some(slot) = req.extensions().get::<Arc<TelemetrySlot>>() {
+                slot.set_dry_run(dry);
+            }
+        }
+        let decision = policies.evaluate(&attributes);
         if !decision.allowed {
             return RefuseOr::refused(denied(&decision, &facts.host, facts.port, !facts.http));
         }

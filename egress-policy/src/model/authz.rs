@@ -145,6 +145,10 @@ pub struct AccessPolicy {
     /// `rules`: `None` when absent (never matches), `Some(vec![Rule::default()])` for
     /// `rules: [{}]` (matches everything).
     pub rules: Option<Vec<Rule>>,
+    /// Shadow mode (Istio's `istio.io/dry-run` annotation): evaluated and reported with
+    /// its would-be decision, never enforced. Not for `CUSTOM`.
+    #[cfg_attr(feature = "serde", serde(rename = "dryRun"))]
+    pub dry_run: bool,
 }
 
 impl AccessPolicy {
@@ -159,6 +163,7 @@ impl AccessPolicy {
             action,
             provider: None,
             rules: Some(rules),
+            dry_run: false,
         }
     }
 }
