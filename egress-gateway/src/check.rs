@@ -77,7 +77,8 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
     for vs in &loaded.policy.config.virtual_hosts {
         let _ = writeln!(
             out,
-            "  VirtualService {}: hosts [{}] {} http route(s){}",
+            "  {} {}: hosts [{}] {} http route(s){}",
+            vs.kind,
             vs.meta.id(),
             vs.hosts.join(", "),
             vs.http.len(),
@@ -86,6 +87,13 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
             } else {
                 format!(" gateways [{}]", vs.gateways.join(", "))
             }
+        );
+    }
+    for st in &loaded.policy.config.route_status {
+        let _ = writeln!(
+            out,
+            "  {} -> {}: {} ({})",
+            st.route, st.parent, st.reason, st.message
         );
     }
     if !loaded.binding.selected.is_empty() {

@@ -116,23 +116,46 @@ impl RequestAuth {
     }
 }
 
+/// The label Istio sets on the proxies of a Gateway API `Gateway`: its name.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The older spelling of [`GATEWAY_NAME_LABEL`].
+pub const ISTIO_GATEWAY_NAME_LABEL: &str = "istio.io/gateway-name";
+
 impl Gateway {
     /// Whether a proxy with these labels is selected (every selector label present).
+    /// A Gateway API `Gateway` has no selector: it is selected by the labels Istio puts on
+    /// the proxies it deploys for it (`gateway.networking.k8s.io/gateway-name: NAME`).
     pub fn selects(&self, labels: &[(String, String)]) -> bool {
-        self.selector.iter().all(|l| labels.contains(l))
+        match &self.class {
+            None => self.selector.iter().all(|l| labels.contains(l)),
+            Some(_) => labels.iter().any(|(k, v)| {
+                (k == GATEWAY_NAME_LABEL || k == ISTIO_GATEWAY_NAME_LABEL) && *v == self.meta.name
+            }),
+        }
     }
 }
 
 impl Binding {
     /// Selects the Gateways of `gateways` that these labels satisfy.
+    ///
+    /// When none does and the configuration has exactly one Gateway API `Gateway` of
+    /// class `istio`, this proxy is that Gateway's: a gateway started on a task's manifests
+    /// serves its Gateway as Istio's deployment for it would, with no labels to set.
     pub fn new(gateways: &[Gateway], labels: &[(String, String)]) -> Self {
-        Self {
-            selected: gateways
+        let mut selected: Vec<String> = gateways
+            .iter()
+            .filter(|g| g.selects(labels))
+            .map(|g| g.meta.id())
+            .collect();
+        if selected.is_empty() {
+            let mut api = gateways
                 .iter()
-                .filter(|g| g.selects(labels))
-                .map(|g| g.meta.id())
-                .collect(),
+                .filter(|g| g.class.as_deref() == Some(crate::gateway_api::CLASS));
+            if let (Some(only), None) = (api.next(), api.next()) {
+                selected.push(only.meta.id());
+            }
         }
+        Self { selected }
     }
 
     /// Whether this proxy acts for the mesh (no Gateway selects it).

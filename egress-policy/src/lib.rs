@@ -53,6 +53,7 @@ pub mod connection;
 pub mod diag;
 pub mod duration;
 pub mod ext_authz;
+pub mod gateway_api;
 pub mod identity;
 pub mod istio;
 pub mod jwks;

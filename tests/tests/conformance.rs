@@ -194,3 +194,89 @@ spec:
     );
     assert_eq!(origin.snis(), [Some("secure.test".to_owned())]);
 }
+
+/// "Egress Gateways", HTTP, Gateway API tab: the gateway started on the task's manifests
+/// (no labels to set) is the `cnn-egress-gateway` Gateway, opens its port-80 listener, and
+/// forwards by the HTTPRoute bound to it; the ServiceEntry-bound route is the sidecars'.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_http_task_gateway_api() {
+    let origin = egress_tests::Origin::start().await;
+    let yaml = fixture("egress-gateway-http.gateway-api.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("HTTPRoute default/forward-cnn-from-egress-gateway -> Gateway default/cnn-egress-gateway: Accepted"),
+        "{out}"
+    );
+    let listen = free_port();
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!("--resolve=edition.cnn.com:80:127.0.0.1:{}", origin.port()),
+            "--gateway-port-offset",
+            &(listen - 80).to_string(),
+            "--access-log=on",
+        ],
+    );
+    // As the sidecar sends it to the Gateway's listener, and as a forward-proxy client.
+    let server = format!("http://127.0.0.1:{listen}/politics");
+    let r = curl_async(&["-H", "Host: edition.cnn.com", &server]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://edition.cnn.com/sport"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let seen: Vec<String> = origin.requests().iter().map(|s| s.uri.clone()).collect();
+    assert_eq!(seen, ["/politics", "/sport"]);
+    // The listener serves its hostname only.
+    let r = curl_async(&["-H", "Host: other.example.com", &server]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(
+        gw.wait_log("route=\"default.forward-cnn-from-egress-gateway.0\""),
+        "{}",
+        gw.log()
+    );
+}
+
+/// "Egress Gateways", HTTPS, Gateway API tab: TLS passthrough on the Gateway's 443
+/// listener, routed by the TLSRoute to edition.cnn.com, never terminated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_https_task_gateway_api() {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["edition.cnn.com"]), None).await;
+    let yaml = fixture("egress-gateway-https.gateway-api.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    let listen = free_port();
+    let gw = Gateway::start(
+        &yaml,
+        &[
+            &format!("--resolve=edition.cnn.com:443:127.0.0.1:{}", origin.port()),
+            "--gateway-port-offset",
+            &(listen - 443).to_string(),
+        ],
+    );
+    let r = curl_async(&[
+        "--cacert",
+        &ca.pem_path.display().to_string(),
+        "--connect-to",
+        &format!("edition.cnn.com:443:127.0.0.1:{listen}"),
+        "https://edition.cnn.com/politics",
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis(), [Some("edition.cnn.com".to_owned())]);
+    // Another name on that listener is not passed through.
+    let r = curl_async(&[
+        "-k",
+        "--connect-to",
+        &format!("other.example.com:443:127.0.0.1:{listen}"),
+        "https://other.example.com/",
+    ])
+    .await;
+    assert_ne!(r.status, 200, "{r:?}");
+    assert_eq!(origin.snis().len(), 1);
+}

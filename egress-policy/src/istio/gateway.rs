@@ -32,6 +32,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Gatewa
         meta,
         selector,
         servers,
+        class: None,
     })
 }
 

@@ -12,7 +12,7 @@ mod http_match;
 mod l4_route;
 pub mod mesh;
 mod model;
-mod reader;
+pub(crate) mod reader;
 mod request_authentication;
 pub mod security;
 mod service_entry;
@@ -74,7 +74,7 @@ impl ConfigSet {
     /// Reads files and directories (their `.yaml` / `.yml` files, sorted, recursively).
     pub fn load_paths(paths: &[PathBuf]) -> Result<Self, SourceError> {
         let mut set = ConfigSet::default();
-        let mut ignored_kinds = BTreeMap::new();
+        let mut state = Load::default();
         for path in paths {
             let mut files = Vec::new();
             collect_files(path, &mut files)?;
@@ -83,28 +83,23 @@ impl ConfigSet {
                     path: file.clone(),
                     source,
                 })?;
-                set.read_text(&file.display().to_string(), &text, &mut ignored_kinds);
+                set.read_text(&file.display().to_string(), &text, &mut state);
             }
         }
-        set.report_ignored(ignored_kinds);
+        set.finish(state);
         Ok(set)
     }
 
     /// Reads one YAML text; `name` is used in diagnostics.
     pub fn load_str(name: &str, text: &str) -> Self {
         let mut set = ConfigSet::default();
-        let mut ignored_kinds = BTreeMap::new();
-        set.read_text(name, text, &mut ignored_kinds);
-        set.report_ignored(ignored_kinds);
+        let mut state = Load::default();
+        set.read_text(name, text, &mut state);
+        set.finish(state);
         set
     }
 
-    fn read_text(
-        &mut self,
-        name: &str,
-        text: &str,
-        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
-    ) {
+    fn read_text(&mut self, name: &str, text: &str, state: &mut Load) {
         let file: Arc<str> = name.into();
         self.sources.push(name.to_owned());
         let docs = match parse_documents(text) {
@@ -123,19 +118,14 @@ impl ConfigSet {
             }
         };
         for doc in &docs {
-            self.read_resource(&file, doc, ignored);
+            self.read_resource(&file, doc, state);
         }
     }
 
-    fn read_resource(
-        &mut self,
-        file: &Arc<str>,
-        doc: &Node,
-        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
-    ) {
+    fn read_resource(&mut self, file: &Arc<str>, doc: &Node, state: &mut Load) {
         // Taken out while reading, so that the reader and the set are borrowed apart.
         let mut diags = std::mem::take(&mut self.diagnostics);
-        self.read_into(&mut diags, file, doc, ignored);
+        self.read_into(&mut diags, file, doc, state);
         self.diagnostics = diags;
     }
 
@@ -144,7 +134,7 @@ impl ConfigSet {
         diags: &mut crate::diag::Diagnostics,
         file: &Arc<str>,
         doc: &Node,
-        ignored: &mut BTreeMap<String, (Diagnostic, usize)>,
+        state: &mut Load,
     ) {
         let mut r = Reader {
             file: file.clone(),
@@ -162,7 +152,7 @@ impl ConfigSet {
         if kind == "List" && api == "v1" {
             let items = f.take("items").map(|n| r.list(n, "items").unwrap_or(&[]));
             for item in items.unwrap_or(&[]) {
-                self.read_into(r.diags, file, item, ignored);
+                self.read_into(r.diags, file, item, state);
             }
             return;
         }
@@ -204,9 +194,14 @@ impl ConfigSet {
             namespace_given,
             networking,
         };
-        if let Some(id) = self.read_kind(&mut r, &head, meta, spec, data, annotations) {
+        let unread = if api.starts_with(crate::gateway_api::GROUP) {
+            state.gateway_api.read(&mut r, &api, &kind, meta, spec)
+        } else {
+            self.read_kind(&mut r, &head, meta, spec, data, annotations)
+        };
+        if let Some(id) = unread {
             self.ignored.push(format!("{id} ({file}:{})", doc.line));
-            count_ignored(ignored, file, doc, &kind, &api, id);
+            count_ignored(&mut state.ignored, file, doc, &kind, &api, id);
         }
     }
 
@@ -504,7 +499,20 @@ fn set_mesh(
     }
 }
 
+/// What loading keeps until every file is read: the kinds ignored, and the Gateway API
+/// resources, whose routes attach to their parents only once all are known.
+#[derive(Default)]
+struct Load {
+    ignored: BTreeMap<String, (Diagnostic, usize)>,
+    gateway_api: crate::gateway_api::Documents,
+}
+
 impl ConfigSet {
+    fn finish(&mut self, state: Load) {
+        state.gateway_api.attach(self);
+        self.report_ignored(state.ignored);
+    }
+
     fn report_ignored(&mut self, ignored: BTreeMap<String, (Diagnostic, usize)>) {
         for (what, (mut d, n)) in ignored {
             let more = if n > 1 {

@@ -82,6 +82,7 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Virtua
     }
     Some(VirtualService {
         meta,
+        kind: "VirtualService",
         hosts,
         gateways,
         http,

@@ -491,11 +491,21 @@ fn rewrite_uri<B>(
 ) {
     let path = req.uri().path();
     let new_path = if let Some(new) = &rw.uri {
-        let prefix = matched
+        let uri = matched
             .and_then(|i| route.matches.get(i))
-            .and_then(|m| m.uri.as_ref())
-            .and_then(|u| u.prefix());
-        match prefix {
+            .and_then(|m| m.uri.as_ref());
+        let segments = matches!(uri, Some(crate::model::StringMatch::PathPrefix(_)));
+        match uri.and_then(|u| u.prefix()) {
+            // Gateway API replaces whole segments: `/foo` -> `/` turns `/foo/bar` into
+            // `/bar`, not `//bar`.
+            Some(p) if segments && path.len() >= p.len() => {
+                // What follows the matched segments, with its leading `/`.
+                let rest = if p == "/" { path } else { &path[p.len()..] };
+                match rest.strip_prefix('/') {
+                    Some(tail) if new.ends_with('/') => format!("{new}{tail}"),
+                    _ => format!("{new}{rest}"),
+                }
+            }
             Some(p) if path.len() >= p.len() => format!("{new}{}", &path[p.len()..]),
             _ => new.clone(),
         }

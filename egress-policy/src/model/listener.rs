@@ -58,6 +58,10 @@ pub struct Gateway {
     pub meta: Meta,
     /// `selector`: the labels of the proxies this Gateway configures.
     pub selector: Vec<(String, String)>,
+    /// The `gatewayClassName` of a Gateway API `Gateway` (`None` for Istio's): such a
+    /// Gateway has no selector; see [`Binding::new`](crate::model::Binding::new).
+    #[cfg_attr(feature = "serde", serde(skip_serializing_if = "Option::is_none"))]
+    pub class: Option<String>,
     /// `servers`.
     pub servers: Vec<Server>,
 }

@@ -94,6 +94,27 @@ pub struct Config {
     pub sources: Vec<String>,
     /// Errors and warnings found while reading.
     pub diagnostics: crate::diag::Diagnostics,
+    /// How each Gateway API route attached to each of its parents.
+    pub route_status: Vec<RouteStatus>,
+}
+
+/// Whether a route (Gateway API `HTTPRoute`, `TLSRoute`, `TCPRoute`) attached to one of its
+/// parents, with Gateway API's reason (`Accepted`, `NoMatchingParent`,
+/// `NotAllowedByListeners`, `NoMatchingListenerHostname`, `RefNotPermitted`,
+/// `BackendNotFound`, `InvalidKind`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(Serialize))]
+pub struct RouteStatus {
+    /// `Kind namespace/name` of the route.
+    pub route: String,
+    /// `Kind namespace/name` of the parent.
+    pub parent: String,
+    /// Attached and in force (a rule may still answer 500 for a backend not permitted).
+    pub accepted: bool,
+    /// The reason token.
+    pub reason: &'static str,
+    /// What it means here.
+    pub message: String,
 }
 
 /// Where a resource was defined.

@@ -158,6 +158,9 @@ pub struct Retries {
 pub struct VirtualHost {
     /// Name, namespace, source.
     pub meta: Meta,
+    /// The kind of resource it was read from (`VirtualService`, `HTTPRoute`, ...), for
+    /// messages.
+    pub kind: &'static str,
     /// `hosts` (lower-case; `*.suffix` wildcards).
     pub hosts: Vec<String>,
     /// `gateways` (empty means `mesh`).
@@ -180,6 +183,7 @@ impl VirtualHost {
     ) -> Self {
         Self {
             meta,
+            kind: "VirtualService",
             hosts: hosts
                 .into_iter()
                 .map(|h| h.as_ref().trim_end_matches('.').to_ascii_lowercase())
@@ -216,6 +220,9 @@ pub enum StringMatch {
     Exact(String),
     /// Starts with.
     Prefix(String),
+    /// Starts with these path segments (Gateway API `PathPrefix`): `/a` matches `/a` and
+    /// `/a/b`, not `/ab`. Kept without a trailing `/` (`/` itself aside).
+    PathPrefix(String),
     /// Matches the whole value (RE2 syntax, as Envoy's safe regex).
     Regex(#[cfg_attr(feature = "serde", serde(serialize_with = "regex_str"))] Regex),
     /// Present, whatever its value (`{}`).

@@ -88,13 +88,15 @@ impl RouteTable {
         };
         if binding.is_mesh() {
             let why = format!(
-                "VirtualService {id} is bound to {gateways:?}, and no Gateway resource selects this proxy (labels set with --gateway-label); ignored"
+                "{} {id} is bound to {gateways:?}, and no Gateway resource selects this proxy (labels set with --gateway-label); ignored",
+                vs.kind
             );
             diags.push(diag(vs, Severity::Warning, "spec.gateways", why.clone()));
             self.skipped.push(why);
         } else {
             self.skipped.push(format!(
-                "VirtualService {id} is bound to {gateways:?}, not to this gateway ({})",
+                "{} {id} is bound to {gateways:?}, not to this gateway ({})",
+                vs.kind,
                 binding.selected.join(", ")
             ));
         }
@@ -121,7 +123,7 @@ impl RouteTable {
                     vs,
                     Severity::Warning,
                     "spec.hosts",
-                    format!("host {host} already has a VirtualService; this one is ignored for it (Istio merges only on gateways)"),
+                    format!("host {host} already has routes (a Gateway API route, or an earlier VirtualService); this {} is ignored for it", vs.kind),
                 )),
             }
         }
@@ -236,6 +238,8 @@ impl Inputs<'_> {
                 }
             }
             let id = match &r.name {
+                // Gateway API routes are named `namespace.route.rule` already, as Istio logs.
+                Some(n) if vs.kind != "VirtualService" => n.clone(),
                 Some(n) => format!("{}/{n}", vs.meta.id()),
                 None => format!("{}#{i}", vs.meta.id()),
             };
@@ -377,7 +381,7 @@ fn diag(vs: &VirtualHost, severity: Severity, field: &str, message: String) -> D
         file: vs.meta.file.clone(),
         line: vs.meta.line,
         col: 1,
-        resource: Some(format!("VirtualService {}", vs.meta.id()).into()),
+        resource: Some(format!("{} {}", vs.kind, vs.meta.id()).into()),
         field: field.into(),
         message,
     }

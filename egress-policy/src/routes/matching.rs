@@ -13,6 +13,9 @@ impl StringMatch {
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p)),
             StringMatch::Prefix(p) => value.starts_with(p.as_str()),
+            StringMatch::PathPrefix(p) => {
+                segment_prefix(value.as_bytes(), p.as_bytes(), ignore_case)
+            }
             StringMatch::Regex(r) => r.is_match(value),
             StringMatch::Present => true,
         }
@@ -28,10 +31,24 @@ impl StringMatch {
                 .get(..p.len())
                 .is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes())),
             StringMatch::Prefix(p) => value.starts_with(p.as_bytes()),
+            StringMatch::PathPrefix(p) => segment_prefix(value, p.as_bytes(), ignore_case),
             StringMatch::Regex(r) => r.is_match(std::str::from_utf8(value).ok()?),
             StringMatch::Present => true,
         })
     }
+}
+
+/// `value` is `prefix`, or `prefix` followed by `/` (a prefix of `/` matches every path).
+fn segment_prefix(value: &[u8], prefix: &[u8], ignore_case: bool) -> bool {
+    let Some(head) = value.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if ignore_case {
+        head.eq_ignore_ascii_case(prefix)
+    } else {
+        head == prefix
+    };
+    same && (prefix.ends_with(b"/") || matches!(value.get(prefix.len()), None | Some(b'/')))
 }
 
 impl TlsMatch {

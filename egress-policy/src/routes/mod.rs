@@ -426,7 +426,7 @@ impl StringMatch {
     /// The literal prefix of a prefix match, for `rewrite.uri`.
     pub fn prefix(&self) -> Option<&str> {
         match self {
-            StringMatch::Prefix(p) => Some(p),
+            StringMatch::Prefix(p) | StringMatch::PathPrefix(p) => Some(p),
             _ => None,
         }
     }

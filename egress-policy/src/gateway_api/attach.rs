@@ -1,0 +1,588 @@
+//! Routes attached to their parents, in the model: Gateway API `Gateway`s of class `istio`
+//! become [`Gateway`]s, each accepted (route, parent) pair becomes routes of a
+//! [`VirtualHost`] bound to that Gateway (or to the mesh), and every pair has its
+//! [`RouteStatus`].
+
+use std::collections::BTreeMap;
+
+use super::{ApiGateway, Backend, CLASS, Documents, From, Listener, Route, RouteKind, Rule};
+use crate::diag::{Diagnostic, Severity};
+use crate::model::{
+    Config, DirectResponse, Gateway, HttpMatch, HttpRoute, Protocol, RouteStatus, RouteTarget,
+    Server, ServerPort, StringMatch, TcpRoute, TlsMatch, TlsRoute, VirtualHost,
+    WeightedDestination,
+};
+
+const ISTIO_GROUP: &str = "networking.istio.io";
+
+/// Where one route attached: the gateway references and hosts of its routes, and the
+/// listener ports it is limited to (empty: any).
+struct Attachment {
+    gateways: Vec<String>,
+    hosts: Vec<String>,
+    ports: Vec<u16>,
+}
+
+impl Documents {
+    /// Adds the Gateway API resources to `config`, Gateway API routes before the
+    /// `VirtualService`s (they win for a host both configure), with a status per parent.
+    pub(crate) fn attach(self, config: &mut Config) {
+        let gateways: Vec<&ApiGateway> =
+            self.gateways.iter().filter(|g| g.class == CLASS).collect();
+        for g in self.gateways.iter().filter(|g| g.class != CLASS) {
+            config.diagnostics.push(warning(
+                &g.meta,
+                "Gateway",
+                format!(
+                    "gatewayClassName {:?} is not served by this gateway (only {CLASS:?}); ignored",
+                    g.class
+                ),
+            ));
+        }
+        for g in &gateways {
+            config.gateways.push(model_gateway(g));
+        }
+        // HTTP routes of the same binding and host are one table, ordered by Gateway API
+        // precedence; TLS and TCP routes keep their own order.
+        let mut http: BTreeMap<(Vec<String>, String), Vec<(SortKey, HttpRoute, usize)>> =
+            BTreeMap::new();
+        let mut first: BTreeMap<(Vec<String>, String), &Route> = BTreeMap::new();
+        let mut l4 = Vec::new();
+        let mut seq = 0;
+        for route in &self.routes {
+            let id = format!("{} {}", route.kind.as_str(), route.meta.id());
+            for parent in &route.parents {
+                let (parent_id, found) = attachment(route, parent, &gateways, config);
+                let at = match found {
+                    Ok(at) => at,
+                    Err((reason, message)) => {
+                        config.diagnostics.push(warning(
+                            &route.meta,
+                            route.kind.as_str(),
+                            format!("{parent_id}: {reason}: {message}"),
+                        ));
+                        config.route_status.push(RouteStatus {
+                            route: id.clone(),
+                            parent: parent_id,
+                            accepted: false,
+                            reason,
+                            message,
+                        });
+                        continue;
+                    }
+                };
+                let mut refused = Vec::new();
+                match route.kind {
+                    RouteKind::Http => {
+                        for (i, rule) in route.rules.iter().enumerate() {
+                            let action = self.destinations(route, rule, config, &mut refused);
+                            // A mirror that may not be referenced is left out (the
+                            // request itself is unaffected), and reported.
+                            let mirrors = rule
+                                .mirrors
+                                .iter()
+                                .filter_map(|(b, pct)| match self.target(route, b, config) {
+                                    Ok(t) => Some((t, *pct)),
+                                    Err(e) => {
+                                        refused.push(e);
+                                        None
+                                    }
+                                })
+                                .collect();
+                            for (key, r) in http_routes(route, i, rule, action, mirrors, &at) {
+                                for host in &at.hosts {
+                                    let slot = (at.gateways.clone(), host.clone());
+                                    first.entry(slot.clone()).or_insert(route);
+                                    http.entry(slot).or_default().push((
+                                        key.clone(),
+                                        r.clone(),
+                                        seq,
+                                    ));
+                                    seq += 1;
+                                }
+                            }
+                        }
+                    }
+                    RouteKind::Tls | RouteKind::Tcp => {
+                        l4.push(self.l4_host(route, &at, config, &mut refused));
+                    }
+                }
+                let (reason, message) = match refused.first() {
+                    Some((reason, message)) => (*reason, message.clone()),
+                    None => ("Accepted", format!("routes {:?}", at.hosts)),
+                };
+                if reason != "Accepted" {
+                    config.diagnostics.push(warning(
+                        &route.meta,
+                        route.kind.as_str(),
+                        format!("{parent_id}: {reason}: {message} (a rule whose backend is refused answers 500; a refused mirror is left out)"),
+                    ));
+                }
+                config.route_status.push(RouteStatus {
+                    route: id.clone(),
+                    parent: parent_id,
+                    accepted: true,
+                    reason,
+                    message,
+                });
+            }
+        }
+        let mut hosts: Vec<VirtualHost> = Vec::new();
+        for (slot, mut routes) in http {
+            routes.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+            let route = first[&slot];
+            let (gateways, host) = slot;
+            hosts.push(VirtualHost {
+                meta: route.meta.clone(),
+                kind: "HTTPRoute",
+                hosts: vec![host],
+                gateways,
+                http: routes.into_iter().map(|(_, r, _)| r).collect(),
+                tls: Vec::new(),
+                tcp: Vec::new(),
+            });
+        }
+        hosts.extend(l4);
+        hosts.append(&mut config.virtual_hosts);
+        config.virtual_hosts = hosts;
+    }
+
+    /// The weighted destinations of a rule, or why it answers 500 instead.
+    fn destinations(
+        &self,
+        route: &Route,
+        rule: &Rule,
+        config: &Config,
+        refused: &mut Vec<(&'static str, String)>,
+    ) -> Result<Vec<WeightedDestination>, String> {
+        let mut out = Vec::new();
+        for b in &rule.backends {
+            match self.target(route, b, config) {
+                Ok(destination) => out.push(WeightedDestination {
+                    destination,
+                    weight: b.weight,
+                    headers: b.headers.clone(),
+                }),
+                Err((reason, message)) => {
+                    refused.push((reason, message.clone()));
+                    return Err(message);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where a backendRef points: a Service's cluster name, a `Hostname`, a `ServiceEntry`'s
+    /// first host; across namespaces only with a `ReferenceGrant`.
+    fn target(
+        &self,
+        route: &Route,
+        b: &Backend,
+        config: &Config,
+    ) -> Result<RouteTarget, (&'static str, String)> {
+        let ns = b
+            .namespace
+            .clone()
+            .unwrap_or_else(|| route.meta.namespace.clone());
+        if ns != route.meta.namespace && !self.granted(route, b, &ns) {
+            return Err((
+                "RefNotPermitted",
+                format!(
+                    "backendRef {} {ns}/{} is in another namespace and no ReferenceGrant there permits it",
+                    b.kind, b.name
+                ),
+            ));
+        }
+        let host = match (b.group.as_str(), b.kind.as_str()) {
+            ("" | "core", "Service") => format!("{}.{ns}.svc.cluster.local", b.name),
+            (ISTIO_GROUP, "Hostname") => b.name.to_ascii_lowercase(),
+            (ISTIO_GROUP, "ServiceEntry") => match config
+                .services
+                .iter()
+                .find(|s| s.meta.name == b.name && s.meta.namespace == ns)
+                .and_then(|s| s.hosts.first())
+            {
+                Some(h) => h.clone(),
+                None => {
+                    return Err((
+                        "BackendNotFound",
+                        format!("ServiceEntry {ns}/{} is not in the configuration", b.name),
+                    ));
+                }
+            },
+            (group, kind) => {
+                return Err((
+                    "InvalidKind",
+                    format!(
+                        "backendRef kind {kind:?} of group {group:?} is not supported (Service, networking.istio.io Hostname or ServiceEntry)"
+                    ),
+                ));
+            }
+        };
+        Ok(RouteTarget {
+            host,
+            subset: None,
+            port: b.port,
+        })
+    }
+
+    fn granted(&self, route: &Route, b: &Backend, ns: &str) -> bool {
+        self.grants.iter().filter(|g| g.namespace == ns).any(|g| {
+            g.from.iter().any(|(group, kind, from)| {
+                group == "gateway.networking.k8s.io"
+                    && kind == route.kind.as_str()
+                    && *from == route.meta.namespace
+            }) && g.to.iter().any(|(group, kind, name)| {
+                group == &b.group && kind == &b.kind && name.as_ref().is_none_or(|n| *n == b.name)
+            })
+        })
+    }
+
+    /// A TLS or TCP route as the routes of one [`VirtualHost`].
+    fn l4_host(
+        &self,
+        route: &Route,
+        at: &Attachment,
+        config: &Config,
+        refused: &mut Vec<(&'static str, String)>,
+    ) -> VirtualHost {
+        let ports: Vec<Option<u16>> = if at.ports.is_empty() {
+            vec![None]
+        } else {
+            at.ports.iter().copied().map(Some).collect()
+        };
+        let matches: Vec<TlsMatch> = ports
+            .iter()
+            .map(|port| TlsMatch {
+                sni_hosts: if route.kind == RouteKind::Tls {
+                    at.hosts.clone()
+                } else {
+                    vec!["*".into()]
+                },
+                port: *port,
+                gateways: Vec::new(),
+            })
+            .collect();
+        let mut host = VirtualHost::new(route.meta.clone(), at.hosts.iter(), Vec::new());
+        host.kind = route.kind.as_str();
+        host.gateways = at.gateways.clone();
+        for rule in &route.rules {
+            // A connection has no 500 to send: a rule with a refused backend is left out,
+            // so its connections find no route.
+            let Ok(dests) = self.destinations(route, rule, config, refused) else {
+                continue;
+            };
+            match route.kind {
+                RouteKind::Tls => host.tls.push(TlsRoute {
+                    matches: matches.clone(),
+                    route: dests,
+                }),
+                _ => host.tcp.push(TcpRoute {
+                    matches: matches.clone(),
+                    route: dests,
+                }),
+            }
+        }
+        host
+    }
+}
+
+/// A Gateway API `Gateway`'s listeners as servers.
+fn model_gateway(g: &ApiGateway) -> Gateway {
+    Gateway {
+        meta: g.meta.clone(),
+        selector: Vec::new(),
+        servers: g
+            .listeners
+            .iter()
+            .map(|l| Server {
+                port: ServerPort {
+                    number: l.port,
+                    name: l.name.clone(),
+                    protocol: l.protocol,
+                },
+                hosts: vec![l.hostname.clone().unwrap_or_else(|| "*".into())],
+                tls_mode: l.tls_mode.clone(),
+                tls_files: l.tls_files.clone(),
+            })
+            .collect(),
+        class: Some(g.class.clone()),
+    }
+}
+
+type Found = Result<Attachment, (&'static str, String)>;
+
+/// Where a route attaches for one parentRef, or the status reason why not.
+fn attachment(
+    route: &Route,
+    parent: &super::ParentRef,
+    gateways: &[&ApiGateway],
+    config: &Config,
+) -> (String, Found) {
+    let ns = parent
+        .namespace
+        .clone()
+        .unwrap_or_else(|| route.meta.namespace.clone());
+    let id = format!("{} {ns}/{}", parent.kind, parent.name);
+    let found = match (parent.group.as_str(), parent.kind.as_str()) {
+        ("gateway.networking.k8s.io", "Gateway") => match gateways
+            .iter()
+            .find(|g| g.meta.name == parent.name && g.meta.namespace == ns)
+        {
+            Some(g) => to_gateway(route, parent, g),
+            None => Err((
+                "NoMatchingParent",
+                format!(
+                    "no Gateway {ns}/{} of class {CLASS:?} in the configuration",
+                    parent.name
+                ),
+            )),
+        },
+        (ISTIO_GROUP, "ServiceEntry") => match config
+            .services
+            .iter()
+            .find(|s| s.meta.name == parent.name && s.meta.namespace == ns)
+        {
+            Some(se) => Ok(mesh(se.hosts.clone(), parent.port)),
+            None => Err((
+                "NoMatchingParent",
+                format!("no ServiceEntry {ns}/{} in the configuration", parent.name),
+            )),
+        },
+        ("" | "core", "Service") => Ok(mesh(
+            vec![format!("{}.{ns}.svc.cluster.local", parent.name)],
+            parent.port,
+        )),
+        (group, kind) => Err((
+            "NoMatchingParent",
+            format!(
+                "a parent of kind {kind:?} (group {group:?}) is not supported: Gateway, ServiceEntry or Service"
+            ),
+        )),
+    };
+    (id, found)
+}
+
+/// A mesh (GAMMA) attachment: the service's own hosts, for the sidecars.
+fn mesh(hosts: Vec<String>, port: Option<u16>) -> Attachment {
+    Attachment {
+        gateways: vec!["mesh".into()],
+        hosts,
+        ports: port.into_iter().collect(),
+    }
+}
+
+fn to_gateway(route: &Route, parent: &super::ParentRef, g: &ApiGateway) -> Found {
+    let gw_ns = &g.meta.namespace;
+    let candidates: Vec<&Listener> = g
+        .listeners
+        .iter()
+        .filter(|l| parent.section.as_ref().is_none_or(|s| *s == l.name))
+        .filter(|l| parent.port.is_none_or(|p| p == l.port))
+        .collect();
+    if candidates.is_empty() {
+        return Err((
+            "NoMatchingParent",
+            "no listener has that sectionName or port".into(),
+        ));
+    }
+    let allowed: Vec<&Listener> = candidates
+        .into_iter()
+        .filter(|l| takes(l, route.kind))
+        .filter(|l| match l.from {
+            From::All => true,
+            From::Same => route.meta.namespace == *gw_ns,
+            // Namespace labels live in the cluster, which this gateway does not read.
+            From::Selector => false,
+        })
+        .collect();
+    if allowed.is_empty() {
+        return Err((
+            "NotAllowedByListeners",
+            format!(
+                "no listener takes a {} from namespace {} (protocol, allowedRoutes; namespace selectors are not supported outside Kubernetes)",
+                route.kind.as_str(),
+                route.meta.namespace
+            ),
+        ));
+    }
+    let mut hosts = Vec::new();
+    let mut ports = Vec::new();
+    for l in &allowed {
+        let matched = intersect(l.hostname.as_deref(), &route.hostnames);
+        if !matched.is_empty() {
+            ports.push(l.port);
+        }
+        for h in matched {
+            if !hosts.contains(&h) {
+                hosts.push(h);
+            }
+        }
+    }
+    if hosts.is_empty() {
+        return Err((
+            "NoMatchingListenerHostname",
+            "no hostname of the route is a hostname of its listeners".into(),
+        ));
+    }
+    // Limited to the ports it attached on, when the Gateway listens on others too.
+    ports.sort_unstable();
+    ports.dedup();
+    let all: std::collections::BTreeSet<u16> = g.listeners.iter().map(|l| l.port).collect();
+    if all.len() == ports.len() {
+        ports.clear();
+    }
+    Ok(Attachment {
+        gateways: vec![format!("{gw_ns}/{}", g.meta.name)],
+        hosts,
+        ports,
+    })
+}
+
+/// Whether a listener takes this kind of route (its protocol, and `allowedRoutes.kinds`).
+fn takes(l: &Listener, kind: RouteKind) -> bool {
+    let by_protocol = match kind {
+        RouteKind::Http => matches!(l.protocol, Protocol::Http | Protocol::Https),
+        RouteKind::Tls => l.protocol == Protocol::Tls,
+        RouteKind::Tcp => l.protocol == Protocol::Tcp,
+    };
+    by_protocol && (l.kinds.is_empty() || l.kinds.iter().any(|k| k == kind.as_str()))
+}
+
+/// The hostnames a route serves on a listener: Gateway API's intersection, wildcards on
+/// either side (`*.example.com` and `a.example.com` give `a.example.com`).
+fn intersect(listener: Option<&str>, route: &[String]) -> Vec<String> {
+    let covers = |wild: &str, host: &str| {
+        wild.strip_prefix('*')
+            .is_some_and(|suffix| host.len() > suffix.len() && host.ends_with(suffix))
+    };
+    match (listener, route.is_empty()) {
+        (None, true) => vec!["*".into()],
+        (Some(l), true) => vec![l.to_owned()],
+        (None, false) => route.to_vec(),
+        (Some(l), false) => route
+            .iter()
+            .filter_map(|h| {
+                if h == l || covers(l, h) {
+                    Some(h.clone())
+                } else if covers(h, l) {
+                    Some(l.to_owned())
+                } else {
+                    None
+                }
+            })
+            .collect(),
+    }
+}
+
+/// Gateway API precedence of a match: an exact path, then the longest path prefix, then
+/// a regular expression, then a method, then the most header and query matches.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct SortKey {
+    path_kind: u8,
+    path_len: usize,
+    method: bool,
+    headers: usize,
+    queries: usize,
+}
+
+fn sort_key(m: Option<&HttpMatch>) -> SortKey {
+    let (path_kind, path_len) = match m.and_then(|m| m.uri.as_ref()) {
+        Some(StringMatch::Exact(p)) => (3, p.len()),
+        Some(StringMatch::PathPrefix(p) | StringMatch::Prefix(p)) => (2, p.len()),
+        Some(StringMatch::Regex(_)) => (1, 0),
+        _ => (2, 1),
+    };
+    SortKey {
+        path_kind,
+        path_len,
+        method: m.is_some_and(|m| m.method.is_some()),
+        headers: m.map_or(0, |m| m.headers.len()),
+        queries: m.map_or(0, |m| m.query_params.len()),
+    }
+}
+
+/// One model route per match of a rule (each sorts on its own), limited to the ports of
+/// the attachment; named `namespace.route.rule` as Istio names them.
+fn http_routes(
+    route: &Route,
+    index: usize,
+    rule: &Rule,
+    action: Result<Vec<WeightedDestination>, String>,
+    mirrors: Vec<(RouteTarget, f64)>,
+    at: &Attachment,
+) -> Vec<(SortKey, HttpRoute)> {
+    let matches: Vec<Option<&HttpMatch>> = if rule.matches.is_empty() {
+        vec![None]
+    } else {
+        rule.matches.iter().map(Some).collect()
+    };
+    let name = rule.name.clone().unwrap_or_else(|| index.to_string());
+    let mut template = HttpRoute {
+        name: Some(format!(
+            "{}.{}.{name}",
+            route.meta.namespace, route.meta.name
+        )),
+        headers: rule.headers.clone(),
+        redirect: rule.redirect.clone(),
+        rewrite: rule.rewrite.clone(),
+        timeout: rule.timeout,
+        retries: rule.retries.clone(),
+        mirrors,
+        ..HttpRoute::default()
+    };
+    match action {
+        Ok(dests) if !dests.is_empty() => template.route = dests,
+        _ if template.redirect.is_some() => {}
+        Ok(_) => {
+            template.direct_response = Some(DirectResponse {
+                status: 500,
+                body: Some("egress: this route rule has no backend\n".into()),
+            })
+        }
+        Err(why) => {
+            template.direct_response = Some(DirectResponse {
+                status: 500,
+                body: Some(format!("egress: {why}\n")),
+            })
+        }
+    }
+    let ports: Vec<Option<u16>> = if at.ports.is_empty() {
+        vec![None]
+    } else {
+        at.ports.iter().copied().map(Some).collect()
+    };
+    let mut out = Vec::new();
+    for m in matches {
+        let mut r = template.clone();
+        r.matches = ports
+            .iter()
+            .map(|port| {
+                let mut m = m.cloned().unwrap_or_default();
+                m.port = *port;
+                m
+            })
+            .filter(|m| {
+                m.uri.is_some()
+                    || m.port.is_some()
+                    || m.method.is_some()
+                    || !m.headers.is_empty()
+                    || !m.query_params.is_empty()
+            })
+            .collect();
+        out.push((sort_key(m), r));
+    }
+    out
+}
+
+fn warning(meta: &crate::model::Meta, kind: &str, message: String) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Warning,
+        file: meta.file.clone(),
+        line: meta.line,
+        col: 1,
+        resource: Some(format!("{kind} {}", meta.id()).into()),
+        field: String::new(),
+        message,
+    }
+}
