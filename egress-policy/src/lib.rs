@@ -9,7 +9,9 @@
 //! - [`model`] holds the plain types of what the gateway enforces; [`compile`] turns a
 //!   [`model::Config`] into the one [`snapshot::Policy`] every layer reads.
 //! - [`istio`] reads `networking.istio.io` resources with file and line positions and
-//!   validates them as Istio does ([`diag`] carries the findings).
+//!   validates them as Istio does ([`diag`] carries the findings); [`gateway_api`] reads
+//!   the Kubernetes Gateway API (`Gateway`, `HTTPRoute`, `TLSRoute`, `TCPRoute`,
+//!   `ReferenceGrant`) into the same model, in the same files.
 //! - [`registry`] compiles `ServiceEntry` resources into an immutable [`Registry`] and
 //!   provides [`RegistryOnlyLayer`], which refuses unregistered destinations under
 //!   `REGISTRY_ONLY`.

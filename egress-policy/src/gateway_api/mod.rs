@@ -4,7 +4,7 @@
 //! `TLSRoute` and `TCPRoute` become [`VirtualHost`](crate::model::VirtualHost) routes, and
 //! `ReferenceGrant` permits references across namespaces.
 //!
-//! Routes attach to their parents only once every file is read ([`Documents::attach`]):
+//! Routes attach to their parents only once every file is read:
 //! a `Gateway` of class `istio` (its listeners, by `sectionName`, `port`, hostname and
 //! `allowedRoutes`), or, for the mesh (GAMMA), a `ServiceEntry` (group
 //! `networking.istio.io`) or a `Service`. Each attachment's outcome is a
@@ -199,3 +199,6 @@ impl Documents {
         None
     }
 }
+
+#[cfg(test)]
+mod tests;

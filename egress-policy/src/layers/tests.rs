@@ -346,3 +346,45 @@ async fn jwt_validates_tokens_and_owns_its_output_headers() {
     let rsp = call!(&config, &s, layer(), get("http://api.example.com/"));
     assert_eq!(rsp.status(), StatusCode::OK);
 }
+
+/// A Gateway API `ReplacePrefixMatch` replaces whole segments: `/v1` -> `/` turns
+/// `/v1/items` into `/items` (not `//items`) and `/v1` into `/`.
+#[tokio::test]
+async fn path_prefix_rewrites_replace_whole_segments() {
+    let mut config = config();
+    let route = HttpRoute {
+        matches: vec![HttpMatch {
+            uri: Some(StringMatch::PathPrefix("/v1".into())),
+            ..HttpMatch::default()
+        }],
+        route: vec![WeightedDestination::to("api.example.com", None, 100)],
+        rewrite: Some(crate::model::Rewrite {
+            uri: Some("/".into()),
+            authority: None,
+            uri_regex: None,
+        }),
+        ..HttpRoute::default()
+    };
+    config.virtual_hosts.push(VirtualHost::new(
+        Meta::new("api", "default"),
+        ["api.example.com"],
+        vec![route],
+    ));
+    let s = Settings::default();
+    for (path, want) in [("/v1/items", "/items"), ("/v1", "/"), ("/v1/", "/")] {
+        let rsp = call!(
+            &config,
+            &s,
+            RouteLayer::from_snapshot(),
+            get(&format!("http://api.example.com{path}")),
+        );
+        assert_eq!(header(&rsp, "x-path"), want, "{path}");
+    }
+    let rsp = call!(
+        &config,
+        &s,
+        RouteLayer::from_snapshot(),
+        get("http://api.example.com/v1x"),
+    );
+    assert_eq!(rsp.status(), StatusCode::NOT_FOUND);
+}
