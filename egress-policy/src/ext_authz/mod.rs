@@ -1,6 +1,10 @@
 //! `ExtAuthzLayer`: the CUSTOM action. When a CUSTOM `AuthorizationPolicy` matches, the
-//! request is checked with the provider's HTTP authorizer (Istio's `envoyHttpAuthorizer`)
-//! before anything else decides.
+//! request is checked with the provider's authorizer before anything else decides: an HTTP
+//! authorizer (Istio's `envoyExtAuthzHttp`, below) or a gRPC one (`envoyExtAuthzGrpc`,
+//! [`grpc`]: Envoy's `Authorization/Check` with every header, the body when asked for; an
+//! OK status allows with the headers it sets, appends and removes upstream and adds to the
+//! response, any other status denies with its status (403 unless given), headers and body).
+//! Both share the timeout, `failOpen`, `statusOnError` and `includeRequestBodyInCheck`.
 //!
 //! - The check is an HTTP request to `service:port` with the original method, the path
 //!   `pathPrefix + path`, the original `Host`, `Content-Length`, the client headers named by
@@ -16,6 +20,8 @@
 //!
 //! Checks reuse pooled connections, have the provider's timeout, and are bounded in number:
 //! a slow authorizer cannot hold the gateway's memory or tasks.
+
+pub mod grpc;
 
 use crate::snapshot::{Shared, Source};
 use bytes::Bytes;
@@ -82,6 +88,8 @@ where
 pub struct ExtAuthzLayer {
     policies: Source<AuthzPolicies>,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// HTTP/2 only (prior knowledge), for gRPC authorizers.
+    grpc_client: Client<HttpConnector, Full<Bytes>>,
     limit: Arc<Semaphore>,
     xff_hops: usize,
     overrides: Arc<egress_core::transport::Overrides>,
@@ -114,10 +122,15 @@ impl ExtAuthzLayer {
         http.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(http.clone());
+        let grpc_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .http2_only(true)
             .build(http);
         Self {
             policies,
             client,
+            grpc_client,
             limit: Arc::new(Semaphore::new(max_in_flight.max(1))),
             xff_hops,
             overrides: Arc::default(),
@@ -231,19 +244,23 @@ where
             // 2. The check, bounded in number and time.
             let verdict = ask(&layer, &provider, &parts, check_body, &target).await;
             match verdict {
-                Ok((rparts, rbody)) if rparts.status == StatusCode::OK => {
+                Ok(answer) if answer.status == StatusCode::OK => {
                     // The authorizer saw the client's copies (when asked to); upstream sees
                     // only what the authorizer answered.
-                    allowed_upstream(
-                        &provider,
-                        &authorizer_headers,
-                        &rparts.headers,
-                        &mut parts.headers,
-                    );
-                    drop(rbody);
+                    crate::authz::remove_matching(&authorizer_headers, &mut parts.headers);
+                    match &answer.grpc {
+                        Some(changes) => apply_grpc(changes, &mut parts.headers),
+                        None => allowed_upstream(&provider, &answer.headers, &mut parts.headers),
+                    }
                     let req = Request::from_parts(parts, body);
                     let mut rsp = inner.call(req).await.map_err(Into::into)?;
-                    for (name, value) in rparts.headers.iter() {
+                    let downstream = answer.grpc.as_ref().map(|g| &g.downstream);
+                    for (name, value) in downstream.into_iter().flatten() {
+                        if !is_framing(name) {
+                            rsp.headers_mut().append(name.clone(), value.clone());
+                        }
+                    }
+                    for (name, value) in answer.headers.iter() {
                         if !is_framing(name)
                             && matches_any(&provider.headers_to_downstream_on_allow, name)
                         {
@@ -252,13 +269,13 @@ where
                     }
                     Ok(rsp)
                 }
-                Ok((rparts, rbody)) if rparts.status.as_u16() < 500 => {
-                    tracing::info!(provider = %provider_name, %policy, status = rparts.status.as_u16(), "external authorization denied");
-                    Ok(denial(&provider, rparts, rbody))
+                Ok(answer) if answer.from_grpc || answer.status.as_u16() < 500 => {
+                    tracing::info!(provider = %provider_name, %policy, status = answer.status.as_u16(), "external authorization denied");
+                    Ok(denial(&provider, answer))
                 }
                 other => {
                     let why = match other {
-                        Ok((rparts, _)) => format!("the authorizer answered {}", rparts.status),
+                        Ok(answer) => format!("the authorizer answered {}", answer.status),
                         Err(e) => e,
                     };
                     if provider.fail_open {
@@ -313,18 +330,45 @@ where
 /// The authorizer saw the client's copies of its headers (when asked to); upstream sees only
 /// what the authorizer answered, and never framing or routing headers: the authorizer cannot
 /// change how the request is delimited or where it goes.
-fn allowed_upstream(
-    provider: &HttpAuthorizer,
-    authorizer_headers: &[Pattern],
-    answer: &HeaderMap,
-    request: &mut HeaderMap,
-) {
-    crate::authz::remove_matching(authorizer_headers, request);
+fn allowed_upstream(provider: &HttpAuthorizer, answer: &HeaderMap, request: &mut HeaderMap) {
     for (name, value) in answer {
         if !is_framing(name) && matches_any(&provider.headers_to_upstream_on_allow, name) {
             request.insert(name.clone(), value.clone());
         }
     }
+}
+
+/// What a gRPC authorizer's allowing answer changes: set, appended and removed request
+/// headers (never framing or routing ones, which decide how the request is delimited and
+/// where it goes).
+fn apply_grpc(changes: &grpc::OkChanges, request: &mut HeaderMap) {
+    for (name, value, append) in &changes.upstream {
+        if is_framing(name) {
+            continue;
+        }
+        if *append {
+            request.append(name.clone(), value.clone());
+        } else {
+            request.insert(name.clone(), value.clone());
+        }
+    }
+    for name in &changes.remove {
+        if !is_framing(name) {
+            request.remove(name);
+        }
+    }
+}
+
+/// An authorizer's answer: an HTTP authorizer's status, headers and body, or a gRPC
+/// authorizer's decision in the same terms (with the changes it asks for when allowing).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+    grpc: Option<grpc::OkChanges>,
+    /// A gRPC answer: any status but OK is a denial, whatever HTTP status it gives.
+    from_grpc: bool,
 }
 
 /// Asks the authorizer, bounded in number (`--ext-authz-max-in-flight`) and in time (the
@@ -336,10 +380,23 @@ async fn ask(
     parts: &http::request::Parts,
     check_body: (Bytes, bool),
     target: &str,
-) -> Result<(http::response::Parts, Bytes), String> {
+) -> Result<Answer, String> {
     let Ok(_permit) = layer.limit.clone().try_acquire_owned() else {
         return Err("too many authorization checks in flight".to_owned());
     };
+    if provider.grpc {
+        let peer = parts
+            .extensions
+            .get::<egress_core::ctx::ClientAddr>()
+            .map(|c| c.0);
+        let principal = parts
+            .extensions
+            .get::<egress_core::ctx::SourcePrincipal>()
+            .map(|p| p.0.clone());
+        let check = grpc::check_request(parts, check_body, peer, principal.as_deref());
+        let rsp = grpc::call(&layer.grpc_client, target, check, provider.timeout).await?;
+        return Ok(grpc::answer(rsp));
+    }
     let check = build_check(provider, parts, check_body, target);
     let rsp = match tokio::time::timeout(provider.timeout, layer.client.request(check)).await {
         Err(_) => return Err(format!("no answer within {:?}", provider.timeout)),
@@ -348,7 +405,13 @@ async fn ask(
     };
     let (rparts, rbody) = rsp.into_parts();
     match tokio::time::timeout(provider.timeout, Limited::new(rbody, 64 * 1024).collect()).await {
-        Ok(Ok(b)) => Ok((rparts, b.to_bytes())),
+        Ok(Ok(b)) => Ok(Answer {
+            status: rparts.status,
+            headers: rparts.headers,
+            body: b.to_bytes(),
+            grpc: None,
+            from_grpc: false,
+        }),
         Ok(Err(e)) => Err(format!("reading the answer: {e}")),
         Err(_) => Err("the answer's body did not arrive in time".into()),
     }
@@ -356,14 +419,10 @@ async fn ask(
 
 /// The authorizer's denial as the client gets it: its status, body and the headers
 /// `headersToDownstreamOnDeny` lets through (never framing ones), with the gateway's reason.
-fn denial(
-    provider: &HttpAuthorizer,
-    rparts: http::response::Parts,
-    rbody: Bytes,
-) -> Response<BoxBody> {
-    let mut rsp = Response::new(BoxBody::from(rbody));
-    *rsp.status_mut() = rparts.status;
-    for (name, value) in rparts.headers.iter() {
+fn denial(provider: &HttpAuthorizer, answer: Answer) -> Response<BoxBody> {
+    let mut rsp = Response::new(BoxBody::from(answer.body));
+    *rsp.status_mut() = answer.status;
+    for (name, value) in answer.headers.iter() {
         let pass = !is_framing(name)
             && (provider.headers_to_downstream_on_deny.is_empty()
                 || matches_any(&provider.headers_to_downstream_on_deny, name));

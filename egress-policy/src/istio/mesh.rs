@@ -170,9 +170,18 @@ fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Provider
             "an extension provider needs a name",
         );
     }
-    let http = match f.take("envoyExtAuthzHttp") {
-        Some(n) => read_ext_authz_http(r, n, &format!("{path}.envoyExtAuthzHttp")),
-        None => None,
+    let http = match (f.take("envoyExtAuthzHttp"), f.take("envoyExtAuthzGrpc")) {
+        (Some(n), None) => read_ext_authz_http(r, n, &format!("{path}.envoyExtAuthzHttp"), false),
+        (None, Some(n)) => read_ext_authz_http(r, n, &format!("{path}.envoyExtAuthzGrpc"), true),
+        (Some(_), Some(_)) => {
+            r.error(
+                node,
+                path,
+                "a provider is envoyExtAuthzHttp or envoyExtAuthzGrpc, not both",
+            );
+            None
+        }
+        (None, None) => None,
     };
     if let Some(n) = f.take("opentelemetry") {
         let p = format!("{path}.opentelemetry");
@@ -228,9 +237,6 @@ fn read_provider(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Provider
             http_path,
         }));
     }
-    if f.take("envoyExtAuthzGrpc").is_some() {
-        r.warn(node, format!("{path}.envoyExtAuthzGrpc"), "the gRPC authorizer is not supported by this gateway; policies naming this provider are refused");
-    }
     // Tracing, logging and metrics providers are for other parts of the mesh.
     f.ignore_rest();
     Some(Provider::ExtAuthz(ExtensionProvider { name, http: http? }))
@@ -247,7 +253,14 @@ fn patterns(r: &mut Reader<'_>, f: &mut Fields<'_>, key: &str) -> Vec<String> {
     }
 }
 
-fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ExtAuthzHttp> {
+/// `envoyExtAuthzHttp`, or with `grpc` `envoyExtAuthzGrpc` (the same fields but those that
+/// shape an HTTP check: the gRPC check carries every header).
+fn read_ext_authz_http(
+    r: &mut Reader<'_>,
+    node: &Node,
+    path: &str,
+    grpc: bool,
+) -> Option<ExtAuthzHttp> {
     let mut f = r.map(node, path)?;
     let service = f.string(r, "service").unwrap_or_default();
     if service.is_empty() {
@@ -279,7 +292,11 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
         None => Some(Duration::from_secs(10)),
         Some(n) => r.positive_duration(n, &f.path("timeout")),
     };
-    let path_prefix = f.string(r, "pathPrefix").unwrap_or_default();
+    let path_prefix = if grpc {
+        String::new()
+    } else {
+        f.string(r, "pathPrefix").unwrap_or_default()
+    };
     if !path_prefix.is_empty() && !path_prefix.starts_with('/') {
         r.error(
             node,
@@ -305,8 +322,14 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
                 })
         }
     };
-    let include_request_headers_in_check = patterns(r, &mut f, "includeRequestHeadersInCheck");
-    let include_additional_headers_in_check = additional_headers(r, &mut f, node);
+    let (include_request_headers_in_check, include_additional_headers_in_check) = if grpc {
+        (Vec::new(), Vec::new())
+    } else {
+        (
+            patterns(r, &mut f, "includeRequestHeadersInCheck"),
+            additional_headers(r, &mut f, node),
+        )
+    };
     let include_request_body_in_check = match f.take("includeRequestBodyInCheck") {
         None => None,
         Some(n) => Some(read_body_in_check(
@@ -315,9 +338,20 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
             &f.path("includeRequestBodyInCheck"),
         )?),
     };
-    let headers_to_upstream_on_allow = patterns(r, &mut f, "headersToUpstreamOnAllow");
-    let headers_to_downstream_on_deny = patterns(r, &mut f, "headersToDownstreamOnDeny");
-    let headers_to_downstream_on_allow = patterns(r, &mut f, "headersToDownstreamOnAllow");
+    let mut header_patterns = |key| {
+        if grpc {
+            Vec::new()
+        } else {
+            patterns(r, &mut f, key)
+        }
+    };
+    let headers_to_upstream_on_allow = header_patterns("headersToUpstreamOnAllow");
+    let headers_to_downstream_on_deny = header_patterns("headersToDownstreamOnDeny");
+    let headers_to_downstream_on_allow = header_patterns("headersToDownstreamOnAllow");
+    if grpc {
+        // Envoy's route cache: there is none to clear here.
+        let _clear_route_cache = f.take("clearRouteCache");
+    }
     f.finish(r, &[]);
     Some(ExtAuthzHttp {
         service,
@@ -332,6 +366,7 @@ fn read_ext_authz_http(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<Ex
         headers_to_upstream_on_allow,
         headers_to_downstream_on_deny,
         headers_to_downstream_on_allow,
+        grpc,
     })
 }
 

@@ -38,6 +38,10 @@ pub struct HttpAuthorizer {
     pub headers_to_downstream_on_deny: Vec<String>,
     /// `headersToDownstreamOnAllow` (patterns).
     pub headers_to_downstream_on_allow: Vec<String>,
+    /// `envoyExtAuthzGrpc`: asked with Envoy's `envoy.service.auth.v3.Authorization/Check`
+    /// over HTTP/2 instead of a copy of the request; the header fields above are then
+    /// unused (the check carries every header, the answer says which to set).
+    pub grpc: bool,
 }
 
 /// `includeRequestBodyInCheck`.
@@ -95,6 +99,7 @@ impl HttpAuthorizer {
             headers_to_upstream_on_allow: Vec::new(),
             headers_to_downstream_on_deny: Vec::new(),
             headers_to_downstream_on_allow: Vec::new(),
+            grpc: false,
         }
     }
 }
