@@ -277,6 +277,11 @@ async fn connect<B>(
         .get::<TunnelInspection>()
         .copied()
         .unwrap_or(TunnelInspection::Opaque);
+    // A `tls` route may send the tunnel elsewhere; the SNI still names the host asked for.
+    let sni_host = req
+        .extensions()
+        .get::<egress_core::ctx::TunnelAuthority>()
+        .map_or_else(|| dst.host().clone(), |a| a.0.clone());
     tunnels.spawn(async move {
         // The slot is the tunnel's until it closes.
         let _slot = slot;
@@ -285,7 +290,7 @@ async fn connect<B>(
                 let mut client = hyper_util::rt::TokioIo::new(upgraded);
                 let initial = match inspection {
                     TunnelInspection::Opaque => Vec::new(),
-                    TunnelInspection::Tls => match tunnel::inspect(&mut client, &dst).await {
+                    TunnelInspection::Tls => match tunnel::inspect(&mut client, &sni_host).await {
                         Ok(bytes) => bytes,
                         Err((reason, why)) => {
                             metrics.refused(Outcome::Denied(reason));

@@ -76,7 +76,7 @@ where
 /// tunnel is refused (a stable reason and a message).
 pub(crate) async fn inspect(
     client: &mut TokioIo<Upgraded>,
-    dst: &Destination,
+    host: &egress_core::ctx::Host,
 ) -> Result<Vec<u8>, (RejectionKind, String)> {
     use egress_tls::sni::{HelloError, read_client_hello};
     let (bytes, sni) = read_client_hello(client, Duration::from_secs(10))
@@ -91,7 +91,7 @@ pub(crate) async fn inspect(
             "the ClientHello carries no server name".into(),
         ));
     };
-    let want = dst.host().to_string();
+    let want = host.to_string();
     let got = sni.trim_end_matches('.');
     if !got.eq_ignore_ascii_case(&want) {
         return Err((

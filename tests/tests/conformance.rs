@@ -280,3 +280,178 @@ async fn egress_gateway_https_task_gateway_api() {
     assert_ne!(r.status, 200, "{r:?}");
     assert_eq!(origin.snis().len(), 1);
 }
+
+/// "Egress using Wildcard Hosts", single hosting server, Gateway API tab: the `*.wikipedia.org`
+/// TLS listener passes every Wikipedia name through to www.wikipedia.org (the one server that
+/// hosts them all), without terminating; names outside the wildcard are not passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_egress_hosts_task_gateway_api() {
+    let yaml = fixture("wildcard-egress-hosts.gateway-api.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("TLSRoute default/forward-wikipedia-from-egress-gateway -> Gateway default/wikipedia-egress-gateway: Accepted"),
+        "{out}"
+    );
+    wildcard_task(&yaml).await;
+}
+
+/// The same task, Istio APIs tab: a PASSTHROUGH Gateway server and a VirtualService whose
+/// `tls` match for the gateway sends every `*.wikipedia.org` SNI to www.wikipedia.org.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_egress_hosts_task() {
+    let yaml = fixture("wildcard-egress-hosts.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    wildcard_task(&yaml).await;
+}
+
+async fn wildcard_task(yaml: &str) {
+    let ca = TestCa::new();
+    let origin = TlsOrigin::start(&ca.leaf(&["*.wikipedia.org"]), None).await;
+    let listen = free_port();
+    let gw = Gateway::start(
+        yaml,
+        &[
+            &format!(
+                "--resolve=www.wikipedia.org:443:127.0.0.1:{}",
+                origin.port()
+            ),
+            "--gateway-port-offset",
+            &(listen - 443).to_string(),
+        ],
+    );
+    let cacert = ca.pem_path.display().to_string();
+    for (host, path) in [
+        ("en.wikipedia.org", "/wiki/Main_Page"),
+        ("de.wikipedia.org", "/wiki/Wikipedia:Hauptseite"),
+    ] {
+        let r = curl_async(&[
+            "--cacert",
+            &cacert,
+            "--connect-to",
+            &format!("{host}:443:127.0.0.1:{listen}"),
+            &format!("https://{host}{path}"),
+        ])
+        .await;
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (200, "hello over tls"),
+            "{host}: {r:?}\n{}",
+            gw.log()
+        );
+    }
+    // The client's own handshakes reached the server: passthrough, never terminated.
+    assert_eq!(
+        origin.snis(),
+        [
+            Some("en.wikipedia.org".to_owned()),
+            Some("de.wikipedia.org".to_owned())
+        ]
+    );
+    // A wildcard is a suffix of whole labels (Gateway API and Istio: `*.wikipedia.org` takes
+    // en.m.wikipedia.org too), never the bare domain or a look-alike.
+    for host in [
+        "wikipedia.org",
+        "en.wikipedia.org.evil.test",
+        "enwikipedia.org",
+    ] {
+        let r = curl_async(&[
+            "-k",
+            "--connect-to",
+            &format!("{host}:443:127.0.0.1:{listen}"),
+            &format!("https://{host}/"),
+        ])
+        .await;
+        assert_ne!(r.status, 200, "{host}: {r:?}");
+    }
+    assert_eq!(origin.snis().len(), 2, "{}", gw.log());
+    // As a sidecar would send it: the ServiceEntry-bound TLSRoute names this gateway, whose
+    // listener route then forwards to www.wikipedia.org.
+    let r = curl_async(&[
+        "--cacert",
+        &cacert,
+        "-x",
+        &gw.proxy_url(),
+        "https://fr.wikipedia.org/wiki/Accueil",
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis().len(), 3, "{}", gw.log());
+    // The route matched the CONNECT host; a ClientHello for another name is refused.
+    let r = curl_async(&[
+        "-k",
+        "-x",
+        &gw.proxy_url(),
+        "--connect-to",
+        "fr.wikipedia.org:443:de.wikipedia.org:443",
+        "https://fr.wikipedia.org/",
+    ])
+    .await;
+    assert!(r.exit != 0 && r.body.is_empty(), "{r:?}");
+    assert!(gw.wait_log("sni-mismatch"), "{}", gw.log());
+    // The upstream was dialled, but no handshake reached it.
+    assert_eq!(
+        origin.snis().iter().flatten().count(),
+        3,
+        "{:?}",
+        origin.snis()
+    );
+}
+
+/// "Accessing External Services", route timeout, Gateway API tab: under REGISTRY_ONLY the
+/// registered httpbin.org is reached, and the HTTPRoute bound to its ServiceEntry (the mesh
+/// binding) cuts a 5 s answer at 3 s with 504; an unregistered host is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_control_route_timeout_task_gateway_api() {
+    let yaml = fixture("egress-control-timeout.gateway-api.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("HTTPRoute default/httpbin-ext -> ServiceEntry default/httpbin-ext: Accepted"),
+        "{out}"
+    );
+    route_timeout_task(&yaml, "default.httpbin-ext.0").await;
+}
+
+/// The same task, Istio APIs tab: the VirtualService's `timeout: 3s`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_control_route_timeout_task() {
+    let yaml = fixture("egress-control-timeout.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    route_timeout_task(&yaml, "default/httpbin-ext#0").await;
+}
+
+async fn route_timeout_task(yaml: &str, route: &str) {
+    let slow = egress_tests::Origin::start_with(std::time::Duration::from_secs(5)).await;
+    let gw = Gateway::start(
+        yaml,
+        &[
+            &format!("--resolve=httpbin.org:80:127.0.0.1:{}", slow.port()),
+            "--access-log=on",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://httpbin.org/delay/5"]).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{r:?}\n{}", gw.log());
+    assert!(
+        took >= std::time::Duration::from_millis(2900)
+            && took < std::time::Duration::from_millis(4900),
+        "answered after {took:?}"
+    );
+    assert_eq!(slow.requests()[0].uri, "/delay/5");
+    assert!(gw.wait_log(&format!("route=\"{route}\"")), "{}", gw.log());
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://www.google.com/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+    assert_eq!(
+        r.header("x-egress-denied").as_deref(),
+        Some("registry-only")
+    );
+}

@@ -296,6 +296,14 @@ pub enum TunnelInspection {
     Opaque,
 }
 
+/// The host a `CONNECT` tunnel was opened to, kept when a `tls` route sends the tunnel to
+/// another destination (a wildcard host served by one upstream): the ClientHello's SNI must
+/// name this host, the one the route matched, not the route's destination.
+///
+/// - Inserted by: the route layer. - Read by: the tunnel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TunnelAuthority(pub Host);
+
 /// The identity a client proved with its TLS certificate (a `MUTUAL` Gateway server): the
 /// certificate's URI SAN (`spiffe://…`) or, without one, its first DNS SAN.
 ///

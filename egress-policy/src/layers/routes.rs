@@ -171,22 +171,35 @@ where
 }
 
 /// A tunnel follows the `tcp` route of its host and port, if one exists: the route's
-/// destination is dialled, opaque.
+/// destination is dialled, opaque. Else the `tls` route whose `sniHosts` cover the host: the
+/// tunnel must then carry a ClientHello naming that host (the name the route matched), and
+/// goes to the route's destination.
 fn route_tunnel<B>(table: &RouteTable, req: &mut Request<B>) {
     let Some(dst) = req.extensions().get::<Destination>() else {
         return;
     };
-    if let Some((host, port, plan)) = table.tcp_route(&dst.host().to_string(), dst.port()) {
-        let routed = Destination::new(
-            egress_core::ctx::Host::Name(host),
-            port,
-            dst.scheme(),
-            RequestForm::Connect,
-        );
-        let ext = req.extensions_mut();
-        ext.insert(routed);
-        ext.insert(plan);
-        ext.insert(egress_core::ctx::TunnelInspection::Opaque);
+    let host = dst.host().to_string();
+    let (found, inspection) = match table.tcp_route(&host, dst.port()) {
+        Some(found) => (found, egress_core::ctx::TunnelInspection::Opaque),
+        None => match table.tls_route(&host, dst.port()) {
+            Some(found) => (found, egress_core::ctx::TunnelInspection::Tls),
+            None => return,
+        },
+    };
+    let (to_host, port, plan) = found;
+    let requested = dst.host().clone();
+    let routed = Destination::new(
+        egress_core::ctx::Host::Name(to_host),
+        port,
+        dst.scheme(),
+        RequestForm::Connect,
+    );
+    let ext = req.extensions_mut();
+    ext.insert(routed);
+    ext.insert(plan);
+    ext.insert(inspection);
+    if inspection == egress_core::ctx::TunnelInspection::Tls {
+        ext.insert(egress_core::ctx::TunnelAuthority(requested));
     }
 }
 
