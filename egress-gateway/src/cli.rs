@@ -59,6 +59,11 @@ pub struct ConfigArgs {
     /// `pathNormalization`, else DECODE_AND_MERGE_SLASHES, the strictest).
     #[arg(long, value_enum, value_name = "MODE")]
     pub path_normalization: Option<NormalizationArg>,
+    /// This gateway's mesh certificates, as Istio mounts them (`cert-chain.pem`, `key.pem`,
+    /// `root-cert.pem`): `ISTIO_MUTUAL` Gateway servers and listeners terminate with them and
+    /// require client certificates from the same root.
+    #[arg(long, default_value = "/etc/certs", value_name = "DIR")]
+    pub mesh_certs: PathBuf,
 }
 
 /// `--otlp-protocol` values.

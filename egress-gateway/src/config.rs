@@ -69,6 +69,7 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
         gateway_labels: args.gateway_labels.clone(),
         outbound: args.outbound_policy.map(Into::into),
         normalization: args.path_normalization.map(Into::into),
+        mesh_certs: args.mesh_certs.clone(),
     };
     let compiled = compile(&config, &settings).map_err(LoadError::Invalid)?;
     Ok(Loaded {
@@ -90,6 +91,7 @@ mod tests {
             gateway_name: "istio-system/istio-egressgateway".into(),
             gateway_labels: vec![("istio".into(), "egressgateway".into())],
             path_normalization: None,
+            mesh_certs: "/etc/certs".into(),
         })
         .unwrap();
         assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);

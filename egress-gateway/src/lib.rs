@@ -19,6 +19,7 @@
 //!     gateway_name: "istio-system/istio-egressgateway".into(),
 //!     gateway_labels: vec![("istio".into(), "egressgateway".into())],
 //!     path_normalization: None,
+//!     mesh_certs: "/etc/certs".into(),
 //! })
 //! .expect("the embedded configuration is valid");
 //! assert!(loaded.diagnostics.is_empty());

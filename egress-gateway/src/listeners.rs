@@ -139,7 +139,7 @@ fn by_port(loaded: &Loaded) -> Vec<PortGroup> {
                     port = server.port.number,
                     protocol = ?server.port.protocol,
                     tls_mode = ?server.tls_mode,
-                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL) servers are served; this combination is not"
+                    "Gateway server not opened: HTTP, TCP, TLS PASSTHROUGH and terminating (SIMPLE/MUTUAL/ISTIO_MUTUAL) servers are served; this combination is not"
                 );
                 continue;
             };
@@ -173,7 +173,7 @@ fn server_kind(server: &egress_policy::model::Server) -> Option<(Kind, bool)> {
     if mode == Some("PASSTHROUGH") && matches!(protocol, Protocol::Tls | Protocol::Https) {
         return Some((Kind::Passthrough, false));
     }
-    if matches!(mode, Some("SIMPLE" | "MUTUAL"))
+    if matches!(mode, Some("SIMPLE" | "MUTUAL" | "ISTIO_MUTUAL"))
         && matches!(protocol, Protocol::Https | Protocol::Http | Protocol::Http2)
     {
         return Some((Kind::Http, true));

@@ -25,6 +25,7 @@
 //! assert!(compiled.diagnostics.errors().next().is_none());
 //! ```
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::Registry;
@@ -48,7 +49,14 @@ pub struct Settings {
     pub outbound: Option<OutboundPolicy>,
     /// Overrides the configuration's path normalisation (`--path-normalization`).
     pub normalization: Option<Normalization>,
+    /// The directory of this gateway's mesh certificates (`--mesh-certs`), as Istio mounts
+    /// them: `cert-chain.pem`, `key.pem`, `root-cert.pem`. `ISTIO_MUTUAL` Gateway servers
+    /// terminate with them; the default is Istio's `/etc/certs`.
+    pub mesh_certs: PathBuf,
 }
+
+/// The files of a mesh certificate directory, as Istio names them.
+pub const MESH_CERT_FILES: [&str; 3] = ["cert-chain.pem", "key.pem", "root-cert.pem"];
 
 impl Default for Settings {
     fn default() -> Self {
@@ -60,6 +68,7 @@ impl Default for Settings {
             ],
             outbound: None,
             normalization: None,
+            mesh_certs: PathBuf::from("/etc/certs"),
         }
     }
 }
@@ -78,7 +87,8 @@ pub struct Compiled {
 /// Compiles a configuration, with the warnings found on the way; every error found, when
 /// there is one.
 pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnostics> {
-    let mesh_only = mesh_only_errors(config, &settings.gateway_name);
+    let binding = Binding::new(&config.gateways, &settings.gateway_labels);
+    let mesh_only = mesh_only_errors(config, &own_services(config, settings, &binding));
     let (registry, mut diagnostics) = match Registry::compile(config, settings.outbound) {
         Ok(_) if mesh_only.has_errors() => {
             let mut d = config.diagnostics.clone();
@@ -91,7 +101,13 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
             return Err(d);
         }
     };
-    let binding = Binding::new(&config.gateways, &settings.gateway_labels);
+    let mut own = config.clone();
+    let mesh_certs = add_mesh_certs(&mut own, &binding, &settings.mesh_certs);
+    if mesh_certs.has_errors() {
+        let mut d = diagnostics;
+        d.extend(mesh_certs);
+        return Err(d);
+    }
     let (routes, route_diags) = RouteTable::compile(config, &registry, &binding)?;
     diagnostics.extend(route_diags);
     let mut identity = Identity::new(&settings.gateway_name, &settings.gateway_labels, &binding);
@@ -117,7 +133,7 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
             authz: Arc::new(authz),
             jwt: Arc::new(jwt),
             normalization,
-            config: Arc::new(config.clone()),
+            config: Arc::new(own),
             warnings,
         },
         binding,
@@ -125,23 +141,95 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
     })
 }
 
-/// The mesh-only settings of `DestinationRule`s that apply here: all but those for this
-/// gateway's own service (`name.namespace.svc.cluster.local` and its shorter forms), which
-/// the sidecars of a two-hop configuration use to reach it.
-fn mesh_only_errors(config: &Config, gateway_name: &str) -> Diagnostics {
-    let (namespace, name) = gateway_name
-        .split_once('/')
-        .unwrap_or(("default", gateway_name));
-    let own = |host: &str| {
-        let Some(rest) = host.strip_prefix(name) else {
-            return false;
-        };
-        match rest.strip_prefix('.') {
-            None => rest.is_empty(),
-            Some(rest) => rest
-                .strip_prefix(namespace)
-                .is_some_and(|r| matches!(r, "" | ".svc" | ".svc.cluster.local")),
+/// Gives the `ISTIO_MUTUAL` servers of the Gateways selecting this gateway the mesh's
+/// certificates from `dir`: its chain and key to present, its root to verify clients. A
+/// file that cannot be read is an error on the server, not a listener that fails later.
+fn add_mesh_certs(config: &mut Config, binding: &Binding, dir: &std::path::Path) -> Diagnostics {
+    let mut out = Diagnostics::default();
+    let [chain, key, root] = MESH_CERT_FILES.map(|f| dir.join(f));
+    let missing = [&chain, &key, &root]
+        .into_iter()
+        .find(|p| std::fs::File::open(p).is_err());
+    for gw in config
+        .gateways
+        .iter_mut()
+        .filter(|gw| binding.selected.contains(&gw.meta.id()))
+    {
+        let api = gw.class.is_some();
+        for (i, server) in gw.servers.iter_mut().enumerate() {
+            if server.tls_mode.as_deref() != Some("ISTIO_MUTUAL") {
+                continue;
+            }
+            if let Some(path) = missing {
+                let field = if api {
+                    format!("spec.listeners[{i}].tls.options")
+                } else {
+                    format!("spec.servers[{i}].tls.mode")
+                };
+                out.push(Diagnostic {
+                    severity: Severity::Error,
+                    file: gw.meta.file.clone(),
+                    line: gw.meta.line,
+                    col: 1,
+                    resource: Some(format!("Gateway {}", gw.meta.id()).into()),
+                    field,
+                    message: format!(
+                        "ISTIO_MUTUAL terminates with this gateway's mesh certificates, and {} cannot be read; give --mesh-certs DIR holding {} (Istio's file-mounted certificates)",
+                        path.display(),
+                        MESH_CERT_FILES.join(", ")
+                    ),
+                });
+                continue;
+            }
+            let file = |p: &PathBuf| Some(p.display().to_string());
+            server.tls_files = crate::model::ServerTlsFiles {
+                server_certificate: file(&chain),
+                private_key: file(&key),
+                ca_certificates: file(&root),
+            };
         }
+    }
+    out
+}
+
+/// This gateway's own services as `(namespace, name)`: the one `--gateway-name` names, and
+/// the `<name>-istio` Service Istio deploys for each Gateway API Gateway selecting it.
+fn own_services(config: &Config, settings: &Settings, binding: &Binding) -> Vec<(String, String)> {
+    let (namespace, name) = settings
+        .gateway_name
+        .split_once('/')
+        .unwrap_or(("default", &settings.gateway_name));
+    let mut out = vec![(namespace.to_owned(), name.to_owned())];
+    for gw in config
+        .gateways
+        .iter()
+        .filter(|g| g.class.is_some() && binding.selected.contains(&g.meta.id()))
+    {
+        let class = gw.class.as_deref().unwrap_or_default();
+        out.push((
+            gw.meta.namespace.clone(),
+            format!("{}-{class}", gw.meta.name),
+        ));
+    }
+    out
+}
+
+/// The mesh-only settings of `DestinationRule`s that apply here: all but those for this
+/// gateway's own services (`name.namespace.svc.cluster.local` and its shorter forms), which
+/// the sidecars of a two-hop configuration use to reach it.
+fn mesh_only_errors(config: &Config, own_services: &[(String, String)]) -> Diagnostics {
+    let own = |host: &str| {
+        own_services.iter().any(|(namespace, name)| {
+            let Some(rest) = host.strip_prefix(name.as_str()) else {
+                return false;
+            };
+            match rest.strip_prefix('.') {
+                None => rest.is_empty(),
+                Some(rest) => rest
+                    .strip_prefix(namespace.as_str())
+                    .is_some_and(|r| matches!(r, "" | ".svc" | ".svc.cluster.local")),
+            }
+        })
     };
     let mut out = Diagnostics::default();
     for dr in config

@@ -131,6 +131,7 @@ spec:
         gateway_name: "istio-system/istio-egressgateway".into(),
         gateway_labels: vec![("istio".into(), "egressgateway".into())],
         path_normalization: None,
+        mesh_certs: "/etc/certs".into(),
     })
     .unwrap();
     let mut overrides = Overrides::new();

@@ -455,3 +455,110 @@ async fn route_timeout_task(yaml: &str, route: &str) {
         Some("registry-only")
     );
 }
+
+/// A mesh certificate directory as Istio mounts it, for a gateway whose workload
+/// certificate (from `mesh_ca`) names `host` and the SPIFFE identity `identity`.
+fn mesh_certs(mesh_ca: &TestCa, host: &str, identity: &str) -> tempfile::TempDir {
+    let leaf = mesh_ca.leaf_with(&[host], Some(identity));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&leaf.cert_path, dir.path().join("cert-chain.pem")).unwrap();
+    std::fs::copy(&leaf.key_path, dir.path().join("key.pem")).unwrap();
+    std::fs::copy(&mesh_ca.pem_path, dir.path().join("root-cert.pem")).unwrap();
+    dir
+}
+
+/// "Egress Gateways with TLS Origination", both tabs: the sidecar's plain request reaches
+/// the gateway's port-80 server inside mesh mTLS (`ISTIO_MUTUAL`, with the certificates of
+/// `--mesh-certs`), and the gateway originates TLS to edition.cnn.com:443. The
+/// `ISTIO_MUTUAL` DestinationRule for the gateway's own service is the sidecar's.
+async fn tls_origination_task(yaml: &str, identity: &str, route: &str) {
+    let cnn_ca = TestCa::new();
+    let origin = TlsOrigin::start(&cnn_ca.leaf(&["edition.cnn.com"]), None).await;
+    let mesh_ca = TestCa::new();
+    let certs = mesh_certs(&mesh_ca, "edition.cnn.com", identity);
+    let sidecar = mesh_ca.leaf_with(
+        &["sleep.default"],
+        Some("spiffe://cluster.local/ns/default/sa/sleep"),
+    );
+    let (code, out) = check(yaml);
+    assert_eq!(code, Some(1), "without mesh certificates: {out}");
+    assert!(out.contains("give --mesh-certs DIR"), "{out}");
+    let mesh = certs.path().display().to_string();
+    let listen = free_port();
+    let path = |p: &Path| p.display().to_string();
+    let gw = Gateway::start_with_env(
+        yaml,
+        &[
+            &format!("--resolve=edition.cnn.com:443:127.0.0.1:{}", origin.port()),
+            "--mesh-certs",
+            &mesh,
+            "--gateway-port-offset",
+            &(listen - 80).to_string(),
+            "--access-log=on",
+        ],
+        &[("SSL_CERT_FILE", &path(&cnn_ca.pem_path))],
+    );
+    let sidecar_hop = |cert: bool| {
+        let mut args = vec![
+            "--cacert".to_owned(),
+            path(&mesh_ca.pem_path),
+            "--connect-to".to_owned(),
+            format!("edition.cnn.com:80:127.0.0.1:{listen}"),
+            "-H".to_owned(),
+            "Host: edition.cnn.com".to_owned(),
+            "https://edition.cnn.com:80/politics".to_owned(),
+        ];
+        if cert {
+            args.extend([
+                "--cert".to_owned(),
+                path(&sidecar.cert_path),
+                "--key".to_owned(),
+                path(&sidecar.key_path),
+            ]);
+        }
+        args
+    };
+    let args = sidecar_hop(true);
+    let r = curl_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis(), [Some("edition.cnn.com".to_owned())]);
+    assert!(gw.wait_log(&format!("route=\"{route}\"")), "{}", gw.log());
+    // The server is mesh mTLS: a client without a mesh certificate sends nothing.
+    let args = sidecar_hop(false);
+    let r = curl_async(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_ne!(r.status, 200, "{r:?}");
+    assert_eq!(origin.snis().len(), 1);
+    // A forward-proxy client's plain request takes the same route.
+    let r = curl_async(&["-x", &gw.proxy_url(), "http://edition.cnn.com/politics"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_tls_origination_task() {
+    tls_origination_task(
+        &fixture("egress-gateway-tls-origination.yaml"),
+        "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account",
+        "default/direct-cnn-through-egress-gateway#1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_tls_origination_task_gateway_api() {
+    tls_origination_task(
+        &fixture("egress-gateway-tls-origination.gateway-api.yaml"),
+        "spiffe://cluster.local/ns/default/sa/cnn-egress-gateway-istio",
+        "default.forward-cnn-from-egress-gateway.0",
+    )
+    .await;
+}

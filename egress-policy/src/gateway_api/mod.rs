@@ -18,7 +18,7 @@
 mod attach;
 mod read;
 
-pub use read::{TLS_CA_OPTION, TLS_CERT_OPTION, TLS_KEY_OPTION};
+pub use read::{TERMINATE_MODE_OPTION, TLS_CA_OPTION, TLS_CERT_OPTION, TLS_KEY_OPTION};
 
 use std::time::Duration;
 

@@ -12,6 +12,9 @@ use crate::yaml::Node;
 /// `tls.options` keys that give a Terminate listener its files (Kubernetes Secrets, which
 /// `certificateRefs` name, are not readable outside a cluster).
 pub const TLS_CERT_OPTION: &str = "egress.io/server-certificate";
+/// Istio's `tls.options` key choosing how a Terminate listener terminates: `SIMPLE`,
+/// `MUTUAL`, or `ISTIO_MUTUAL` (with the mesh's certificates).
+pub const TERMINATE_MODE_OPTION: &str = "gateway.istio.io/tls-terminate-mode";
 /// The private key of a Terminate listener.
 pub const TLS_KEY_OPTION: &str = "egress.io/private-key";
 /// CA certificates that verify clients: the listener then requires client certificates.
@@ -145,6 +148,23 @@ fn listener_tls(
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.clone())
     };
+    // Istio's own option: ISTIO_MUTUAL terminates with the mesh's certificates, which the
+    // compile step adds (`--mesh-certs`); MUTUAL requires client certificates.
+    let terminate = option(TERMINATE_MODE_OPTION);
+    match terminate.as_deref() {
+        None | Some("SIMPLE" | "MUTUAL") => {}
+        Some("ISTIO_MUTUAL") => return Some("ISTIO_MUTUAL".to_owned()),
+        Some(other) => {
+            r.error(
+                node,
+                format!("{path}.options"),
+                format!(
+                    "{TERMINATE_MODE_OPTION}: {other:?} is not one of SIMPLE, MUTUAL, ISTIO_MUTUAL"
+                ),
+            );
+            return None;
+        }
+    }
     files.server_certificate = option(TLS_CERT_OPTION);
     files.private_key = option(TLS_KEY_OPTION);
     files.ca_certificates = option(TLS_CA_OPTION);
@@ -174,6 +194,14 @@ fn listener_tls(
             node,
             path,
             format!("{why}; give the files as tls.options {TLS_CERT_OPTION} and {TLS_KEY_OPTION} (and {TLS_CA_OPTION} to require client certificates)"),
+        );
+        return None;
+    }
+    if terminate.as_deref() == Some("MUTUAL") && files.ca_certificates.is_none() {
+        r.error(
+            node,
+            format!("{path}.options"),
+            format!("a MUTUAL listener needs {TLS_CA_OPTION} to verify client certificates"),
         );
         return None;
     }

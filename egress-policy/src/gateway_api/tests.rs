@@ -215,6 +215,14 @@ fn errors_name_file_line_and_field() {
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: secret}]}}]\n".to_owned(),
             "certificateRefs name Kubernetes Secrets",
         ),
+        (
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {options: {gateway.istio.io/tls-terminate-mode: PERMISSIVE}}}]\n".to_owned(),
+            "spec.listeners[0].tls.options: gateway.istio.io/tls-terminate-mode: \"PERMISSIVE\" is not one of",
+        ),
+        (
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {options: {gateway.istio.io/tls-terminate-mode: MUTUAL, egress.io/server-certificate: Cargo.toml, egress.io/private-key: Cargo.toml}}}]\n".to_owned(),
+            "a MUTUAL listener needs egress.io/ca-certificates",
+        ),
     ] {
         let config = load(&yaml);
         let text = config.diagnostics.to_string();
@@ -239,4 +247,36 @@ fn a_gateway_api_gateway_is_chosen_by_label_when_there_are_several() {
     };
     let compiled = compile(&config, &settings).unwrap();
     assert_eq!(compiled.binding.selected, ["default/other"]);
+}
+
+/// `ISTIO_MUTUAL` listeners take the mesh certificates of `Settings::mesh_certs` (chain, key,
+/// and root to verify clients); without them the Gateway is refused at its listener.
+#[test]
+fn istio_mutual_listeners_terminate_with_the_mesh_certificates() {
+    let yaml = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: mtls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {mode: Terminate, options: {gateway.istio.io/tls-terminate-mode: ISTIO_MUTUAL}}}]\n";
+    let config = ConfigSet::load_str("gw.yaml", yaml);
+    assert!(config.diagnostics.is_empty(), "{}", config.diagnostics);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        mesh_certs: dir.path().to_owned(),
+        ..Settings::default()
+    };
+    let err = compile(&config, &settings).unwrap_err().to_string();
+    assert!(
+        err.contains("gw.yaml:2:1")
+            && err.contains("spec.listeners[0].tls.options")
+            && err.contains("cert-chain.pem cannot be read"),
+        "{err}"
+    );
+    for f in crate::compile::MESH_CERT_FILES {
+        std::fs::write(dir.path().join(f), "pem").unwrap();
+    }
+    let compiled = compile(&config, &settings).unwrap();
+    let server = &compiled.policy.config.gateways[0].servers[0];
+    assert_eq!(server.tls_mode.as_deref(), Some("ISTIO_MUTUAL"));
+    let root = dir.path().join("root-cert.pem").display().to_string();
+    assert_eq!(
+        server.tls_files.ca_certificates.as_deref(),
+        Some(root.as_str())
+    );
 }

@@ -171,11 +171,13 @@ fn read_server_tls(
                 "a MUTUAL server needs caCertificates to verify clients",
             );
         }
-        Some("ISTIO_MUTUAL" | "AUTO_PASSTHROUGH") => {
+        // ISTIO_MUTUAL terminates with the mesh's certificates (`--mesh-certs`), which the
+        // compile step adds or refuses; files written here would be ignored, as Istio does.
+        Some("AUTO_PASSTHROUGH") => {
             r.error(
                 mode_node.unwrap_or(n),
                 format!("{tp}.mode"),
-                "this mode needs a mesh and is not supported by this gateway",
+                "AUTO_PASSTHROUGH routes by mesh-internal SNI names and is not supported by this gateway",
             );
         }
         _ => {}
