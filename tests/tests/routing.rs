@@ -101,6 +101,10 @@ async fn route_actions_end_to_end() {
       request: {set: {x-route: rewrite}, remove: [x-secret]}
       response: {add: {x-served-by: egress}, remove: [x-origin]}
     route: [{destination: {host: split.test, subset: v1}}]
+  - name: regex
+    match: [{uri: {prefix: /users/}}]
+    rewrite: {uriRegexRewrite: {match: "^/users/([0-9]+)/(.*)$", rewrite: '/v3/\2/by-id/\1/$0'}}
+    route: [{destination: {host: split.test, subset: v1}}]
   - name: slow
     match: [{uri: {prefix: /slow}}]
     timeout: 300ms
@@ -140,6 +144,11 @@ async fn route_actions_end_to_end() {
     assert_eq!(seen[0].headers["host"], "backend.internal");
     assert_eq!(seen[0].headers["x-route"], "rewrite");
     assert!(seen[0].headers.get("x-secret").is_none());
+
+    // Envoy's `\N` groups; a `$` in the replacement is literal, as in Envoy.
+    let r = curl_async(&[host[0], host[1], &format!("{base}/users/42/posts?page=2")]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(a.requests()[1].uri, "/v3/posts/by-id/42/$0?page=2");
 
     let started = Instant::now();
     let r = curl_async(&[host[0], host[1], &format!("{base}/slow")]).await;

@@ -522,13 +522,8 @@ fn rewrite_uri<B>(
             Some(p) if path.len() >= p.len() => format!("{new}{}", &path[p.len()..]),
             _ => new.clone(),
         }
-    } else if let Some((pattern, replacement)) = &rw.uri_regex {
-        match regex::Regex::new(pattern) {
-            Ok(re) => re
-                .replace_all(path, envoy_substitution(replacement).as_str())
-                .into_owned(),
-            Err(_) => return,
-        }
+    } else if let Some((re, replacement)) = &route.uri_regex {
+        re.replace_all(path, replacement.as_str()).into_owned()
     } else {
         return;
     };
@@ -548,25 +543,6 @@ fn rewrite_uri<B>(
             *req.uri_mut() = uri;
         }
     }
-}
-
-/// Envoy writes capture groups as `\1`; the regex crate as `${1}`.
-fn envoy_substitution(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, chars.peek()) {
-            ('\\', Some(d)) if d.is_ascii_digit() => {
-                out.push_str("${");
-                out.push(*d);
-                out.push('}');
-                chars.next();
-            }
-            ('$', _) => out.push_str("$$"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 fn redirect<B, RspB: From<Bytes>>(

@@ -248,6 +248,17 @@ impl Inputs<'_> {
                 matches,
                 action,
                 rewrite: r.rewrite.clone(),
+                // Compiled once here, not per request; the reader has validated it.
+                uri_regex: r
+                    .rewrite
+                    .as_ref()
+                    .and_then(|rw| rw.uri_regex.as_ref())
+                    .and_then(|(pattern, replacement)| {
+                        Some((
+                            regex::Regex::new(pattern).ok()?,
+                            envoy_substitution(replacement),
+                        ))
+                    }),
                 timeout: r.timeout,
                 headers: r.headers.clone(),
                 mirrors,
@@ -405,4 +416,23 @@ fn retry_policy(r: &Retries) -> RetryPolicy {
             .chain(has("unavailable").then_some(503))
             .collect(),
     }
+}
+
+/// Envoy writes capture groups as `\1`; the regex crate as `${1}`.
+fn envoy_substitution(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, chars.peek()) {
+            ('\\', Some(d)) if d.is_ascii_digit() => {
+                out.push_str("${");
+                out.push(*d);
+                out.push('}');
+                chars.next();
+            }
+            ('$', _) => out.push_str("$$"),
+            _ => out.push(c),
+        }
+    }
+    out
 }

@@ -100,6 +100,8 @@ pub struct CompiledRoute {
     pub action: Action,
     /// `rewrite`.
     pub rewrite: Option<Rewrite>,
+    /// `rewrite.uriRegexRewrite`, compiled, with its replacement in the regex crate's syntax.
+    pub uri_regex: Option<(regex::Regex, String)>,
     /// `timeout`.
     pub timeout: Option<std::time::Duration>,
     /// Route-level header operations.
