@@ -562,3 +562,50 @@ async fn egress_gateway_tls_origination_task_gateway_api() {
     )
     .await;
 }
+
+/// Istio ambient "Egress gateways": a waypoint as the egress gateway. The waypoint Gateway is
+/// recognised (its HBONE listener is ztunnel's, not opened here); the AuthorizationPolicy
+/// attached to the httpbin.org ServiceEntry by `targetRefs` governs requests for that
+/// service only (GET /get allowed, anything else 403) and no other service (example.com
+/// takes any method); the DestinationRule originates TLS on the port's targetPort 443.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambient_egress_waypoint_task() {
+    let ca = TestCa::new();
+    let httpbin = TlsOrigin::start(&ca.leaf(&["httpbin.org"]), None).await;
+    let example = egress_tests::Origin::start().await;
+    let yaml = fixture("ambient-egress-waypoint.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("is a waypoint"), "{out}");
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            &format!("--resolve=httpbin.org:443:127.0.0.1:{}", httpbin.port()),
+            &format!("--resolve=example.com:80:127.0.0.1:{}", example.port()),
+        ],
+        &[("SSL_CERT_FILE", &ca.pem_path.display().to_string())],
+    );
+    let proxy = gw.proxy_url();
+    let r = curl_async(&["-x", &proxy, "http://httpbin.org/get"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(httpbin.snis(), [Some("httpbin.org".to_owned())]);
+    for (method, url) in [
+        ("POST", "http://httpbin.org/post"),
+        ("GET", "http://httpbin.org/headers"),
+    ] {
+        let r = curl_async(&["-x", &proxy, "-X", method, url]).await;
+        assert_eq!(r.status, 403, "{method} {url}: {r:?}");
+        assert_eq!(r.header("x-egress-denied").as_deref(), Some("rbac-denied"));
+    }
+    // The policy is the httpbin.org service's; example.com has none.
+    let r = curl_async(&["-x", &proxy, "-X", "POST", "http://example.com/"]).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    assert_eq!(example.count(), 1);
+    let r = curl_async(&["-x", &proxy, "http://www.google.com/"]).await;
+    assert_eq!(r.status, 502, "{r:?}");
+}

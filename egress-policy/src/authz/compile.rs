@@ -34,7 +34,23 @@ impl AuthzPolicies {
                 field: String::new(),
                 message,
             };
-            if let Err(why) = identity.applies(&p.scope, &p.meta.namespace) {
+            let (services, others) = attached_services(config, p, &mut diags);
+            let applies = match (&services, others) {
+                // Attached to services only: applies here, to requests for them.
+                (Some(_), None) => Ok(()),
+                (_, Some(scope)) => identity.applies(&scope, &p.meta.namespace),
+                (None, None) => identity.applies(&p.scope, &p.meta.namespace),
+            };
+            // Also attached to this gateway: every request.
+            let services = match (&applies, services) {
+                (Ok(()), Some(s)) if p.scope.target_refs.len() > s.refs => None,
+                (_, s) => s.map(|s| s.scopes),
+            };
+            let applies = match (applies, &services) {
+                (Err(_), Some(_)) => Ok(()),
+                (a, _) => a,
+            };
+            if let Err(why) = applies {
                 diags.push(diag(
                     Severity::Warning,
                     format!("does not apply to this gateway: {why}"),
@@ -61,7 +77,7 @@ impl AuthzPolicies {
                 errors.push(d);
                 continue;
             }
-            let compiled = compile_policy(p);
+            let compiled = compile_policy(p, services);
             set.summary.push(PolicySummary {
                 name: id,
                 action: p.action,
@@ -96,8 +112,76 @@ impl AuthzPolicies {
     }
 }
 
-fn compile_policy(p: &AccessPolicy) -> CPolicy {
+/// The services of `targetRefs` of kind `ServiceEntry` (group `networking.istio.io`) and
+/// `Service` (core), and how many refs named them; the scope left with the other refs
+/// (`None` when there are none). A ServiceEntry not in the configuration is a warning.
+struct Attached {
+    scopes: Arc<[ServiceScope]>,
+    refs: usize,
+}
+
+fn attached_services(
+    config: &Config,
+    p: &AccessPolicy,
+    diags: &mut Diagnostics,
+) -> (Option<Attached>, Option<crate::model::Scope>) {
+    let refs = &p.scope.target_refs;
+    let is_service = |t: &crate::model::TargetRef| {
+        (t.kind == "ServiceEntry" && t.group == "networking.istio.io")
+            || (t.kind == "Service" && t.group.is_empty())
+    };
+    let count = refs.iter().filter(|t| is_service(t)).count();
+    if count == 0 {
+        return (None, None);
+    }
+    let mut scopes = Vec::new();
+    for (i, t) in refs.iter().enumerate().filter(|(_, t)| is_service(t)) {
+        let ns = t.namespace.as_deref().unwrap_or(&p.meta.namespace);
+        if t.kind == "Service" {
+            scopes.push(ServiceScope {
+                hosts: vec![Pattern::new(&format!("{}.{ns}.svc.cluster.local", t.name))],
+                ports: Vec::new(),
+            });
+            continue;
+        }
+        match config
+            .services
+            .iter()
+            .find(|s| s.meta.name == t.name && s.meta.namespace == ns)
+        {
+            Some(se) => scopes.push(ServiceScope {
+                hosts: se.hosts.iter().map(|h| Pattern::new(h)).collect(),
+                ports: se.ports.iter().map(|p| p.number).collect(),
+            }),
+            None => diags.push(Diagnostic {
+                severity: Severity::Warning,
+                file: p.meta.file.clone(),
+                line: p.meta.line,
+                col: 1,
+                resource: Some(format!("AuthorizationPolicy {}", p.meta.id()).into()),
+                field: format!("spec.targetRefs[{i}]"),
+                message: format!(
+                    "ServiceEntry {ns}/{} is not in the configuration: no request is for it",
+                    t.name
+                ),
+            }),
+        }
+    }
+    let others = (count < refs.len()).then(|| {
+        let mut scope = p.scope.clone();
+        scope.target_refs.retain(|t| !is_service(t));
+        scope
+    });
+    let attached = Attached {
+        scopes: scopes.into(),
+        refs: count,
+    };
+    (Some(attached), others)
+}
+
+fn compile_policy(p: &AccessPolicy, services: Option<Arc<[ServiceScope]>>) -> CPolicy {
     CPolicy {
+        services,
         name: p.meta.id().into(),
         provider: p.provider.as_deref().map(Arc::from),
         // `rules` absent: nothing matches.

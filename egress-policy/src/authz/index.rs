@@ -15,6 +15,8 @@ pub(super) struct PolicyList {
     /// By the suffix after `*`, which starts with a dot.
     suffix: foldhash::HashMap<Box<str>, Vec<RuleRef>>,
     always: Vec<RuleRef>,
+    /// Whether a policy applies to every request (one not attached to services).
+    global: bool,
 }
 
 impl PolicyList {
@@ -22,8 +24,14 @@ impl PolicyList {
         self.policies.is_empty()
     }
 
+    /// Whether some policy of the list applies to this request.
+    pub(super) fn any_covers(&self, a: &Attributes<'_>) -> bool {
+        self.global || self.policies.iter().any(|p| p.covers(a))
+    }
+
     pub(super) fn push(&mut self, policy: CPolicy) {
         let p = self.policies.len() as u32;
+        self.global |= policy.services.is_none();
         for (r, rule) in policy.rules.iter().enumerate() {
             let at = (p, r as u32);
             let indexable = !rule.to.is_empty()
@@ -68,7 +76,8 @@ impl PolicyList {
             if best.is_some_and(|b| (p, r) >= b) {
                 return;
             }
-            if self.policies[p as usize].rules[r as usize].matches(a, action) {
+            let policy = &self.policies[p as usize];
+            if policy.rules[r as usize].matches(a, action) && policy.covers(a) {
                 *best = Some((p, r));
                 return;
             }

@@ -375,15 +375,40 @@ impl CRule {
     }
 }
 
+/// A service a policy is attached to by `targetRefs` (kind `ServiceEntry` or `Service`, as
+/// at an Istio waypoint): its hosts and, when listed, its ports.
+#[derive(Clone, Debug)]
+struct ServiceScope {
+    hosts: Vec<Pattern>,
+    /// Empty: every port.
+    ports: Vec<u16>,
+}
+
+impl ServiceScope {
+    fn covers(&self, host: &str, port: u16) -> bool {
+        (self.ports.is_empty() || self.ports.contains(&port))
+            && self.hosts.iter().any(|h| h.matches(host))
+    }
+}
+
 /// A compiled policy.
 #[derive(Clone, Debug)]
 struct CPolicy {
     name: Arc<str>,
     provider: Option<Arc<str>>,
     rules: Vec<CRule>,
+    /// `Some`: attached to these services, and applies only to requests for them.
+    services: Option<Arc<[ServiceScope]>>,
 }
 
 impl CPolicy {
+    /// Whether the policy applies to this request at all (its services, if it has some).
+    fn covers(&self, a: &Attributes<'_>) -> bool {
+        self.services
+            .as_ref()
+            .is_none_or(|s| s.iter().any(|s| s.covers(a.host, a.port)))
+    }
+
     /// The index of the first matching rule.
     fn matching_rule(&self, a: &Attributes<'_>, action: AuthzAction) -> Option<usize> {
         self.rules.iter().position(|r| r.matches(a, action))
@@ -514,7 +539,7 @@ impl AuthzPolicies {
                 },
             }
         });
-        let allow = (!self.dry_allow.is_empty()).then(|| {
+        let allow = self.dry_allow.any_covers(a).then(|| {
             match self.dry_allow.first_match(a, AuthzAction::Allow) {
                 Some((p, rule)) => ShadowResult {
                     allowed: true,
@@ -544,7 +569,7 @@ impl AuthzPolicies {
 
     /// DENY, then ALLOW. AUDIT matches are logged.
     pub fn evaluate(&self, a: &Attributes<'_>) -> AuthzDecision {
-        for p in &self.audit.policies {
+        for p in self.audit.policies.iter().filter(|p| p.covers(a)) {
             if let Some(rule) = p.matching_rule(a, AuthzAction::Audit) {
                 tracing::info!(target: "egress::audit", policy = %p.name, rule, host = a.host, port = a.port, "AUDIT policy matched");
             }
@@ -559,7 +584,9 @@ impl AuthzPolicies {
                 };
             }
         }
-        if self.allow.is_empty() {
+        // No ALLOW policy for this request (none at all, or only ones attached to other
+        // services): allowed, as at an Istio proxy where none is configured.
+        if !self.allow.any_covers(a) {
             return AuthzDecision {
                 allowed: true,
                 policy: None,

@@ -758,3 +758,62 @@ fn policies_built_in_code() {
     assert_eq!(d.policy.as_deref(), Some("istio-system/no-admin"));
     assert_eq!((d.rule, d.action), (Some(0), Some(AuthzAction::Deny)));
 }
+
+/// `targetRefs` naming a ServiceEntry (or a core Service) attach a policy to that service:
+/// it governs requests for its hosts and ports only; beside a ref to this gateway it governs
+/// every request; a ServiceEntry that does not exist attaches to nothing, with a warning.
+#[test]
+fn policies_attached_to_services_govern_only_them() {
+    let se = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api, namespace: egress}\nspec:\n  hosts: [api.example.com, \"*.api.example.com\"]\n  ports: [{number: 80, name: http, protocol: HTTP}]\n  resolution: NONE\n---\n";
+    let attached = |refs: &str, action: &str| {
+        format!(
+            "{se}apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: egress}}\nspec:\n  targetRefs: {refs}\n  action: {action}\n  rules: [{{to: [{{operation: {{methods: [GET]}}}}]}}]\n"
+        )
+    };
+    let to_se = "[{kind: ServiceEntry, group: networking.istio.io, name: api}]";
+    let allow = policies(&attached(to_se, "ALLOW"));
+    let req = |host, port, method| Req {
+        host,
+        port,
+        method,
+        ..Req::default()
+    };
+    assert!(decide(&allow, &req("api.example.com", 80, "GET")));
+    assert!(!decide(&allow, &req("api.example.com", 80, "POST")));
+    assert!(!decide(&allow, &req("v2.api.example.com", 80, "POST")));
+    // Another service, or another port of the host: not this service's policy.
+    assert!(decide(&allow, &req("other.example.com", 80, "POST")));
+    assert!(decide(&allow, &req("api.example.com", 8080, "POST")));
+    let deny = policies(&attached(to_se, "DENY"));
+    assert!(!decide(&deny, &req("api.example.com", 80, "GET")));
+    assert!(decide(&deny, &req("other.example.com", 80, "GET")));
+    // Also attached to this gateway: every request.
+    let both = policies(&attached(
+        "[{kind: ServiceEntry, group: networking.istio.io, name: api}, {kind: Gateway, group: gateway.networking.k8s.io, name: istio-egressgateway, namespace: istio-system}]",
+        "DENY",
+    ));
+    assert!(!decide(&both, &req("other.example.com", 80, "GET")));
+    // A core Service by its cluster name.
+    let svc = policies(&attached("[{kind: Service, name: api}]", "DENY"));
+    assert!(!decide(
+        &svc,
+        &req("api.egress.svc.cluster.local", 80, "GET")
+    ));
+    assert!(decide(&svc, &req("api.example.com", 80, "GET")));
+    // A ServiceEntry that is not there.
+    let set = ConfigSet::load_str(
+        "t.yaml",
+        &attached(
+            "[{kind: ServiceEntry, group: networking.istio.io, name: gone}]",
+            "ALLOW",
+        ),
+    );
+    let (missing, diags) = AuthzPolicies::compile(&set, &identity()).unwrap();
+    assert!(
+        diags
+            .to_string()
+            .contains("spec.targetRefs[0]: ServiceEntry egress/gone is not in the configuration"),
+        "{diags}"
+    );
+    assert!(decide(&missing, &req("api.example.com", 80, "POST")));
+}

@@ -5,7 +5,9 @@
 
 use std::collections::BTreeMap;
 
-use super::{ApiGateway, Backend, CLASS, Documents, From, Listener, Route, RouteKind, Rule};
+use super::{
+    ApiGateway, Backend, CLASS, Documents, From, Listener, Route, RouteKind, Rule, WAYPOINT_CLASS,
+};
 use crate::diag::{Diagnostic, Severity};
 use crate::model::{
     Config, DirectResponse, Gateway, HttpMatch, HttpRoute, Protocol, RouteStatus, RouteTarget,
@@ -30,14 +32,17 @@ impl Documents {
         let gateways: Vec<&ApiGateway> =
             self.gateways.iter().filter(|g| g.class == CLASS).collect();
         for g in self.gateways.iter().filter(|g| g.class != CLASS) {
-            config.diagnostics.push(warning(
-                &g.meta,
-                "Gateway",
+            let why = if g.class == WAYPOINT_CLASS {
+                // Istio's ambient egress: the waypoint is where ServiceEntry-bound routes and
+                // policies apply, which this gateway does when it acts for the mesh.
+                "is a waypoint: its listeners (HBONE, from ztunnel) are not opened; clients reach this gateway on its proxy listener, where the routes and policies attached to ServiceEntries apply as at the waypoint".to_owned()
+            } else {
                 format!(
                     "gatewayClassName {:?} is not served by this gateway (only {CLASS:?}); ignored",
                     g.class
-                ),
-            ));
+                )
+            };
+            config.diagnostics.push(warning(&g.meta, "Gateway", why));
         }
         for g in &gateways {
             config.gateways.push(model_gateway(g));

@@ -36,6 +36,8 @@ const VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha2"];
 
 /// The `gatewayClassName` this gateway serves (Istio's own gateways).
 pub const CLASS: &str = "istio";
+/// The class of Istio's ambient waypoints, which also serve as egress gateways.
+pub const WAYPOINT_CLASS: &str = "istio-waypoint";
 
 /// The Gateway API resources of a configuration, kept until all files are read.
 #[derive(Debug, Default)]

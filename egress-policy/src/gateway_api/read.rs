@@ -30,6 +30,17 @@ pub(super) fn gateway(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Api
             "a Gateway needs a gatewayClassName",
         );
     }
+    // Another class's Gateway (a waypoint's HBONE listener, another controller's) is not
+    // this gateway's to open: it is reported at attachment, and its listeners are not
+    // judged by what this gateway serves.
+    if class != super::CLASS {
+        f.ignore_rest();
+        return Some(ApiGateway {
+            meta,
+            class,
+            listeners: Vec::new(),
+        });
+    }
     let listeners = f.read_list(r, "listeners", listener);
     if listeners.is_empty() {
         r.error(
