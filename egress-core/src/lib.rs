@@ -49,6 +49,7 @@ pub mod destination;
 pub mod error;
 pub mod framing;
 pub mod gateway_headers;
+pub mod grpc_reply;
 pub mod headers;
 pub mod host;
 pub mod ip;

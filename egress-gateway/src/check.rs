@@ -77,11 +77,11 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
     for vs in &loaded.policy.config.virtual_hosts {
         let _ = writeln!(
             out,
-            "  {} {}: hosts [{}] {} http route(s){}",
+            "  {} {}: hosts [{}] {}{}",
             vs.kind,
             vs.meta.id(),
             vs.hosts.join(", "),
-            vs.http.len(),
+            route_counts(vs),
             if vs.gateways.is_empty() {
                 String::new()
             } else {
@@ -124,4 +124,19 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
     for issuer in loaded.policy.jwt.issuers() {
         let _ = writeln!(out, "  JWT issuer {issuer}");
     }
+}
+
+/// `N http route(s)`, and the `tls` and `tcp` routes when there are some.
+fn route_counts(vs: &egress_policy::model::VirtualHost) -> String {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (vs.http.len(), "http"),
+        (vs.tls.len(), "tls"),
+        (vs.tcp.len(), "tcp"),
+    ] {
+        if n > 0 || (what == "http" && vs.tls.is_empty() && vs.tcp.is_empty()) {
+            parts.push(format!("{n} {what} route(s)"));
+        }
+    }
+    parts.join(", ")
 }

@@ -119,7 +119,10 @@ pub fn build(
             )
         });
     ServiceBuilder::new()
-        // Metrics and the access log: outermost, so they see every answer.
+        // A gRPC call gets the gateway's refusals as gRPC statuses (Trailers-Only); outside
+        // telemetry, which records the HTTP status that was decided.
+        .layer(egress_core::grpc_reply::GrpcReplyLayer)
+        // Metrics and the access log: they see every answer.
         .layer(TelemetryLayer::new(config.metrics.clone()))
         // One configuration snapshot for the whole request: every layer below reads it.
         .layer(SnapshotLayer::new(config.policy))

@@ -62,6 +62,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod layers;
 pub mod model;
+pub(crate) mod reader;
 pub mod registry;
 pub mod routes;
 pub mod shared;

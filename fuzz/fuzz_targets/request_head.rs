@@ -86,6 +86,7 @@ fn world() -> &'static World {
             gateway_name: "istio-system/istio-egressgateway".into(),
             gateway_labels: vec![("istio".into(), "egressgateway".into())],
             path_normalization: None,
+            mesh_certs: "/etc/certs".into(),
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let rt = tokio::runtime::Builder::new_current_thread()

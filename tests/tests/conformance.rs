@@ -303,6 +303,10 @@ async fn wildcard_egress_hosts_task() {
     let yaml = fixture("wildcard-egress-hosts.yaml");
     let (code, out) = check(&yaml);
     assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("VirtualService default/direct-wikipedia-through-egress-gateway: hosts [*.wikipedia.org] 2 tls route(s)"),
+        "{out}"
+    );
     wildcard_task(&yaml).await;
 }
 

@@ -222,6 +222,10 @@ pub struct UpstreamPlan {
     /// The local address upstream connections for this plan are made from (a
     /// `ServiceEntry`'s `egress.io/source-ip` annotation); `None`: the gateway's.
     pub source: Option<std::net::IpAddr>,
+    /// The upstream speaks HTTP/2 (a port of protocol `HTTP2` or `GRPC`): a plain
+    /// connection uses HTTP/2 with prior knowledge (h2c), as gRPC needs; TLS connections
+    /// offer `h2` by ALPN in any case.
+    pub http2: bool,
 }
 
 /// A load-balancing policy (`DestinationRule.trafficPolicy.loadBalancer`).

@@ -90,6 +90,9 @@ pub struct Upstream<C, B> {
 
 struct Inner<C, B> {
     client: Client<C, IdleTimeout<B>>,
+    /// HTTP/2 with prior knowledge, for plain connections to `HTTP2`/`GRPC` ports; a pool of
+    /// its own, since one connection speaks one protocol.
+    h2c: Client<C, IdleTimeout<B>>,
     dialer: Arc<Dialer>,
     request_timeout: Option<Duration>,
     body_idle_timeout: Option<Duration>,
@@ -141,16 +144,19 @@ where
     /// An upstream over any hyper-util connector (TLS, an upstream proxy, an in-memory pipe).
     /// The connector is handed `http://IP:PORT` URIs.
     pub fn with_connector(connector: C, dialer: Arc<Dialer>, config: UpstreamConfig) -> Self {
-        let client = Client::builder(TokioExecutor::new())
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .pool_idle_timeout(config.pool_idle_timeout)
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
-            .set_host(false)
-            .build(connector);
+            .set_host(false);
+        let client = builder.build(connector.clone());
+        let h2c = builder.http2_only(true).build(connector);
         Self {
             inner: Arc::new(Inner {
                 client,
+                h2c,
                 dialer,
                 request_timeout: config.request_timeout,
                 body_idle_timeout: config.body_idle_timeout,
@@ -202,7 +208,8 @@ where
             } else {
                 Scheme::HTTP
             };
-            let authority = inner.direct(&dst, plan, addrs)?;
+            let h2c = plan.is_some_and(|p| p.http2) && scheme == Scheme::HTTP;
+            let authority = inner.direct(&dst, plan, addrs, h2c)?;
             inner
                 .send(req, &dst, scheme, authority, Some(addr), &addr)
                 .await
@@ -268,10 +275,13 @@ where
         dst: &Destination,
         plan: Option<&UpstreamPlan>,
         addrs: Vec<SocketAddr>,
+        h2c: bool,
     ) -> Result<Authority, BoxError> {
         let tls = plan.and_then(|p| p.tls.clone());
         let source = plan.and_then(|p| p.source);
-        if tls.is_none() && source.is_none() {
+        // HTTP/2 sends the pool authority as `:authority`: it must be the host's name, so
+        // h2c goes by the table too (the connector dials the validated addresses).
+        if tls.is_none() && source.is_none() && !(h2c && self.dial_table.is_some()) {
             return Ok(authority_of(addrs[0])?);
         }
         let Some(table) = &self.dial_table else {
@@ -318,8 +328,18 @@ where
         peer: &(dyn std::fmt::Display + Sync),
     ) -> Result<Response<BoxBody>, BoxError> {
         let idle = self.body_idle_timeout;
-        let req = prepare(req, dst, scheme, authority)?.map(|b| IdleTimeout::for_request(b, idle));
-        let send = self.client.request(req);
+        let h2c = scheme == Scheme::HTTP
+            && req
+                .extensions()
+                .get::<UpstreamPlan>()
+                .is_some_and(|p| p.http2);
+        let req =
+            prepare(req, dst, scheme, authority, h2c)?.map(|b| IdleTimeout::for_request(b, idle));
+        let send = if h2c {
+            self.h2c.request(req)
+        } else {
+            self.client.request(req)
+        };
         let result = match self.request_timeout {
             Some(t) => tokio::time::timeout(t, send).await.map_err(|_| {
                 let from = addr.map(|a| format!(" from {a}")).unwrap_or_default();
@@ -355,6 +375,7 @@ fn prepare<B>(
     dst: &Destination,
     scheme: Scheme,
     authority: Authority,
+    http2: bool,
 ) -> Result<Request<B>, BoxError> {
     let path = req
         .uri()
@@ -368,9 +389,16 @@ fn prepare<B>(
         parts.path_and_query = Some(path);
         parts
     })?;
-    *req.version_mut() = Version::HTTP_11;
-    req.headers_mut()
-        .insert(header::HOST, dst.host_header().clone());
+    if http2 {
+        // `:authority` (the name and port dialled) stands for `Host`, which HTTP/2 peers
+        // may refuse beside it when the two differ.
+        *req.version_mut() = Version::HTTP_2;
+        req.headers_mut().remove(header::HOST);
+    } else {
+        *req.version_mut() = Version::HTTP_11;
+        req.headers_mut()
+            .insert(header::HOST, dst.host_header().clone());
+    }
     Ok(req)
 }
 

@@ -19,6 +19,30 @@ const ISTIO_GROUP: &str = "networking.istio.io";
 
 /// Where one route attached: the gateway references and hosts of its routes, and the
 /// listener ports it is limited to (empty: any).
+/// HTTP rules of the same binding and host, to be ordered by Gateway API precedence as one
+/// table: each with its sort key and file order, and the first route that named the slot.
+#[derive(Default)]
+struct HttpTables<'a> {
+    http: BTreeMap<(Vec<String>, String), Vec<(SortKey, HttpRoute, usize)>>,
+    first: BTreeMap<(Vec<String>, String), &'a Route>,
+    seq: usize,
+}
+
+/// The warning for a Gateway of a class this gateway does not serve.
+fn other_class(g: &ApiGateway) -> Diagnostic {
+    let why = if g.class == WAYPOINT_CLASS {
+        // Istio's ambient egress: the waypoint is where ServiceEntry-bound routes and
+        // policies apply, which this gateway does when it acts for the mesh.
+        "is a waypoint: its listeners (HBONE, from ztunnel) are not opened; clients reach this gateway on its proxy listener, where the routes and policies attached to ServiceEntries apply as at the waypoint".to_owned()
+    } else {
+        format!(
+            "gatewayClassName {:?} is not served by this gateway (only {CLASS:?}); ignored",
+            g.class
+        )
+    };
+    warning(&g.meta, "Gateway", why)
+}
+
 struct Attachment {
     gateways: Vec<String>,
     hosts: Vec<String>,
@@ -32,28 +56,15 @@ impl Documents {
         let gateways: Vec<&ApiGateway> =
             self.gateways.iter().filter(|g| g.class == CLASS).collect();
         for g in self.gateways.iter().filter(|g| g.class != CLASS) {
-            let why = if g.class == WAYPOINT_CLASS {
-                // Istio's ambient egress: the waypoint is where ServiceEntry-bound routes and
-                // policies apply, which this gateway does when it acts for the mesh.
-                "is a waypoint: its listeners (HBONE, from ztunnel) are not opened; clients reach this gateway on its proxy listener, where the routes and policies attached to ServiceEntries apply as at the waypoint".to_owned()
-            } else {
-                format!(
-                    "gatewayClassName {:?} is not served by this gateway (only {CLASS:?}); ignored",
-                    g.class
-                )
-            };
-            config.diagnostics.push(warning(&g.meta, "Gateway", why));
+            config.diagnostics.push(other_class(g));
         }
         for g in &gateways {
             config.gateways.push(model_gateway(g));
         }
         // HTTP routes of the same binding and host are one table, ordered by Gateway API
         // precedence; TLS and TCP routes keep their own order.
-        let mut http: BTreeMap<(Vec<String>, String), Vec<(SortKey, HttpRoute, usize)>> =
-            BTreeMap::new();
-        let mut first: BTreeMap<(Vec<String>, String), &Route> = BTreeMap::new();
+        let mut tables = HttpTables::default();
         let mut l4 = Vec::new();
-        let mut seq = 0;
         for route in &self.routes {
             let id = format!("{} {}", route.kind.as_str(), route.meta.id());
             for parent in &route.parents {
@@ -78,35 +89,8 @@ impl Documents {
                 };
                 let mut refused = Vec::new();
                 match route.kind {
-                    RouteKind::Http => {
-                        for (i, rule) in route.rules.iter().enumerate() {
-                            let action = self.destinations(route, rule, config, &mut refused);
-                            // A mirror that may not be referenced is left out (the
-                            // request itself is unaffected), and reported.
-                            let mirrors = rule
-                                .mirrors
-                                .iter()
-                                .filter_map(|(b, pct)| match self.target(route, b, config) {
-                                    Ok(t) => Some((t, *pct)),
-                                    Err(e) => {
-                                        refused.push(e);
-                                        None
-                                    }
-                                })
-                                .collect();
-                            for (key, r) in http_routes(route, i, rule, action, mirrors, &at) {
-                                for host in &at.hosts {
-                                    let slot = (at.gateways.clone(), host.clone());
-                                    first.entry(slot.clone()).or_insert(route);
-                                    http.entry(slot).or_default().push((
-                                        key.clone(),
-                                        r.clone(),
-                                        seq,
-                                    ));
-                                    seq += 1;
-                                }
-                            }
-                        }
+                    RouteKind::Http | RouteKind::Grpc => {
+                        self.http_rules(route, &at, config, &mut refused, &mut tables);
                     }
                     RouteKind::Tls | RouteKind::Tcp => {
                         l4.push(self.l4_host(route, &at, config, &mut refused));
@@ -133,9 +117,9 @@ impl Documents {
             }
         }
         let mut hosts: Vec<VirtualHost> = Vec::new();
-        for (slot, mut routes) in http {
+        for (slot, mut routes) in tables.http {
             routes.sort_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
-            let route = first[&slot];
+            let route = tables.first[&slot];
             let (gateways, host) = slot;
             hosts.push(VirtualHost {
                 meta: route.meta.clone(),
@@ -150,6 +134,46 @@ impl Documents {
         hosts.extend(l4);
         hosts.append(&mut config.virtual_hosts);
         config.virtual_hosts = hosts;
+    }
+
+    /// Files the rules of an HTTP (or gRPC) route attached at `at` under each of its hosts,
+    /// with what it may not reference added to `refused`.
+    fn http_rules<'a>(
+        &self,
+        route: &'a Route,
+        at: &Attachment,
+        config: &Config,
+        refused: &mut Vec<(&'static str, String)>,
+        tables: &mut HttpTables<'a>,
+    ) {
+        for (i, rule) in route.rules.iter().enumerate() {
+            let action = self.destinations(route, rule, config, refused);
+            // A mirror that may not be referenced is left out (the request itself is
+            // unaffected), and reported.
+            let mirrors = rule
+                .mirrors
+                .iter()
+                .filter_map(|(b, pct)| match self.target(route, b, config) {
+                    Ok(t) => Some((t, *pct)),
+                    Err(e) => {
+                        refused.push(e);
+                        None
+                    }
+                })
+                .collect();
+            for (key, r) in http_routes(route, i, rule, action, mirrors, at) {
+                for host in &at.hosts {
+                    let slot = (at.gateways.clone(), host.clone());
+                    tables.first.entry(slot.clone()).or_insert(route);
+                    tables
+                        .http
+                        .entry(slot)
+                        .or_default()
+                        .push((key.clone(), r.clone(), tables.seq));
+                    tables.seq += 1;
+                }
+            }
+        }
     }
 
     /// The weighted destinations of a rule, or why it answers 500 instead.
@@ -447,7 +471,9 @@ fn to_gateway(route: &Route, parent: &super::ParentRef, g: &ApiGateway) -> Found
 /// Whether a listener takes this kind of route (its protocol, and `allowedRoutes.kinds`).
 fn takes(l: &Listener, kind: RouteKind) -> bool {
     let by_protocol = match kind {
-        RouteKind::Http => matches!(l.protocol, Protocol::Http | Protocol::Https),
+        RouteKind::Http | RouteKind::Grpc => {
+            matches!(l.protocol, Protocol::Http | Protocol::Https)
+        }
         RouteKind::Tls => l.protocol == Protocol::Tls,
         RouteKind::Tcp => l.protocol == Protocol::Tcp,
     };

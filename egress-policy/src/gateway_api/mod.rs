@@ -16,16 +16,18 @@
 //! the `VirtualService` is reported as ignored for that host.
 
 mod attach;
+mod grpc;
+mod listener;
 mod read;
 
-pub use read::{TERMINATE_MODE_OPTION, TLS_CA_OPTION, TLS_CERT_OPTION, TLS_KEY_OPTION};
+pub use listener::{TERMINATE_MODE_OPTION, TLS_CA_OPTION, TLS_CERT_OPTION, TLS_KEY_OPTION};
 
 use std::time::Duration;
 
-use crate::istio::reader::Reader;
 use crate::model::{
     Headers, HttpMatch, Meta, Protocol, Redirect, Retries, Rewrite, ServerTlsFiles,
 };
+use crate::reader::Reader;
 use crate::yaml::Node;
 
 /// The API group, as it starts an `apiVersion`.
@@ -81,6 +83,8 @@ struct Listener {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum RouteKind {
     Http,
+    /// `GRPCRoute`: HTTP/2 routes matched by service and method, attached as HTTP routes.
+    Grpc,
     Tls,
     Tcp,
 }
@@ -89,6 +93,7 @@ impl RouteKind {
     fn as_str(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tls => "TLSRoute",
             RouteKind::Tcp => "TCPRoute",
         }
@@ -175,13 +180,14 @@ impl Documents {
         }
         match kind {
             "Gateway" => {
-                if let Some(g) = read::gateway(r, meta, spec) {
+                if let Some(g) = listener::gateway(r, meta, spec) {
                     self.gateways.push(g);
                 }
             }
-            "HTTPRoute" | "TLSRoute" | "TCPRoute" => {
+            "HTTPRoute" | "GRPCRoute" | "TLSRoute" | "TCPRoute" => {
                 let kind = match kind {
                     "HTTPRoute" => RouteKind::Http,
+                    "GRPCRoute" => RouteKind::Grpc,
                     "TLSRoute" => RouteKind::Tls,
                     _ => RouteKind::Tcp,
                 };

@@ -280,3 +280,42 @@ fn istio_mutual_listeners_terminate_with_the_mesh_certificates() {
         Some(root.as_str())
     );
 }
+
+/// `GRPCRoute` method matches are paths `/{service}/{method}`: both names exact, a service
+/// alone (its segment, not a longer service name), a method alone, regular expressions;
+/// the rest is an HTTPRoute's (header filters, backends, attachment).
+#[test]
+fn grpc_routes_match_service_and_method() {
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: g}\nspec:\n  parentRefs: [{name: egress}]\n  hostnames: [api.example.com]\n  rules:\n  - matches: [{method: {service: grpc.health.v1.Health, method: Check}}]\n    backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}]\n  - matches: [{method: {service: pkg.Users}}]\n    filters: [{type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-svc, value: users}]}}]\n    backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}]\n  - matches: [{method: {method: Watch}}]\n    backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}]\n  - matches: [{method: {type: RegularExpression, service: \"pkg\\\\.v[0-9]+\\\\.Orders\"}}]\n    backendRefs: [{kind: Hostname, group: networking.istio.io, name: api.example.com, port: 80}]\n";
+    let config = load(route);
+    assert!(config.diagnostics.is_empty(), "{}", config.diagnostics);
+    assert_eq!(status(&config, "GRPCRoute default/g"), (true, "Accepted"));
+    for (path, want) in [
+        ("/grpc.health.v1.Health/Check", "default.g.0"),
+        ("/grpc.health.v1.Health/Watch", "default.g.2"),
+        ("/pkg.Users/Get", "default.g.1"),
+        ("/pkg.Orders/Watch", "default.g.2"),
+        ("/pkg.v2.Orders/List", "default.g.3"),
+        ("/pkg.UsersExtra/Get", "404"),
+        ("/pkg.v2.Orders/List/extra", "404"),
+    ] {
+        assert_eq!(chosen(&config, "api.example.com", path), want, "{path}");
+    }
+    for (yaml, want) in [
+        (
+            route.replace("{method: {method: Watch}}", "{method: {}}"),
+            "spec.rules[2].matches[0].method: an Exact method match needs a service, a method, or both",
+        ),
+        (
+            route.replace("method: Check", "method: a/b"),
+            "spec.rules[0].matches[0].method.method: \"a/b\" is not a gRPC method name",
+        ),
+        (
+            route.replace("type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-svc, value: users}]}", "type: URLRewrite, urlRewrite: {hostname: x}"),
+            "spec.rules[1].filters[0].type: filter \"URLRewrite\" is not supported here",
+        ),
+    ] {
+        let text = load(&yaml).diagnostics.to_string();
+        assert!(text.contains(want), "want {want}\n{text}");
+    }
+}

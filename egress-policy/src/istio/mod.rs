@@ -12,7 +12,7 @@ mod http_match;
 mod l4_route;
 pub mod mesh;
 mod model;
-pub(crate) mod reader;
+pub(crate) use crate::reader;
 mod request_authentication;
 pub mod security;
 mod service_entry;

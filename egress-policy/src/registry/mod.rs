@@ -382,6 +382,10 @@ pub(crate) fn plan_with(
         balance: Default::default(),
         tls: None,
         source: se.source_ip,
+        http2: matches!(
+            port.protocol,
+            crate::model::Protocol::Http2 | crate::model::Protocol::Grpc
+        ),
     }
 }
 
