@@ -123,95 +123,101 @@ impl TunnelMetrics {
     }
 }
 
+/// Istio's duration buckets, in milliseconds.
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+        30000.0, 60000.0, 300000.0,
+    ])
+}
+
+/// Istio's byte buckets: 1 to 10^8, by decades.
+fn bytes_histogram() -> Histogram {
+    Histogram::new([1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8])
+}
+
+/// Registers a metric family under `name` and returns it (families share their state with
+/// their clones).
+fn register<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    family: M,
+) -> M {
+    registry.register(name, help, family.clone());
+    family
+}
+
 impl Metrics {
     /// New, empty metrics; `workload` is the `source_workload` label (the gateway's name);
     /// `access_log` turns the per-request `egress::access` log line on.
     pub fn new(workload: &str, access_log: bool) -> Arc<Self> {
         let mut registry = Registry::default();
-        let requests = Family::<RequestLabels, Counter>::default();
-        let duration = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0,
-                10000.0, 30000.0, 60000.0, 300000.0,
-            ])
-        });
-        // Istio's byte buckets: 1 to 10^8, by decades.
-        let bytes = || {
-            Histogram::new([
-                1.0,
-                10.0,
-                100.0,
-                1_000.0,
-                10_000.0,
-                100_000.0,
-                1_000_000.0,
-                10_000_000.0,
-                100_000_000.0,
-            ])
-        };
-        let request_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(bytes);
-        let response_bytes = Family::<RequestLabels, Histogram>::new_with_constructor(bytes);
-        let refusals = Family::<ReasonLabels, Counter>::default();
-        let tcp_opened = Family::<TcpLabels, Counter>::default();
-        let tcp_closed = Family::<TcpLabels, Counter>::default();
-        let tcp_sent = Family::<TcpLabels, Counter>::default();
-        let tcp_received = Family::<TcpLabels, Counter>::default();
-        let limits = Family::<LimitLabels, Counter>::default();
-        let dry_runs = Family::<DryRunLabels, Counter>::default();
-        registry.register(
-            "egress_authz_dry_run",
-            "Would-be decisions of dry-run AuthorizationPolicies (istio.io/dry-run), by shadow engine, decision and deciding policy",
-            dry_runs.clone(),
-        );
-        registry.register(
-            "egress_limit_hits",
-            "Times a configured limit refused work (max_connections, ...)",
-            limits.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_opened",
-            "TCP connections (CONNECT tunnels) opened",
-            tcp_opened.clone(),
-        );
-        registry.register(
-            "istio_tcp_connections_closed",
-            "TCP connections (CONNECT tunnels) closed",
-            tcp_closed.clone(),
-        );
-        registry.register(
-            "istio_tcp_sent_bytes",
-            "Bytes sent upstream through tunnels",
-            tcp_sent.clone(),
-        );
-        registry.register(
-            "istio_tcp_received_bytes",
-            "Bytes received from upstream through tunnels",
-            tcp_received.clone(),
-        );
-        registry.register(
+        let requests = register(
+            &mut registry,
             "istio_requests",
             "Requests through the gateway",
-            requests.clone(),
+            Family::<RequestLabels, Counter>::default(),
         );
-        registry.register(
+        let duration = register(
+            &mut registry,
             "istio_request_duration_milliseconds",
             "Request duration in milliseconds",
-            duration.clone(),
+            Family::<RequestLabels, Histogram>::new_with_constructor(duration_histogram),
         );
-        registry.register(
+        let request_bytes = register(
+            &mut registry,
             "istio_request_bytes",
             "Request body sizes in bytes",
-            request_bytes.clone(),
+            Family::<RequestLabels, Histogram>::new_with_constructor(bytes_histogram),
         );
-        registry.register(
+        let response_bytes = register(
+            &mut registry,
             "istio_response_bytes",
             "Response body sizes in bytes",
-            response_bytes.clone(),
+            Family::<RequestLabels, Histogram>::new_with_constructor(bytes_histogram),
         );
-        registry.register(
+        let refusals = register(
+            &mut registry,
             "egress_refusals",
             "Requests the gateway refused, by x-egress-denied reason",
-            refusals.clone(),
+            Family::<ReasonLabels, Counter>::default(),
+        );
+        let tcp_opened = register(
+            &mut registry,
+            "istio_tcp_connections_opened",
+            "TCP connections (CONNECT tunnels) opened",
+            Family::<TcpLabels, Counter>::default(),
+        );
+        let tcp_closed = register(
+            &mut registry,
+            "istio_tcp_connections_closed",
+            "TCP connections (CONNECT tunnels) closed",
+            Family::<TcpLabels, Counter>::default(),
+        );
+        let tcp_sent = register(
+            &mut registry,
+            "istio_tcp_sent_bytes",
+            "Bytes sent upstream through tunnels",
+            Family::<TcpLabels, Counter>::default(),
+        );
+        let tcp_received = register(
+            &mut registry,
+            "istio_tcp_received_bytes",
+            "Bytes received from upstream through tunnels",
+            Family::<TcpLabels, Counter>::default(),
+        );
+        let limits = register(
+            &mut registry,
+            "egress_limit_hits",
+            "Times a configured limit refused work (max_connections, ...)",
+            Family::<LimitLabels, Counter>::default(),
+        );
+        let dry_runs = register(
+            &mut registry,
+            "egress_authz_dry_run",
+            "Would-be decisions of dry-run AuthorizationPolicies (istio.io/dry-run), by shadow engine, decision and deciding policy",
+            Family::<DryRunLabels, Counter>::default(),
         );
         Arc::new(Self {
             registry,

@@ -34,22 +34,7 @@ impl AuthzPolicies {
                 field: String::new(),
                 message,
             };
-            let (services, others) = attached_services(config, p, &mut diags);
-            let applies = match (&services, others) {
-                // Attached to services only: applies here, to requests for them.
-                (Some(_), None) => Ok(()),
-                (_, Some(scope)) => identity.applies(&scope, &p.meta.namespace),
-                (None, None) => identity.applies(&p.scope, &p.meta.namespace),
-            };
-            // Also attached to this gateway: every request.
-            let services = match (&applies, services) {
-                (Ok(()), Some(s)) if p.scope.target_refs.len() > s.refs => None,
-                (_, s) => s.map(|s| s.scopes),
-            };
-            let applies = match (applies, &services) {
-                (Err(_), Some(_)) => Ok(()),
-                (a, _) => a,
-            };
+            let (services, applies) = scope_of(config, identity, p, &mut diags);
             if let Err(why) = applies {
                 diags.push(diag(
                     Severity::Warning,
@@ -110,6 +95,34 @@ impl AuthzPolicies {
         }
         Ok((set, diags))
     }
+}
+
+/// Whether a policy applies here and, when it is attached to services only, to which: the
+/// services of its `targetRefs` (then it applies whatever the other refs say), or every
+/// request when a ref or its selector names this gateway.
+fn scope_of(
+    config: &Config,
+    identity: &Identity,
+    p: &AccessPolicy,
+    diags: &mut Diagnostics,
+) -> (Option<Arc<[ServiceScope]>>, Result<(), String>) {
+    let (services, others) = attached_services(config, p, diags);
+    let applies = match (&services, others) {
+        // Attached to services only: applies here, to requests for them.
+        (Some(_), None) => Ok(()),
+        (_, Some(scope)) => identity.applies(&scope, &p.meta.namespace),
+        (None, None) => identity.applies(&p.scope, &p.meta.namespace),
+    };
+    // Also attached to this gateway: every request.
+    let services = match (&applies, services) {
+        (Ok(()), Some(s)) if p.scope.target_refs.len() > s.refs => None,
+        (_, s) => s.map(|s| s.scopes),
+    };
+    let applies = match (applies, &services) {
+        (Err(_), Some(_)) => Ok(()),
+        (a, _) => a,
+    };
+    (services, applies)
 }
 
 /// The services of `targetRefs` of kind `ServiceEntry` (group `networking.istio.io`) and

@@ -18,6 +18,7 @@
 mod attach;
 mod grpc;
 mod listener;
+mod parent;
 mod read;
 
 pub use listener::{TERMINATE_MODE_OPTION, TLS_CA_OPTION, TLS_CERT_OPTION, TLS_KEY_OPTION};

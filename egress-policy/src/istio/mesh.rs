@@ -262,32 +262,7 @@ fn read_ext_authz_http(
     grpc: bool,
 ) -> Option<ExtAuthzHttp> {
     let mut f = r.map(node, path)?;
-    let service = f.string(r, "service").unwrap_or_default();
-    if service.is_empty() {
-        r.error(
-            node,
-            format!("{path}.service"),
-            "the authorizer's service is required",
-        );
-    }
-    let service = service
-        .rsplit('/')
-        .next()
-        .unwrap_or(&service)
-        .to_ascii_lowercase();
-    let port = match f.take("port") {
-        Some(n) => r
-            .uint(n, &format!("{path}.port"), 1, 65535)
-            .map(|p| p as u16),
-        None => {
-            r.error(
-                node,
-                format!("{path}.port"),
-                "the authorizer's port is required",
-            );
-            None
-        }
-    };
+    let (service, port) = authorizer_address(r, &mut f, node, path);
     let timeout = match f.take("timeout") {
         None => Some(Duration::from_secs(10)),
         Some(n) => r.positive_duration(n, &f.path("timeout")),
@@ -305,23 +280,7 @@ fn read_ext_authz_http(
         );
     }
     let fail_open = f.boolean(r, "failOpen").unwrap_or(false);
-    let status_on_error = match f.take("statusOnError") {
-        None => Some(403),
-        Some(n) => {
-            r.string(n, &format!("{path}.statusOnError"))
-                .and_then(|s| match s.parse::<u16>() {
-                    Ok(c) if (200..600).contains(&c) => Some(c),
-                    _ => {
-                        r.error(
-                            n,
-                            format!("{path}.statusOnError"),
-                            format!("{s:?} is not an HTTP status code"),
-                        );
-                        None
-                    }
-                })
-        }
-    };
+    let status_on_error = status_on_error(r, &mut f, path);
     let (include_request_headers_in_check, include_additional_headers_in_check) = if grpc {
         (Vec::new(), Vec::new())
     } else {
@@ -368,6 +327,63 @@ fn read_ext_authz_http(
         headers_to_downstream_on_allow,
         grpc,
     })
+}
+
+/// `service` (a `namespace/host` is the host) and `port` of an authorizer, both required.
+fn authorizer_address(
+    r: &mut Reader<'_>,
+    f: &mut Fields<'_>,
+    node: &Node,
+    path: &str,
+) -> (String, Option<u16>) {
+    let service = f.string(r, "service").unwrap_or_default();
+    if service.is_empty() {
+        r.error(
+            node,
+            format!("{path}.service"),
+            "the authorizer's service is required",
+        );
+    }
+    let service = service
+        .rsplit('/')
+        .next()
+        .unwrap_or(&service)
+        .to_ascii_lowercase();
+    let port = match f.take("port") {
+        Some(n) => r
+            .uint(n, &format!("{path}.port"), 1, 65535)
+            .map(|p| p as u16),
+        None => {
+            r.error(
+                node,
+                format!("{path}.port"),
+                "the authorizer's port is required",
+            );
+            None
+        }
+    };
+    (service, port)
+}
+
+/// `statusOnError`: an HTTP status as a string, 403 when absent.
+fn status_on_error(r: &mut Reader<'_>, f: &mut Fields<'_>, path: &str) -> Option<u16> {
+    match f.take("statusOnError") {
+        None => Some(403),
+        Some(n) => {
+            r.string(n, &format!("{path}.statusOnError"))
+                .and_then(|s| match s.parse::<u16>() {
+                    Ok(c) if (200..600).contains(&c) => Some(c),
+                    _ => {
+                        r.error(
+                            n,
+                            format!("{path}.statusOnError"),
+                            format!("{s:?} is not an HTTP status code"),
+                        );
+                        None
+                    }
+                })
+        }
+    }
 }
 
 /// `includeAdditionalHeadersInCheck`: names lowercased, each pair a valid header.
