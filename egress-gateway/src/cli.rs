@@ -64,6 +64,10 @@ pub struct ConfigArgs {
     /// require client certificates from the same root.
     #[arg(long, default_value = "/etc/certs", value_name = "DIR")]
     pub mesh_certs: PathBuf,
+    /// Where the Kubernetes Secrets that `credentialName` and Gateway API `certificateRefs`
+    /// name are mounted: `DIR/NAME/` holds Secret NAME's `tls.crt`, `tls.key`, `ca.crt`.
+    #[arg(long, value_name = "DIR")]
+    pub credentials: Option<PathBuf>,
 }
 
 /// `--otlp-protocol` values.

@@ -62,7 +62,10 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
     let config = if args.config.is_empty() {
         ConfigSet::load_str(DEFAULT_CONFIG_NAME, DEFAULT_CONFIG)
     } else {
-        ConfigSet::load_paths(&args.config).map_err(LoadError::Source)?
+        let options = egress_policy::istio::LoadOptions {
+            credentials: args.credentials.clone(),
+        };
+        ConfigSet::load_paths_with(&args.config, &options).map_err(LoadError::Source)?
     };
     let settings = Settings {
         gateway_name: args.gateway_name.clone(),
@@ -92,6 +95,7 @@ mod tests {
             gateway_labels: vec![("istio".into(), "egressgateway".into())],
             path_normalization: None,
             mesh_certs: "/etc/certs".into(),
+            credentials: None,
         })
         .unwrap();
         assert!(loaded.diagnostics.is_empty(), "{}", loaded.diagnostics);

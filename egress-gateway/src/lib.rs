@@ -20,6 +20,7 @@
 //!     gateway_labels: vec![("istio".into(), "egressgateway".into())],
 //!     path_normalization: None,
 //!     mesh_certs: "/etc/certs".into(),
+//!     credentials: None,
 //! })
 //! .expect("the embedded configuration is valid");
 //! assert!(loaded.diagnostics.is_empty());

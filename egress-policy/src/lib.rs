@@ -52,6 +52,7 @@
 pub mod authz;
 pub mod compile;
 pub mod connection;
+pub(crate) mod credentials;
 pub mod diag;
 pub mod duration;
 pub mod ext_authz;

@@ -13,6 +13,8 @@ pub(crate) struct Reader<'d> {
     /// Errors that hold only where the resource applies to this gateway's own traffic
     /// (see [`crate::model::DestinationPolicy::mesh_only`]); its reader takes them.
     pub(crate) deferred: Vec<Diagnostic>,
+    /// Where Kubernetes Secrets named by `credentialName` are mounted (`--credentials`).
+    pub(crate) credentials: Option<Arc<std::path::Path>>,
 }
 
 /// The entries of one mapping; keys not taken are reported by [`Fields::finish`].

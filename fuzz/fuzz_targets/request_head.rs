@@ -87,6 +87,7 @@ fn world() -> &'static World {
             gateway_labels: vec![("istio".into(), "egressgateway".into())],
             path_normalization: None,
             mesh_certs: "/etc/certs".into(),
+            credentials: None,
         })
         .unwrap_or_else(|e| panic!("{e}"));
         let rt = tokio::runtime::Builder::new_current_thread()

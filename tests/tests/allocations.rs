@@ -132,6 +132,7 @@ spec:
         gateway_labels: vec![("istio".into(), "egressgateway".into())],
         path_normalization: None,
         mesh_certs: "/etc/certs".into(),
+        credentials: None,
     })
     .unwrap();
     let mut overrides = Overrides::new();

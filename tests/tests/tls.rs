@@ -198,7 +198,7 @@ fn mesh_only_tls_settings_are_config_errors() {
         ),
         (
             "mode: SIMPLE\n        credentialName: my-secret",
-            "credentialName (a Kubernetes secret) is not supported",
+            "\"my-secret\" names a Kubernetes Secret: give --credentials DIR",
         ),
         (
             "mode: SIMPLE\n        caCertificates: /nonexistent/ca.pem",
@@ -226,6 +226,124 @@ fn mesh_only_tls_settings_are_config_errors() {
             "{tls}: {err}"
         );
     }
+}
+
+/// A mounted Kubernetes Secret for `credentialName`: `DIR/NAME/{tls.crt,tls.key,ca.crt}`.
+fn secret(dir: &std::path::Path, name: &str, files: &[(&str, &std::path::Path)]) {
+    let d = dir.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for (key, from) in files {
+        std::fs::copy(from, d.join(key)).unwrap();
+    }
+}
+
+/// `credentialName` reads the Secret from `--credentials`: a MUTUAL DestinationRule
+/// presents its tls.crt/tls.key and verifies the origin with its ca.crt (or a `-cacert`
+/// Secret); a Gateway server terminates with its Secret; a Secret that is not there is an
+/// error naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_names_read_mounted_secrets() {
+    let ca = TestCa::new();
+    let client_ca = TestCa::new();
+    let client = client_ca.leaf(&["client.egress.test"]);
+    let origin = TlsOrigin::start(&ca.leaf(&["secure.test"]), Some(&client_ca)).await;
+    let creds = tempfile::tempdir().unwrap();
+    secret(
+        creds.path(),
+        "client-credential",
+        &[
+            ("tls.crt", &client.cert_path),
+            ("tls.key", &client.key_path),
+            ("ca.crt", &ca.pem_path),
+        ],
+    );
+    // The CA of the second Secret is its own `-cacert` Secret, with Istio's key names.
+    secret(
+        creds.path(),
+        "split",
+        &[("cert", &client.cert_path), ("key", &client.key_path)],
+    );
+    secret(creds.path(), "split-cacert", &[("cacert", &ca.pem_path)]);
+    let creds_arg = creds.path().display().to_string();
+    for name in ["client-credential", "split"] {
+        let yaml = config(&ca.pem_path, "").replace(
+            &format!(
+                "mode: SIMPLE\n        caCertificates: {}",
+                ca.pem_path.display()
+            ),
+            &format!("mode: MUTUAL\n        credentialName: {name}"),
+        );
+        assert!(yaml.contains("credentialName"), "{yaml}");
+        let gw = Gateway::start(&yaml, &[&resolve(&origin), "--credentials", &creds_arg]);
+        let r = curl_async(&["-x", &gw.proxy_url(), "http://secure.test/"]).await;
+        assert_eq!(r.status, 200, "{name}: {r:?}\n{}", gw.log());
+    }
+    assert_eq!(
+        origin
+            .client_certs
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+    // A Gateway server's credentialName: its certificate is served.
+    let server = ca.leaf(&["gw.egress.test"]);
+    secret(
+        creds.path(),
+        "gw-cert",
+        &[
+            ("tls.crt", &server.cert_path),
+            ("tls.key", &server.key_path),
+        ],
+    );
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw_yaml = config(&ca.pem_path, "")
+        + "---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  selector: {istio: egressgateway}\n  servers:\n  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: [secure.test]\n    tls: {mode: SIMPLE, credentialName: gw-cert}\n";
+    let gw = Gateway::start(
+        &gw_yaml,
+        &[
+            &resolve(&origin),
+            "--credentials",
+            &creds_arg,
+            "--gateway-port-offset",
+            &(listen - 443).to_string(),
+        ],
+    );
+    let r = curl_async(&[
+        "--cacert",
+        &ca.pem_path.display().to_string(),
+        "--connect-to",
+        &format!("gw.egress.test:443:127.0.0.1:{listen}"),
+        "-H",
+        "Host: secure.test",
+        "https://gw.egress.test/",
+    ])
+    .await;
+    // The origin wants a client certificate this DestinationRule does not give: the
+    // listener's TLS worked, the upstream hop is refused.
+    assert_eq!(r.status, 502, "{r:?}\n{}", gw.log());
+    // A Secret that is not mounted.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gw.yaml");
+    std::fs::write(&path, gw_yaml.replace("gw-cert", "missing")).unwrap();
+    let out = std::process::Command::new(egress_tests::gateway_bin())
+        .args([
+            "check",
+            "--credentials",
+            &creds_arg,
+            "--config",
+            path.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("spec.servers[0].tls.credentialName: no Secret \"missing\""),
+        "{err}"
+    );
 }
 
 /// CONNECT to a port declared TLS: the ClientHello must name the CONNECT host.

@@ -176,6 +176,21 @@ fn listener_tls(
     files.server_certificate = option(TLS_CERT_OPTION);
     files.private_key = option(TLS_KEY_OPTION);
     files.ca_certificates = option(TLS_CA_OPTION);
+    // `certificateRefs`: the first Secret's files (`--credentials`), unless the options give
+    // them; its `ca.crt` verifies clients when the listener is MUTUAL, as in Istio.
+    let mut reported = false;
+    if let Some(refs) = refs
+        && files.server_certificate.is_none()
+    {
+        let c = secret_ref(r, refs, &format!("{path}.certificateRefs"));
+        reported = c.is_none();
+        let c = c.unwrap_or_default();
+        files.server_certificate = c.cert;
+        files.private_key = c.key;
+        if terminate.as_deref() == Some("MUTUAL") && files.ca_certificates.is_none() {
+            files.ca_certificates = c.ca;
+        }
+    }
     for file in [
         &files.server_certificate,
         &files.private_key,
@@ -193,16 +208,20 @@ fn listener_tls(
         }
     }
     if files.server_certificate.is_none() || files.private_key.is_none() {
-        let why = if refs.is_some() {
-            "certificateRefs name Kubernetes Secrets, which this gateway cannot read"
-        } else {
-            "a Terminate listener needs its certificate"
-        };
-        r.error(
-            node,
-            path,
-            format!("{why}; give the files as tls.options {TLS_CERT_OPTION} and {TLS_KEY_OPTION} (and {TLS_CA_OPTION} to require client certificates)"),
-        );
+        // A Secret that could not be read is reported where it is named.
+        if refs.is_none() {
+            r.error(
+                node,
+                path,
+                format!("a Terminate listener needs its certificate: certificateRefs (Secrets under --credentials), or the files as tls.options {TLS_CERT_OPTION} and {TLS_KEY_OPTION} (and {TLS_CA_OPTION} to require client certificates)"),
+            );
+        } else if !reported {
+            r.error(
+                node,
+                format!("{path}.certificateRefs"),
+                "the Secret has no tls.crt and tls.key",
+            );
+        }
         return None;
     }
     if terminate.as_deref() == Some("MUTUAL") && files.ca_certificates.is_none() {
@@ -247,4 +266,29 @@ fn allowed_routes(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<(From, 
     });
     f.finish(r, &[]);
     Some((from, kinds))
+}
+
+/// The first of `certificateRefs` (a core `Secret`), read from `--credentials`.
+fn secret_ref(
+    r: &mut Reader<'_>,
+    refs: &Node,
+    path: &str,
+) -> Option<crate::credentials::Credential> {
+    let Some(first) = r.list(refs, path)?.first() else {
+        r.error(refs, path, "certificateRefs is empty");
+        return None;
+    };
+    let p = format!("{path}[0]");
+    let mut f = r.map(first, &p)?;
+    let name = f.string(r, "name");
+    let kind = f.string(r, "kind").unwrap_or_else(|| "Secret".into());
+    let group = f.string(r, "group").unwrap_or_default();
+    let _namespace = f.take("namespace");
+    f.finish(r, &[]);
+    if kind != "Secret" || !group.is_empty() {
+        r.error(first, &p, format!("a certificateRef of kind {kind:?} (group {group:?}) is not read; name a core Secret"));
+        return None;
+    }
+    let name = name?;
+    crate::credentials::credential(r, first, &format!("{p}.name"), &name)
 }

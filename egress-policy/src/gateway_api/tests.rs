@@ -213,7 +213,7 @@ fn errors_name_file_line_and_field() {
         ),
         (
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: secret}]}}]\n".to_owned(),
-            "certificateRefs name Kubernetes Secrets",
+            "spec.listeners[0].tls.certificateRefs[0].name: \"secret\" names a Kubernetes Secret: give --credentials DIR",
         ),
         (
             "---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: tls}\nspec:\n  gatewayClassName: istio\n  listeners: [{name: https, port: 443, protocol: HTTPS, tls: {options: {gateway.istio.io/tls-terminate-mode: PERMISSIVE}}}]\n".to_owned(),

@@ -93,15 +93,26 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
         }
         Some(v)
     };
-    let ca_certificates = file(&mut f, r, "caCertificates");
+    let mut ca_certificates = file(&mut f, r, "caCertificates");
     let ca_crl = file(&mut f, r, "caCrl");
-    let client_certificate = file(&mut f, r, "clientCertificate");
-    let private_key = file(&mut f, r, "privateKey");
+    let mut client_certificate = file(&mut f, r, "clientCertificate");
+    let mut private_key = file(&mut f, r, "privateKey");
     let sni = f.string(r, "sni");
     let subject_alt_names = f.strings(r, "subjectAltNames");
     let insecure_skip_verify = f.boolean(r, "insecureSkipVerify").unwrap_or(false);
+    // A Secret's files take the place of the file fields, as in Istio: its certificate
+    // and key for MUTUAL, its CA to verify the server.
     if let Some(n) = f.take("credentialName") {
-        r.error(n, format!("{path}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give caCertificates, clientCertificate and privateKey as files");
+        let p = format!("{path}.credentialName");
+        if let Some(name) = r.string(n, &p)
+            && let Some(c) = crate::credentials::credential(r, n, &p, &name)
+        {
+            if mode == "MUTUAL" {
+                client_certificate = c.cert;
+                private_key = c.key;
+            }
+            ca_certificates = c.ca.or(ca_certificates);
+        }
     }
     f.finish(r, &[]);
     if mode == "ISTIO_MUTUAL" {
@@ -111,7 +122,11 @@ fn read_tls(r: &mut Reader<'_>, node: &Node, path: &str) -> Option<ClientTls> {
         return None;
     }
     if mode == "MUTUAL" && (client_certificate.is_none() || private_key.is_none()) {
-        r.error(node, path, "MUTUAL needs clientCertificate and privateKey");
+        r.error(
+            node,
+            path,
+            "MUTUAL needs clientCertificate and privateKey (or a credentialName whose Secret has tls.crt and tls.key)",
+        );
         return None;
     }
     Some(ClientTls {

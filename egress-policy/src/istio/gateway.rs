@@ -151,7 +151,19 @@ fn read_server_tls(
     tls_files.private_key = file(&mut tf, r, "privateKey");
     tls_files.ca_certificates = file(&mut tf, r, "caCertificates");
     if let Some(c) = tf.take("credentialName") {
-        r.error(c, format!("{tp}.credentialName"), "credentialName (a Kubernetes secret) is not supported outside a mesh; give serverCertificate and privateKey as files");
+        let p = format!("{tp}.credentialName");
+        if let Some(name) = r.string(c, &p)
+            && let Some(c) = crate::credentials::credential(r, c, &p, &name)
+        {
+            tls_files.server_certificate = c.cert;
+            tls_files.private_key = c.key;
+            tls_files.ca_certificates = c.ca.or(tls_files.ca_certificates.take());
+        }
+    }
+    // Client certificates are asked for by MUTUAL only: a SIMPLE server's CA (written, or
+    // in its Secret) verifies nothing, as in Istio.
+    if mode.as_deref() == Some("SIMPLE") {
+        tls_files.ca_certificates = None;
     }
     tf.ignore_rest();
     match mode.as_deref() {

@@ -73,8 +73,13 @@ pub struct SourceError {
 impl ConfigSet {
     /// Reads files and directories (their `.yaml` / `.yml` files, sorted, recursively).
     pub fn load_paths(paths: &[PathBuf]) -> Result<Self, SourceError> {
+        Self::load_paths_with(paths, &LoadOptions::default())
+    }
+
+    /// [`ConfigSet::load_paths`], with what the files refer to outside themselves.
+    pub fn load_paths_with(paths: &[PathBuf], options: &LoadOptions) -> Result<Self, SourceError> {
         let mut set = ConfigSet::default();
-        let mut state = Load::default();
+        let mut state = Load::new(options);
         for path in paths {
             let mut files = Vec::new();
             collect_files(path, &mut files)?;
@@ -92,8 +97,13 @@ impl ConfigSet {
 
     /// Reads one YAML text; `name` is used in diagnostics.
     pub fn load_str(name: &str, text: &str) -> Self {
+        Self::load_str_with(name, text, &LoadOptions::default())
+    }
+
+    /// [`ConfigSet::load_str`], with what the text refers to outside itself.
+    pub fn load_str_with(name: &str, text: &str, options: &LoadOptions) -> Self {
         let mut set = ConfigSet::default();
-        let mut state = Load::default();
+        let mut state = Load::new(options);
         set.read_text(name, text, &mut state);
         set.finish(state);
         set
@@ -141,6 +151,7 @@ impl ConfigSet {
             resource: None,
             diags,
             deferred: Vec::new(),
+            credentials: state.credentials.clone(),
         };
         let Some(mut f) = r.map(doc, "") else { return };
         let api = f.take("apiVersion").and_then(|n| r.string(n, "apiVersion"));
@@ -504,7 +515,25 @@ fn set_mesh(
 #[derive(Default)]
 struct Load {
     ignored: BTreeMap<String, (Diagnostic, usize)>,
+    credentials: Option<Arc<Path>>,
     gateway_api: crate::gateway_api::Documents,
+}
+
+impl Load {
+    fn new(options: &LoadOptions) -> Self {
+        Self {
+            credentials: options.credentials.as_deref().map(Arc::from),
+            ..Self::default()
+        }
+    }
+}
+
+/// What a configuration refers to outside its files.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// The directory where the Kubernetes Secrets that `credentialName` and `certificateRefs`
+    /// name are mounted, one directory per Secret (`--credentials`).
+    pub credentials: Option<PathBuf>,
 }
 
 impl ConfigSet {
