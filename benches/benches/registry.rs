@@ -49,6 +49,8 @@ fn entries(n: usize) -> ConfigSet {
             endpoints: Vec::new(),
             export_to: Vec::new(),
             source_ip: None,
+            trusted_nets: Vec::new(),
+            kind: "ServiceEntry",
         });
     }
     set

@@ -39,7 +39,7 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
     let reg = &loaded.policy.registry;
     let _ = writeln!(
         out,
-        "configuration OK: {} file(s), {} ServiceEntry, outbound traffic policy {}",
+        "configuration OK: {} file(s), {} service(s), outbound traffic policy {}",
         loaded.policy.config.sources.len(),
         reg.services().len(),
         reg.policy().as_str()
@@ -55,7 +55,8 @@ fn summary(loaded: &config::Loaded, out: &mut dyn Write) {
             .collect();
         let _ = writeln!(
             out,
-            "  ServiceEntry {}: hosts [{}] ports [{}] resolution {:?}{}",
+            "  {} {}: hosts [{}] ports [{}] resolution {:?}{}",
+            se.kind,
             se.meta.id(),
             se.hosts.join(", "),
             ports.join(", "),

@@ -613,3 +613,113 @@ async fn ambient_egress_waypoint_task() {
     let r = curl_async(&["-x", &proxy, "http://www.google.com/"]).await;
     assert_eq!(r.status, 502, "{r:?}");
 }
+
+/// "Egress Gateways with TLS Origination", mutual TLS as the task now writes it, both tabs:
+/// the sidecar's request for the Kubernetes Service my-nginx arrives over mesh mTLS on the
+/// gateway's 443 server (`ISTIO_MUTUAL`); the gateway originates mutual TLS with the
+/// client-credential Secret (`credentialName`, mounted under `--credentials`).
+async fn mtls_credential_task(yaml: &str, identity: &str, route: &str) {
+    let host = "my-nginx.mesh-external.svc.cluster.local";
+    let example_ca = TestCa::new();
+    let origin = TlsOrigin::start(&example_ca.leaf(&[host]), Some(&example_ca)).await;
+    let client = example_ca.leaf(&["client.example.com"]);
+    let creds = tempfile::tempdir().unwrap();
+    let secret = creds.path().join("client-credential");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::copy(&client.cert_path, secret.join("tls.crt")).unwrap();
+    std::fs::copy(&client.key_path, secret.join("tls.key")).unwrap();
+    std::fs::copy(&example_ca.pem_path, secret.join("ca.crt")).unwrap();
+    let mesh_ca = TestCa::new();
+    let certs = mesh_certs(&mesh_ca, host, identity);
+    let sidecar = mesh_ca.leaf_with(
+        &["sleep.default"],
+        Some("spiffe://cluster.local/ns/default/sa/sleep"),
+    );
+    let path = |p: &Path| p.display().to_string();
+    let (creds_arg, mesh_arg) = (path(creds.path()), path(certs.path()));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("task.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let out = std::process::Command::new(egress_tests::gateway_bin())
+        .args([
+            "check",
+            "--credentials",
+            &creds_arg,
+            "--mesh-certs",
+            &mesh_arg,
+        ])
+        .args(["--config", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "Service mesh-external/my-nginx: hosts [{host}] ports [443/Http]"
+        )),
+        "{text}"
+    );
+    let listen = free_port();
+    let gw = Gateway::start(
+        yaml,
+        &[
+            &format!("--resolve={host}:443:127.0.0.1:{}", origin.port()),
+            "--credentials",
+            &creds_arg,
+            "--mesh-certs",
+            &mesh_arg,
+            "--gateway-port-offset",
+            &(listen - 443).to_string(),
+            "--access-log=on",
+        ],
+    );
+    let r = curl_async(&[
+        "--cacert",
+        &path(&mesh_ca.pem_path),
+        "--cert",
+        &path(&sidecar.cert_path),
+        "--key",
+        &path(&sidecar.key_path),
+        "--connect-to",
+        &format!("{host}:443:127.0.0.1:{listen}"),
+        "-H",
+        &format!("Host: {host}"),
+        &format!("https://{host}/"),
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(origin.snis(), [Some(host.to_owned())]);
+    assert_eq!(
+        origin
+            .client_certs
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+    assert!(gw.wait_log(&format!("route=\"{route}\"")), "{}", gw.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_mutual_tls_origination_with_credential_task() {
+    mtls_credential_task(
+        &fixture("egress-gateway-mtls-origination-credential.yaml"),
+        "spiffe://cluster.local/ns/istio-system/sa/istio-egressgateway-service-account",
+        "default/direct-nginx-through-egress-gateway#1",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_gateway_mutual_tls_origination_with_credential_task_gateway_api() {
+    mtls_credential_task(
+        &fixture("egress-gateway-mtls-origination-credential.gateway-api.yaml"),
+        "spiffe://cluster.local/ns/default/sa/nginx-egressgateway-istio",
+        "default.forward-nginx-from-egress-gateway.0",
+    )
+    .await;
+}

@@ -191,22 +191,7 @@ fn listener_tls(
             files.ca_certificates = c.ca;
         }
     }
-    for file in [
-        &files.server_certificate,
-        &files.private_key,
-        &files.ca_certificates,
-    ]
-    .into_iter()
-    .flatten()
-    {
-        if std::fs::metadata(file).is_err() {
-            r.error(
-                node,
-                format!("{path}.options"),
-                format!("cannot read {file:?}"),
-            );
-        }
-    }
+    check_files(r, node, path, files);
     if files.server_certificate.is_none() || files.private_key.is_none() {
         // A Secret that could not be read is reported where it is named.
         if refs.is_none() {
@@ -291,4 +276,24 @@ fn secret_ref(
     }
     let name = name?;
     crate::credentials::credential(r, first, &format!("{p}.name"), &name)
+}
+
+/// Each file the options name must be readable.
+fn check_files(r: &mut Reader<'_>, node: &Node, path: &str, files: &ServerTlsFiles) {
+    for file in [
+        &files.server_certificate,
+        &files.private_key,
+        &files.ca_certificates,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if std::fs::metadata(file).is_err() {
+            r.error(
+                node,
+                format!("{path}.options"),
+                format!("cannot read {file:?}"),
+            );
+        }
+    }
 }

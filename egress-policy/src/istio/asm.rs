@@ -249,6 +249,8 @@ fn service(meta: Meta, hosts: Vec<String>, port: Port) -> ServiceEntry {
         endpoints: Vec::new(),
         export_to: Vec::new(),
         source_ip: None,
+        trusted_nets: Vec::new(),
+        kind: "ServiceEntry",
     }
 }
 

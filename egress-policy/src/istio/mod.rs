@@ -9,8 +9,10 @@ mod asm;
 mod destination_rule;
 mod gateway;
 mod http_match;
+mod k8s_service;
 mod l4_route;
 pub mod mesh;
+mod metadata;
 mod model;
 pub(crate) use crate::reader;
 mod request_authentication;
@@ -33,6 +35,8 @@ use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Severity};
 use crate::yaml::{Node, parse_documents};
+pub use metadata::DRY_RUN_ANNOTATION;
+use metadata::{Annotations, read_metadata};
 use reader::Reader;
 
 const NETWORKING_VERSIONS: &[&str] = &[
@@ -184,12 +188,6 @@ impl ConfigSet {
         } else {
             None
         };
-        if kind == "ConfigMap" {
-            // `binaryData`, `immutable`: nothing a gateway reads.
-            f.ignore_rest();
-        } else {
-            f.finish(&mut r, &[]);
-        }
         let networking = NETWORKING_VERSIONS.contains(&api.as_str());
         let empty = Node {
             value: crate::yaml::Value::Null,
@@ -210,6 +208,13 @@ impl ConfigSet {
         } else {
             self.read_kind(&mut r, &head, meta, spec, data, annotations)
         };
+        // The top-level fields of a kind that is read are checked; a ConfigMap's
+        // `binaryData` or `immutable`, and everything of a kind not read, are not ours.
+        if unread.is_some() || kind == "ConfigMap" {
+            f.ignore_rest();
+        } else {
+            f.finish(&mut r, &[]);
+        }
         if let Some(id) = unread {
             self.ignored.push(format!("{id} ({file}:{})", doc.line));
             count_ignored(&mut state.ignored, file, doc, &kind, &api, id);
@@ -306,6 +311,23 @@ impl ConfigSet {
                     self.jwt_authentications.push(p);
                 }
             }
+            _ => return self.read_other(r, head, meta, spec, data),
+        }
+        None
+    }
+
+    /// Kinds outside Istio's networking and security APIs: MeshConfig in its ConfigMap or
+    /// an IstioOperator, and Kubernetes Services; `Some(id)` for one not read.
+    fn read_other(
+        &mut self,
+        r: &mut Reader<'_>,
+        head: &Head<'_>,
+        meta: Meta,
+        spec: &Node,
+        data: &Node,
+    ) -> Option<Arc<str>> {
+        let (doc, api, kind) = (head.doc, head.api, head.kind);
+        match kind {
             "ConfigMap" if api == "v1" && meta.name == "istio" => {
                 if let Some(m) = mesh::read_config_map(r, meta, data) {
                     set_mesh(&mut self.mesh, r, doc, m);
@@ -313,6 +335,11 @@ impl ConfigSet {
             }
             "IstioOperator" if api.starts_with("install.istio.io/") => {
                 read_istio_operator(&mut self.mesh, r, meta, spec, doc)
+            }
+            "Service" if api == "v1" => {
+                if let Some(s) = k8s_service::read(r, meta, spec) {
+                    self.services.push(s);
+                }
             }
             _ => return r.resource.clone(),
         }
@@ -390,103 +417,6 @@ fn count_ignored(
         )
     });
     entry.1 += 1;
-}
-
-/// What `metadata` says that this gateway reads.
-struct Metadata {
-    name: String,
-    namespace: String,
-    namespace_given: bool,
-    annotations: Annotations,
-}
-
-/// The annotations this gateway reads; the others belong to other tools.
-#[derive(Clone, Copy, Debug, Default)]
-struct Annotations {
-    /// [`SOURCE_IP_ANNOTATION`] (ServiceEntry).
-    source_ip: Option<std::net::IpAddr>,
-    /// [`DRY_RUN_ANNOTATION`] (AuthorizationPolicy).
-    dry_run: Option<bool>,
-}
-
-/// Istio's shadow mode for an `AuthorizationPolicy`: evaluated and reported, never enforced.
-pub const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
-
-/// Reads `metadata`: the name (required), the namespace (`default` when absent) and this
-/// gateway's own annotation; the many server-set Kubernetes fields are left alone.
-fn read_metadata(r: &mut Reader<'_>, doc: &Node, metadata: Option<&Node>, kind: &str) -> Metadata {
-    let mut name = String::new();
-    let mut namespace = "default".to_owned();
-    let mut namespace_given = false;
-    let mut annotations = Annotations::default();
-    match metadata {
-        None => r.error(doc, "metadata.name", "a resource needs metadata.name"),
-        Some(m) => {
-            if let Some(mut mf) = r.map(m, "metadata") {
-                match mf.string(r, "name") {
-                    Some(n) if !n.is_empty() => name = n,
-                    _ => r.error(m, "metadata.name", "a resource needs metadata.name"),
-                }
-                if let Some(ns) = mf.string(r, "namespace") {
-                    namespace = ns;
-                    namespace_given = true;
-                }
-                if let Some(a) = mf.take("annotations") {
-                    annotations = read_annotations(r, a, kind);
-                }
-                // Kubernetes metadata carries many server-set fields; none matter here.
-                mf.ignore_rest();
-            }
-        }
-    }
-    Metadata {
-        name,
-        namespace,
-        namespace_given,
-        annotations,
-    }
-}
-
-fn read_annotations(r: &mut Reader<'_>, node: &Node, kind: &str) -> Annotations {
-    let mut out = Annotations::default();
-    let Some(mut af) = r.map(node, "metadata.annotations") else {
-        return out;
-    };
-    let only = |r: &mut Reader<'_>, n: &Node, field: &str, owner: &str| {
-        r.warn(
-            n,
-            field,
-            format!("only {owner} reads this annotation, ignored"),
-        );
-    };
-    if let Some(n) = af.take(SOURCE_IP_ANNOTATION) {
-        let field = format!("metadata.annotations.{SOURCE_IP_ANNOTATION}");
-        match r.string(n, &field).map(|s| s.parse::<std::net::IpAddr>()) {
-            Some(Ok(ip)) if kind == "ServiceEntry" => out.source_ip = Some(ip),
-            Some(Ok(_)) => only(r, n, &field, "ServiceEntry"),
-            Some(Err(_)) => r.error(n, &field, "expected an IP address of this host"),
-            None => {}
-        }
-    }
-    if let Some(n) = af.take(DRY_RUN_ANNOTATION) {
-        let field = format!("metadata.annotations.{DRY_RUN_ANNOTATION}");
-        // Kubernetes annotations are strings; anything but the two spellings Istio
-        // documents could be read as either, so it is refused.
-        match r.string(n, &field).as_deref() {
-            Some("true") if kind == "AuthorizationPolicy" => out.dry_run = Some(true),
-            Some("false") if kind == "AuthorizationPolicy" => out.dry_run = Some(false),
-            Some("true" | "false") => only(r, n, &field, "AuthorizationPolicy"),
-            Some(other) => r.error(
-                n,
-                &field,
-                format!("expected \"true\" or \"false\", got {other:?}"),
-            ),
-            None => {}
-        }
-    }
-    // Other annotations belong to other tools.
-    af.ignore_rest();
-    out
 }
 
 fn set_mesh(

@@ -90,6 +90,8 @@ pub(crate) fn read(r: &mut Reader<'_>, meta: Meta, spec: &Node) -> Option<Servic
         endpoints,
         export_to,
         source_ip: None,
+        trusted_nets: Vec::new(),
+        kind: "ServiceEntry",
     })
 }
 

@@ -164,9 +164,26 @@ pub struct Service {
         serde(rename = "sourceIp", skip_serializing_if = "Option::is_none")
     )]
     pub source_ip: Option<std::net::IpAddr>,
+    /// Networks whose addresses this service's name may resolve to and still be dialled,
+    /// beyond [`Service::addresses`] (a Kubernetes Service's cluster-internal ones).
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "trustedNets", skip_serializing_if = "Vec::is_empty")
+    )]
+    pub trusted_nets: Vec<IpNet>,
+    /// What declared it: `ServiceEntry`, or a Kubernetes `Service`.
+    pub kind: &'static str,
 }
 
 impl Service {
+    /// The networks this service's connections may reach though internal: its addresses,
+    /// and its trusted networks.
+    pub fn trusted(&self) -> Vec<IpNet> {
+        let mut nets = self.addresses.clone();
+        nets.extend(self.trusted_nets.iter().copied());
+        nets
+    }
+
     /// An external service outside the mesh with these hosts (lower-cased, trailing dot
     /// removed; `*.suffix` for a wildcard) and ports, and no endpoints: with
     /// [`Resolution::Dns`] the host itself is resolved, with [`Resolution::Static`] add
@@ -190,6 +207,8 @@ impl Service {
             endpoints: Vec::new(),
             export_to: Vec::new(),
             source_ip: None,
+            trusted_nets: Vec::new(),
+            kind: "ServiceEntry",
         }
     }
 }

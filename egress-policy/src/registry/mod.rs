@@ -126,7 +126,7 @@ impl Registry {
     fn add(&mut self, se: &Service, rules: &[DestinationPolicy], diags: &mut Diagnostics) {
         let service = Arc::new(se.clone());
         self.services.push(service.clone());
-        let trusted: Arc<[IpNet]> = se.addresses.clone().into();
+        let trusted: Arc<[IpNet]> = se.trusted().into();
         let label: Arc<str> = se.meta.id().into();
         for port in &se.ports {
             let mut plan = plan_for(se, port, &trusted, &label);

@@ -318,7 +318,7 @@ impl Inputs<'_> {
         let policies = &self.config.destination_policies;
         for rp in registered {
             let label: Arc<str> = rp.service.meta.id().into();
-            let trusted: Arc<[ipnet::IpNet]> = rp.service.addresses.clone().into();
+            let trusted: Arc<[ipnet::IpNet]> = rp.service.trusted().into();
             let mut plan = plan_with(&rp.service, &rp.port, &trusted, &label, &labels);
             let hosts = std::slice::from_ref(&t.host);
             let subset = t.subset.as_deref();
