@@ -723,3 +723,111 @@ async fn egress_gateway_mutual_tls_origination_with_credential_task_gateway_api(
     )
     .await;
 }
+
+/// "Kubernetes Services for Egress Traffic", ExternalName: the Service my-httpbin is
+/// registered under its cluster name and reaches httpbin.org, the `Host` the client sent
+/// unchanged; other names stay unregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_externalname_service_task() {
+    let origin = egress_tests::Origin::start().await;
+    let yaml = fixture("egress-kubernetes-services-externalname.yaml");
+    let (code, out) = check(&yaml);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("Service default/my-httpbin: hosts [my-httpbin.default.svc.cluster.local] ports [80/Http]"),
+        "{out}"
+    );
+    let gw = Gateway::start(
+        &yaml,
+        &[&format!(
+            "--resolve=httpbin.org:80:127.0.0.1:{}",
+            origin.port()
+        )],
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "http://my-httpbin.default.svc.cluster.local/headers",
+    ])
+    .await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.log());
+    let seen = origin.requests();
+    assert_eq!(seen[0].uri, "/headers");
+    assert_eq!(
+        seen[0].headers["host"],
+        "my-httpbin.default.svc.cluster.local"
+    );
+    let r = curl_async(&[
+        "-x",
+        &gw.proxy_url(),
+        "http://other.default.svc.cluster.local/",
+    ])
+    .await;
+    assert_eq!(r.status, 502, "{r:?}");
+}
+
+/// "Egress TLS Origination": plain `http://edition.cnn.com` is originated over TLS on 443,
+/// `https://` passes through a CONNECT tunnel; then the sidecar-side mutual TLS origination
+/// for my-nginx with the client-credential Secret (`http://my-nginx…:443`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_tls_origination_task() {
+    let cnn_ca = TestCa::new();
+    let cnn = TlsOrigin::start(&cnn_ca.leaf(&["edition.cnn.com"]), None).await;
+    let host = "my-nginx.mesh-external.svc.cluster.local";
+    let example_ca = TestCa::new();
+    let nginx = TlsOrigin::start(&example_ca.leaf(&[host]), Some(&example_ca)).await;
+    let client = example_ca.leaf(&["client.example.com"]);
+    let creds = tempfile::tempdir().unwrap();
+    let secret = creds.path().join("client-credential");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::copy(&client.cert_path, secret.join("tls.crt")).unwrap();
+    std::fs::copy(&client.key_path, secret.join("tls.key")).unwrap();
+    std::fs::copy(&example_ca.pem_path, secret.join("ca.crt")).unwrap();
+    let yaml = fixture("egress-tls-origination.yaml");
+    let creds_arg = creds.path().display().to_string();
+    let gw = Gateway::start_with_env(
+        &yaml,
+        &[
+            &format!("--resolve=edition.cnn.com:443:127.0.0.1:{}", cnn.port()),
+            &format!("--resolve={host}:443:127.0.0.1:{}", nginx.port()),
+            "--credentials",
+            &creds_arg,
+        ],
+        &[("SSL_CERT_FILE", &cnn_ca.pem_path.display().to_string())],
+    );
+    let proxy = gw.proxy_url();
+    let r = curl_async(&["-x", &proxy, "http://edition.cnn.com/politics"]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    let cacert = cnn_ca.pem_path.display().to_string();
+    let r = curl_async(&[
+        "--cacert",
+        &cacert,
+        "-x",
+        &proxy,
+        "https://edition.cnn.com/politics",
+    ])
+    .await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(cnn.snis().len(), 2);
+    let r = curl_async(&["-x", &proxy, &format!("http://{host}:443")]).await;
+    assert_eq!(
+        (r.status, r.body.as_str()),
+        (200, "hello over tls"),
+        "{r:?}\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        nginx.client_certs.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}

@@ -271,7 +271,16 @@ pub(crate) fn read_destination_rule(
         .map(|n| read_traffic_policy(r, n, "spec.trafficPolicy"))
         .unwrap_or_default();
     let _export_to = f.take("exportTo");
-    f.finish(r, &["workloadSelector"]);
+    // The workloads whose sidecars take the rule: this gateway proxies for the clients, so
+    // the rule applies to all it proxies for, and says so.
+    if let Some(n) = f.take("workloadSelector") {
+        r.warn(
+            n,
+            "spec.workloadSelector",
+            "selects the client workloads whose sidecars apply this rule; this gateway proxies for its clients and applies it to every one",
+        );
+    }
+    f.finish(r, &[]);
     if r.diags.errors().count() > errors_before {
         return None;
     }
