@@ -78,6 +78,15 @@ pub(crate) struct ResolveDump {
     pub(crate) addresses: Vec<String>,
 }
 
+/// The resources of the configuration in force; its services are kept (once) by the
+/// registry.
+#[derive(Serialize)]
+struct Resources<'a> {
+    service_entries: &'a [Arc<egress_policy::model::Service>],
+    #[serde(flatten)]
+    config: &'a egress_policy::istio::ConfigSet,
+}
+
 #[derive(Serialize)]
 struct Dump<'a> {
     #[serde(flatten)]
@@ -88,7 +97,7 @@ struct Dump<'a> {
     /// The files of the configuration in force.
     sources: &'a [String],
     /// Every resource read, as parsed (VirtualServices, DestinationRules, Gateways, ...).
-    resources: &'a egress_policy::istio::ConfigSet,
+    resources: Resources<'a>,
     /// Documents of kinds this gateway does not read.
     ignored: &'a [String],
     /// The warnings of the configuration in force.
@@ -117,7 +126,10 @@ pub(crate) async fn handle(
                 registry: policy.registry.summary(),
                 routes: policy.routes.summary(),
                 sources: &policy.config.sources,
-                resources: &policy.config,
+                resources: Resources {
+                    service_entries: policy.registry.services(),
+                    config: &policy.config,
+                },
                 ignored: &policy.config.ignored,
                 warnings: &policy.warnings,
                 authorization: {

@@ -1,6 +1,6 @@
 //! The only place that reads configuration files.
 
-use egress_policy::compile::{Settings, compile};
+use egress_policy::compile::{Settings, compile_owned};
 use egress_policy::diag::Diagnostics;
 use egress_policy::istio::ConfigSet;
 use egress_policy::model::Binding;
@@ -74,7 +74,7 @@ pub fn load(args: &ConfigArgs) -> Result<Loaded, LoadError> {
         normalization: args.path_normalization.map(Into::into),
         mesh_certs: args.mesh_certs.clone(),
     };
-    let compiled = compile(&config, &settings).map_err(LoadError::Invalid)?;
+    let compiled = compile_owned(config, &settings).map_err(LoadError::Invalid)?;
     Ok(Loaded {
         policy: compiled.policy,
         binding: compiled.binding,

@@ -87,6 +87,13 @@ pub struct Compiled {
 /// Compiles a configuration, with the warnings found on the way; every error found, when
 /// there is one.
 pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnostics> {
+    compile_owned(config.clone(), settings)
+}
+
+/// [`compile`], for a configuration the caller hands over: it becomes the snapshot's
+/// [`Policy::config`] without a copy, its services kept once, by the registry.
+pub fn compile_owned(mut own: Config, settings: &Settings) -> Result<Compiled, Diagnostics> {
+    let config = &own;
     let binding = Binding::new(&config.gateways, &settings.gateway_labels);
     let mesh_only = mesh_only_errors(config, &own_services(config, settings, &binding));
     let (registry, mut diagnostics) = match Registry::compile(config, settings.outbound) {
@@ -101,13 +108,6 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
             return Err(d);
         }
     };
-    let mut own = config.clone();
-    let mesh_certs = add_mesh_certs(&mut own, &binding, &settings.mesh_certs);
-    if mesh_certs.has_errors() {
-        let mut d = diagnostics;
-        d.extend(mesh_certs);
-        return Err(d);
-    }
     let (routes, route_diags) = RouteTable::compile(config, &registry, &binding)?;
     diagnostics.extend(route_diags);
     let mut identity = Identity::new(&settings.gateway_name, &settings.gateway_labels, &binding);
@@ -125,7 +125,16 @@ pub fn compile(config: &Config, settings: &Settings) -> Result<Compiled, Diagnos
     if let Some(d) = weak_normalization(config, normalization) {
         diagnostics.push(d);
     }
-    let warnings = diagnostics.warnings().map(|d| d.to_string()).collect();
+    let warnings: Vec<String> = diagnostics.warnings().map(|d| d.to_string()).collect();
+    let mesh_certs = add_mesh_certs(&mut own, &binding, &settings.mesh_certs);
+    if mesh_certs.has_errors() {
+        let mut d = diagnostics;
+        d.extend(mesh_certs);
+        return Err(d);
+    }
+    // The registry holds the services (`/config_dump` shows them from there): a million
+    // hosts are kept once.
+    own.services = Vec::new();
     Ok(Compiled {
         policy: Policy {
             registry: Arc::new(registry),

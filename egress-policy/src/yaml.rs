@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// The most nodes one file may expand to (aliases included).
-const MAX_NODES: usize = 1_000_000;
+/// The most nodes aliases may add to one document: a few bytes of anchors and aliases
+/// cannot become a huge tree (the "billion laughs"). Nodes written out are bounded by the
+/// text itself, so a file of a million resources is not refused for its size.
+const MAX_ALIAS_NODES: usize = 1_000_000;
 
 /// A node and its position (1-based line and column).
 #[derive(Clone, Debug, PartialEq)]
@@ -81,21 +83,32 @@ impl Node {
 
 /// Parses every document of a (multi-document) YAML text. Empty documents are dropped.
 pub fn parse_documents(text: &str) -> Result<Vec<Node>, YamlError> {
-    let mut builder = Builder::default();
+    let mut docs = Vec::new();
+    for_each_document(text, |d| docs.push(d))?;
+    Ok(docs)
+}
+
+/// Hands each non-empty document of a YAML text to `each` as soon as it is complete, so
+/// that only one document's tree is in memory at a time; the first syntax error ends the
+/// text (the documents before it have been handed over).
+pub fn for_each_document(text: &str, mut each: impl FnMut(Node)) -> Result<(), YamlError> {
+    let mut builder = Builder {
+        each: &mut each,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        alias_nodes: 0,
+        error: None,
+    };
     let mut parser = Parser::new_from_str(text);
     parser.load(&mut builder, true).map_err(|e| YamlError {
         line: e.marker().line() as u32,
         col: e.marker().col() as u32 + 1,
         message: e.info().to_owned(),
     })?;
-    if let Some(error) = builder.error {
-        return Err(error);
+    match builder.error {
+        Some(error) => Err(error),
+        None => Ok(()),
     }
-    Ok(builder
-        .docs
-        .into_iter()
-        .filter(|d| d.value != Value::Null)
-        .collect())
 }
 
 enum Frame {
@@ -103,16 +116,16 @@ enum Frame {
     Map(Node, usize, Option<(String, u32, u32)>),
 }
 
-#[derive(Default)]
-struct Builder {
+struct Builder<'f> {
+    each: &'f mut dyn FnMut(Node),
     stack: Vec<Frame>,
-    docs: Vec<Node>,
     anchors: HashMap<usize, Node>,
-    nodes: usize,
+    /// Nodes aliases added to the current document.
+    alias_nodes: usize,
     error: Option<YamlError>,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn fail(&mut self, mark: Marker, message: impl Into<String>) {
         if self.error.is_none() {
             self.error = Some(YamlError {
@@ -128,7 +141,8 @@ impl Builder {
             self.anchors.insert(anchor, node.clone());
         }
         match self.stack.last_mut() {
-            None => self.docs.push(node),
+            None if node.value == Value::Null => {}
+            None => (self.each)(node),
             Some(Frame::Seq(seq, _)) => {
                 if let Value::Seq(items) = &mut seq.value {
                     items.push(node);
@@ -170,9 +184,9 @@ impl Builder {
         }
     }
 
-    fn count(&mut self, node: &Node, mark: Marker) -> bool {
-        self.nodes += size(node);
-        if self.nodes > MAX_NODES {
+    fn count_alias(&mut self, node: &Node, mark: Marker) -> bool {
+        self.alias_nodes += size(node);
+        if self.alias_nodes > MAX_ALIAS_NODES {
             self.fail(mark, "document too large (alias expansion limit)");
             return false;
         }
@@ -188,7 +202,7 @@ fn size(node: &Node) -> usize {
     }
 }
 
-impl MarkedEventReceiver for Builder {
+impl MarkedEventReceiver for Builder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         if self.error.is_some() {
             return;
@@ -207,10 +221,7 @@ impl MarkedEventReceiver for Builder {
                 } else {
                     Value::Scalar { text, plain }
                 };
-                let node = at(value);
-                if self.count(&node, mark) {
-                    self.push_value(node, anchor, mark);
-                }
+                self.push_value(at(value), anchor, mark);
             }
             Event::SequenceStart(anchor, _) => self
                 .stack
@@ -224,18 +235,20 @@ impl MarkedEventReceiver for Builder {
                     Some(Frame::Seq(n, a)) | Some(Frame::Map(n, a, _)) => (n, a),
                     None => return,
                 };
-                self.nodes += 1;
                 self.push_value(node, anchor, mark);
             }
             Event::Alias(id) => match self.anchors.get(&id).cloned() {
                 Some(node) => {
-                    if self.count(&node, mark) {
+                    if self.count_alias(&node, mark) {
                         self.push_value(node, 0, mark);
                     }
                 }
                 None => self.fail(mark, "unknown alias"),
             },
-            Event::DocumentEnd => self.anchors.clear(),
+            Event::DocumentEnd => {
+                self.anchors.clear();
+                self.alias_nodes = 0;
+            }
             _ => {}
         }
     }
@@ -277,5 +290,16 @@ mod tests {
         let bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n";
         let e = parse_documents(bomb).unwrap_err();
         assert!(e.message.contains("too large"), "{e}");
+    }
+
+    /// The limit is on what aliases add to one document: a long file of plain documents
+    /// (here 1.6 million nodes) is read, one document at a time.
+    #[test]
+    fn many_documents_are_not_too_large() {
+        let doc = "kind: X\nmetadata: {name: a}\nspec: {a: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}\n---\n";
+        let text = doc.repeat(100_000);
+        let mut n = 0;
+        for_each_document(&text, |_| n += 1).unwrap();
+        assert_eq!(n, 100_000);
     }
 }

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::diag::{Diagnostic, Severity};
-use crate::yaml::{Node, parse_documents};
+use crate::yaml::{Node, for_each_document};
 pub use metadata::DRY_RUN_ANNOTATION;
 use metadata::{Annotations, read_metadata};
 use reader::Reader;
@@ -116,23 +116,19 @@ impl ConfigSet {
     fn read_text(&mut self, name: &str, text: &str, state: &mut Load) {
         let file: Arc<str> = name.into();
         self.sources.push(name.to_owned());
-        let docs = match parse_documents(text) {
-            Ok(d) => d,
-            Err(e) => {
-                self.diagnostics.push(Diagnostic {
-                    severity: Severity::Error,
-                    file,
-                    line: e.line,
-                    col: e.col,
-                    resource: None,
-                    field: String::new(),
-                    message: format!("invalid YAML: {}", e.message),
-                });
-                return;
-            }
-        };
-        for doc in &docs {
-            self.read_resource(&file, doc, state);
+        // One document at a time: a file of a million resources never holds a million
+        // trees.
+        let parsed = for_each_document(text, |doc| self.read_resource(&file, &doc, state));
+        if let Err(e) = parsed {
+            self.diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file,
+                line: e.line,
+                col: e.col,
+                resource: None,
+                field: String::new(),
+                message: format!("invalid YAML: {}", e.message),
+            });
         }
     }
 

@@ -66,8 +66,12 @@ pub use traffic::{ClientTls, DestinationPolicy, LoadBalancer, Subset};
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(feature = "serde", derive(Serialize))]
 pub struct Config {
-    /// External services (Istio `ServiceEntry`).
-    #[cfg_attr(feature = "serde", serde(rename = "service_entries"))]
+    /// External services (Istio `ServiceEntry`, Kubernetes `Service`). Emptied in a
+    /// compiled [`Policy::config`](crate::snapshot::Policy::config): the registry keeps them.
+    #[cfg_attr(
+        feature = "serde",
+        serde(rename = "service_entries", skip_serializing_if = "Vec::is_empty")
+    )]
     pub services: Vec<Service>,
     /// Resources that set the outbound policy (Istio `Sidecar`).
     #[cfg_attr(feature = "serde", serde(rename = "sidecars"))]

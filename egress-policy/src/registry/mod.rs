@@ -40,9 +40,18 @@ pub struct RegisteredPort {
     pub labels: (Arc<str>, Arc<str>),
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct HostPorts {
-    ports: Vec<(u16, Arc<RegisteredPort>)>,
+    /// Usually the list its service shares among all its hosts.
+    ports: Arc<[(u16, Arc<RegisteredPort>)]>,
+}
+
+impl Default for HostPorts {
+    fn default() -> Self {
+        Self {
+            ports: Arc::new([]),
+        }
+    }
 }
 
 impl HostPorts {
@@ -128,80 +137,61 @@ impl Registry {
         self.services.push(service.clone());
         let trusted: Arc<[IpNet]> = se.trusted().into();
         let label: Arc<str> = se.meta.id().into();
-        for port in &se.ports {
-            let mut plan = plan_for(se, port, &trusted, &label);
-            plan.balance = balance_for(rules, &se.hosts, port.number, None);
-            plan.tls = tls_for(rules, &se.hosts, port.number, None);
-            let entry = Arc::new(RegisteredPort {
-                service: service.clone(),
-                port: port.clone(),
-                plan,
-                labels: (
-                    se.hosts.first().map_or("", String::as_str).into(),
-                    se.meta.name.as_str().into(),
-                ),
-            });
-            for host in &se.hosts {
-                let (map, key) = match host.strip_prefix("*.") {
-                    Some(suffix) => (&mut self.wildcard, suffix),
-                    None => match host.parse::<IpAddr>() {
-                        Ok(ip) => {
-                            insert(
-                                self.ips.entry(ip).or_default(),
-                                port.number,
-                                &entry,
-                                se,
-                                host,
-                                diags,
-                            );
-                            continue;
-                        }
-                        Err(_) => (&mut self.exact, host.as_str()),
-                    },
+        let labels: (Arc<str>, Arc<str>) = (
+            se.hosts.first().map_or("", String::as_str).into(),
+            se.meta.name.as_str().into(),
+        );
+        let list: Vec<(u16, Arc<RegisteredPort>)> = se
+            .ports
+            .iter()
+            .map(|port| {
+                let mut plan = plan_for(se, port, &trusted, &label);
+                plan.balance = balance_for(rules, &se.hosts, port.number, None);
+                plan.tls = tls_for(rules, &se.hosts, port.number, None);
+                let entry = RegisteredPort {
+                    service: service.clone(),
+                    port: port.clone(),
+                    plan,
+                    labels: labels.clone(),
                 };
-                insert(
-                    map.entry(key.into()).or_default(),
-                    port.number,
-                    &entry,
-                    se,
-                    host,
-                    diags,
-                );
-            }
-            for net in &se.addresses {
-                if net.prefix_len() == net.max_prefix_len() {
-                    let slot = self.ips.entry(net.addr()).or_default();
-                    insert(slot, port.number, &entry, se, &net.to_string(), diags);
-                } else {
-                    let mask = match net {
-                        IpNet::V4(n) => {
-                            IpNet::V4(ipnet::Ipv4Net::new_assert(n.netmask(), n.prefix_len()))
-                        }
-                        IpNet::V6(n) => {
-                            IpNet::V6(ipnet::Ipv6Net::new_assert(n.netmask(), n.prefix_len()))
-                        }
-                    };
-                    let group = match self.cidrs.iter().position(|(m, _)| *m == mask) {
-                        Some(i) => &mut self.cidrs[i].1,
-                        None => {
-                            self.cidrs.push((mask, HashMap::default()));
-                            self.cidrs
-                                .sort_by_key(|(m, _)| std::cmp::Reverse(m.prefix_len()));
-                            let i = self.cidrs.iter().position(|(m, _)| *m == mask).unwrap_or(0);
-                            &mut self.cidrs[i].1
-                        }
-                    };
-                    insert(
-                        group.entry(*net).or_default(),
-                        port.number,
-                        &entry,
-                        se,
-                        &net.to_string(),
-                        diags,
-                    );
-                }
-            }
+                (port.number, Arc::new(entry))
+            })
+            .collect();
+        // One port list for all the service's hosts: a million hosts cost a pointer each.
+        let list: Arc<[(u16, Arc<RegisteredPort>)]> = list.into();
+        for host in &se.hosts {
+            let slot = match host.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.into()).or_default(),
+                None => match host.parse::<IpAddr>() {
+                    Ok(ip) => self.ips.entry(ip).or_default(),
+                    Err(_) => self.exact.entry(host.as_str().into()).or_default(),
+                },
+            };
+            insert(slot, &list, se, host, diags);
         }
+        for net in &se.addresses {
+            let slot = if net.prefix_len() == net.max_prefix_len() {
+                self.ips.entry(net.addr()).or_default()
+            } else {
+                self.cidr_group(net).entry(*net).or_default()
+            };
+            insert(slot, &list, se, &net.to_string(), diags);
+        }
+    }
+
+    /// The table of CIDRs with this one's prefix length, kept longest first.
+    fn cidr_group(&mut self, net: &IpNet) -> &mut HashMap<IpNet, HostPorts> {
+        let mask = match net {
+            IpNet::V4(n) => IpNet::V4(ipnet::Ipv4Net::new_assert(n.netmask(), n.prefix_len())),
+            IpNet::V6(n) => IpNet::V6(ipnet::Ipv6Net::new_assert(n.netmask(), n.prefix_len())),
+        };
+        if !self.cidrs.iter().any(|(m, _)| *m == mask) {
+            self.cidrs.push((mask, HashMap::default()));
+            self.cidrs
+                .sort_by_key(|(m, _)| std::cmp::Reverse(m.prefix_len()));
+        }
+        let i = self.cidrs.iter().position(|(m, _)| *m == mask).unwrap_or(0);
+        &mut self.cidrs[i].1
     }
 
     /// The outbound policy.
@@ -309,33 +299,42 @@ impl Registry {
     }
 }
 
+/// Gives a host (or address) the ports of a service: the service's shared list when the
+/// host has none yet, else a list of its own with the ports not registered before (Istio
+/// keeps the oldest resource; here, the first one read), each conflict a warning.
 fn insert(
     slot: &mut HostPorts,
-    number: u16,
-    entry: &Arc<RegisteredPort>,
+    list: &Arc<[(u16, Arc<RegisteredPort>)]>,
     se: &Service,
     host: &str,
     diags: &mut Diagnostics,
 ) {
-    if let Some(existing) = slot.get(number) {
-        // Istio keeps the oldest resource; here, the first one read.
-        diags.push(Diagnostic {
-            severity: Severity::Warning,
-            file: se.meta.file.clone(),
-            line: se.meta.line,
-            col: 1,
-            resource: Some(format!("ServiceEntry {}", se.meta.id()).into()),
-            field: "spec.hosts".into(),
-            message: format!(
-                "{host} port {number} is already registered by ServiceEntry {} ({}:{}); this one is ignored for it",
-                existing.service.meta.id(),
-                existing.service.meta.file,
-                existing.service.meta.line
-            ),
-        });
+    if slot.ports.is_empty() {
+        slot.ports = list.clone();
         return;
     }
-    slot.ports.push((number, entry.clone()));
+    let mut merged = slot.ports.to_vec();
+    for (number, entry) in list.iter() {
+        if let Some(existing) = slot.get(*number) {
+            diags.push(Diagnostic {
+                severity: Severity::Warning,
+                file: se.meta.file.clone(),
+                line: se.meta.line,
+                col: 1,
+                resource: Some(format!("ServiceEntry {}", se.meta.id()).into()),
+                field: "spec.hosts".into(),
+                message: format!(
+                    "{host} port {number} is already registered by ServiceEntry {} ({}:{}); this one is ignored for it",
+                    existing.service.meta.id(),
+                    existing.service.meta.file,
+                    existing.service.meta.line
+                ),
+            });
+            continue;
+        }
+        merged.push((*number, entry.clone()));
+    }
+    slot.ports = merged.into();
 }
 
 fn plan_for(se: &Service, port: &Port, trusted: &Arc<[IpNet]>, label: &Arc<str>) -> UpstreamPlan {
