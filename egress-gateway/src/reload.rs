@@ -46,7 +46,23 @@ impl Reloader {
     /// Loads and compiles on a blocking thread; swaps on success.
     pub(crate) async fn reload(self: &Arc<Self>, why: &str) {
         let this = self.clone();
-        let result = tokio::task::spawn_blocking(move || config::load(&this.args)).await;
+        let started = std::time::Instant::now();
+        // A thread of its own, below the workers' priority: at 4000 rps a 100k-host reload
+        // moves p99 by 1.1x instead of 2.8x; on a saturated core it then takes 3 s instead
+        // of 0.6 s (benches/README.md).
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("egress-reload".into())
+            .spawn(move || {
+                lower_priority();
+                let _ = tx.send(config::load(&this.args));
+            });
+        let result = match spawned {
+            Ok(_) => rx
+                .await
+                .map_err(|_| "the reload thread ended without an answer".to_owned()),
+            Err(e) => Err(format!("cannot start the reload thread: {e}")),
+        };
         let at = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -60,9 +76,11 @@ impl Reloader {
                 // One store of one compiled whole (registry, routes, security, and the
                 // resources the dump shows): a request or a dump sees the old
                 // configuration or the new one, never parts of both.
-                self.policy.store(policy);
+                let old = self.policy.swap(policy);
+                free_when_unused(old);
                 self.successes.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(trigger = why, services, "configuration reloaded");
+                let took_ms = started.elapsed().as_secs_f64() * 1e3;
+                tracing::info!(trigger = why, services, took_ms, "configuration reloaded");
                 ReloadStatus {
                     outcome: "success".into(),
                     at,
@@ -87,7 +105,7 @@ impl Reloader {
             }
             Err(e) => {
                 self.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%e, "configuration reload task failed");
+                tracing::error!(e, "configuration reload task failed");
                 ReloadStatus {
                     outcome: "failure".into(),
                     at,
@@ -204,4 +222,36 @@ fn collect(path: &Path, out: &mut Vec<(PathBuf, Option<SystemTime>, u64)>) {
             collect(&p, out);
         }
     }
+}
+
+/// Lowers the calling thread's scheduling priority (nice +10 on Linux, where each thread has
+/// its own): a reload still finishes under load, and requests come first meanwhile.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    #[allow(
+        unsafe_code,
+        reason = "gettid and setpriority have no safe wrapper in std"
+    )]
+    // SAFETY: both calls take plain integers and touch only this thread's scheduling.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+    }
+}
+
+/// Frees the replaced configuration on a thread of its own once the requests that started
+/// with it are done: freeing a large one takes milliseconds, which would otherwise stall
+/// the worker of the request that let it go last. Waits at most ten minutes (a request
+/// that outlives that frees it itself).
+fn free_when_unused(old: std::sync::Arc<egress_policy::snapshot::Policy>) {
+    let _ = std::thread::Builder::new()
+        .name("egress-free".into())
+        .spawn(move || {
+            lower_priority();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while std::sync::Arc::strong_count(&old) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            drop(old);
+        });
 }

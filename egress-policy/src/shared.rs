@@ -24,6 +24,12 @@ impl<T> Shared<T> {
         self.0.store(Arc::new(value));
     }
 
+    /// Replaces the value, handing back the one it replaces (so that the caller chooses
+    /// where a large one is freed).
+    pub fn swap(&self, value: T) -> Arc<T> {
+        self.0.swap(Arc::new(value))
+    }
+
     /// Replaces the value with one already shared.
     pub fn store_arc(&self, value: Arc<T>) {
         self.0.store(value);
