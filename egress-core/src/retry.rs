@@ -78,7 +78,11 @@ where
         let Some(body) = replay else {
             return InnerOrBoxed::inner(self.inner.call(req));
         };
-        let svc = self.inner.clone();
+        // The service made ready by `poll_ready` goes with the request (tower's idiom: a
+        // clone takes its place here); every attempt uses it, made ready again after the
+        // first, so attempts clone no service.
+        let clone = self.inner.clone();
+        let mut svc = std::mem::replace(&mut self.inner, clone);
         let (parts, _) = req.into_parts();
         InnerOrBoxed::boxed(
             // Boxed: attempts loop over clones of the request.
@@ -92,7 +96,10 @@ where
                     *req.version_mut() = parts.version;
                     *req.headers_mut() = parts.headers.clone();
                     *req.extensions_mut() = parts.extensions.clone();
-                    let call = svc.clone().oneshot(req);
+                    if attempt > 0 {
+                        svc.ready().await.map_err(Into::into)?;
+                    }
+                    let call = svc.call(req);
                     let result: Result<Response<RspB>, BoxError> = match policy.per_try_timeout {
                         Some(t) => match tokio::time::timeout(t, call).await {
                             Ok(r) => r.map_err(Into::into),
@@ -235,7 +242,7 @@ mod tests {
         );
         let only_409 = RetryPolicy {
             attempts: 3,
-            statuses: vec![409],
+            statuses: Arc::from([409]),
             ..RetryPolicy::default()
         };
         let (svc, calls) = upstream(5, Duration::ZERO);

@@ -398,8 +398,8 @@ pub struct RetryPolicy {
     pub on_connect_failure: bool,
     /// Retry when the upstream resets or closes mid-exchange.
     pub on_reset: bool,
-    /// Retry these statuses.
-    pub statuses: Vec<u16>,
+    /// Retry these statuses (shared: the policy is copied into every request of its route).
+    pub statuses: Arc<[u16]>,
 }
 
 impl RetryPolicy {
