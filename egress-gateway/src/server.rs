@@ -3,8 +3,7 @@
 use egress_core::proxy_headers::ProxyHeadersConfig;
 use egress_core::transport::Overrides;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,6 @@ use crate::setup::{
 };
 use crate::stack::{self, StackConfig};
 use egress_policy::snapshot::PolicyStore;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::task::TaskTracker;
 
 /// A gateway whose listeners are bound and which is ready to serve.
@@ -104,7 +102,7 @@ impl Gateway {
         let tunnels = TaskTracker::new();
         let tunnel_slots = Arc::new(Semaphore::new(args.max_tunnels));
         let metrics = metrics(args)?;
-        let graceful = Arc::new(GracefulShutdown::new());
+        let graceful = Arc::new(crate::listeners::Drain::new());
         let stack_config = StackConfig {
             policy: policy.clone(),
             dialer,
@@ -182,7 +180,7 @@ async fn serve_until_shutdown(
     state: Arc<AdminState>,
     mut tasks: tokio::task::JoinSet<()>,
     tunnels: &TaskTracker,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<crate::listeners::Drain>,
     args: &RunArgs,
 ) {
     let proxy_addr = state.dump.listeners.proxy;
@@ -290,9 +288,9 @@ fn spawn_listeners<S>(
     servers: Vec<ServerListener>,
     svc: S,
     stack_config: &StackConfig,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<crate::listeners::HttpServers>,
     limit: Arc<Semaphore>,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<crate::listeners::Drain>,
     args: &RunArgs,
 ) -> tokio::task::JoinSet<()>
 where
@@ -377,7 +375,7 @@ async fn drain(
     state: &AdminState,
     mut tasks: tokio::task::JoinSet<()>,
     tunnels: &TaskTracker,
-    graceful: Arc<GracefulShutdown>,
+    graceful: Arc<crate::listeners::Drain>,
     deadline: std::time::Duration,
 ) {
     state.ready.store(false, Ordering::Release);

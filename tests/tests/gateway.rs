@@ -740,3 +740,21 @@ async fn per_service_entry_source_address() {
         set.diagnostics
     );
 }
+
+/// A connection that sends nothing, or only the start of the HTTP/2 preface, is closed
+/// after the header read timeout: telling HTTP/1.1 from HTTP/2 waits no longer than that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let gw = Gateway::start("", &["--header-read-timeout=500ms"]);
+    for first in [&b""[..], b"PRI", b"PRI * HTTP/2.0\r\n"] {
+        let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+            "connection that sent {first:?} left open"
+        );
+    }
+}

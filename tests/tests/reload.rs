@@ -149,6 +149,44 @@ async fn sigterm_drains_in_flight_requests() {
     assert_eq!(code, Some(0));
 }
 
+/// The drain closes idle keep-alive connections at once instead of waiting out the drain
+/// timeout for them.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_idle_keep_alive_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let port = origin.port();
+    let mut gw = Gateway::start(
+        &service_entry("o", "o.test", port, "HTTP", "  resolution: DNS\n"),
+        &[&mapped("o.test", &origin), "--drain-timeout=30s"],
+    );
+    let mut s = tokio::net::TcpStream::connect(gw.proxy).await.unwrap();
+    let req = format!("GET / HTTP/1.1\r\nHost: o.test:{port}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &gw.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let eof = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await;
+    assert!(
+        matches!(eof, Ok(Ok(0)) | Ok(Err(_))),
+        "idle connection kept open: {eof:?}"
+    );
+    let code = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "the drain waited for an idle connection");
+}
+
 /// 100 reloads while requests flow: none fails, and memory stays put.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
