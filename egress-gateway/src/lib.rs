@@ -34,6 +34,7 @@ pub mod server;
 pub mod stack;
 
 mod admin;
+mod client_conn;
 mod jwks;
 mod listeners;
 mod passthrough;

@@ -6,9 +6,7 @@ use egress_core::ctx::{ClientAddr, ClientCertificate, Outcome, RejectionKind, So
 use egress_core::framing::{AmbiguousFraming, ConnectionFraming, FramingGuard};
 use egress_core::telemetry::Metrics;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::cli::RunArgs;
+use crate::client_conn::{Drain, FirstBytes, HttpServers, serve_http1, silent_for, speaks_http1};
 use crate::config::Loaded;
 use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
@@ -40,151 +39,6 @@ enum Kind {
     Http,
     Passthrough,
     Tcp,
-}
-
-/// The client-facing HTTP/1.1 and h2 servers: header read timeout and size, streams,
-/// keep-alive pings.
-///
-/// A plain connection whose first bytes are not the HTTP/2 preface is served by hyper's
-/// HTTP/1.1 server alone; the others (h2 prior knowledge, TLS) by hyper-util's `auto`
-/// server, which tells the two apart itself. The split is for memory: an `auto` connection is
-/// sized for its HTTP/2 state even when the client speaks HTTP/1.1, and an idle keep-alive
-/// connection keeps that size for its whole life.
-pub(crate) struct HttpServers {
-    auto: auto::Builder<TokioExecutor>,
-    http1: hyper::server::conn::http1::Builder,
-    /// How long a new connection may take to send its first bytes.
-    first_bytes: std::time::Duration,
-}
-
-pub(crate) fn http_builder(args: &RunArgs) -> HttpServers {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    let max_buf = args.max_header_bytes.max(8192);
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout)
-        .max_buf_size(max_buf)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(args.max_header_bytes as u32)
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(std::time::Duration::from_secs(30)));
-    let mut http1 = hyper::server::conn::http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(args.header_read_timeout)
-        .max_buf_size(max_buf)
-        .keep_alive(true);
-    HttpServers {
-        auto: builder,
-        http1,
-        first_bytes: args.header_read_timeout,
-    }
-}
-
-/// The drain of client connections: hyper-util's graceful shutdown for the connections it
-/// can watch, and a signal for the plain HTTP/1.1 ones (hyper's upgradeable HTTP/1.1
-/// connection, which CONNECT needs, is not among them). Those hold a watcher without
-/// watching, so the shutdown still waits for them.
-pub(crate) struct Drain {
-    graceful: GracefulShutdown,
-    started: tokio::sync::watch::Sender<bool>,
-}
-
-impl Drain {
-    pub(crate) fn new() -> Self {
-        Self {
-            graceful: GracefulShutdown::new(),
-            started: tokio::sync::watch::Sender::new(false),
-        }
-    }
-
-    /// Connections not yet closed.
-    pub(crate) fn count(&self) -> usize {
-        self.graceful.count()
-    }
-
-    /// Asks every connection to finish its in-flight requests and close; resolves when
-    /// they have.
-    pub(crate) async fn shutdown(self) {
-        self.started.send_replace(true);
-        self.graceful.shutdown().await;
-    }
-}
-
-/// Serves a plain HTTP/1.1 connection until it closes, or until the drain starts and its
-/// in-flight request is done.
-async fn serve_http1<C>(
-    conn: C,
-    mut started: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), hyper::Error>
-where
-    C: Future<Output = Result<(), hyper::Error>> + GracefulHttp1,
-{
-    let mut conn = std::pin::pin!(conn);
-    tokio::select! {
-        result = conn.as_mut() => result,
-        () = async {
-            if started.wait_for(|s| *s).await.is_err() {
-                std::future::pending::<()>().await;
-            }
-        } => {
-            conn.as_mut().shutdown_gracefully();
-            conn.await
-        }
-    }
-}
-
-/// The graceful shutdown of hyper's upgradeable HTTP/1.1 connection.
-trait GracefulHttp1 {
-    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>);
-}
-
-impl<I, S, B> GracefulHttp1 for hyper::server::conn::http1::UpgradeableConnection<I, S>
-where
-    S: hyper::service::HttpService<Incoming, ResBody = B>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    B: hyper::body::Body + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shutdown_gracefully(self: std::pin::Pin<&mut Self>) {
-        self.graceful_shutdown();
-    }
-}
-
-/// The HTTP/2 connection preface (RFC 9113 section 3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a plain connection is HTTP/1.1 (`false`: it sent the whole HTTP/2 preface), from
-/// its first bytes, peeked, not consumed. `None` when it closed or did not say within the
-/// time allowed: a silent connection, or one that stalls inside the preface, is dropped
-/// instead of being held by a server that would wait for it without a deadline.
-async fn speaks_http1(io: &tokio::net::TcpStream, wait: std::time::Duration) -> Option<bool> {
-    let decide = async {
-        let mut buf = [0u8; H2_PREFACE.len()];
-        let mut pause = std::time::Duration::from_millis(1);
-        loop {
-            let n = io.peek(&mut buf).await.ok()?;
-            if n == 0 {
-                return None;
-            }
-            if !H2_PREFACE.starts_with(&buf[..n]) {
-                return Some(true);
-            }
-            if n == buf.len() {
-                return Some(false);
-            }
-            // Part of the preface: peek returns at once while bytes are queued, so wait
-            // for more with a growing pause rather than spinning.
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(std::time::Duration::from_millis(100));
-        }
-    };
-    tokio::time::timeout(wait, decide).await.ok().flatten()
 }
 
 /// The servers of the selected `Gateway`s that share one port.
@@ -377,6 +231,34 @@ where
     ))
 }
 
+/// The next connection and its slot under `--max-connections`; `None` when accepting
+/// failed or the limit was hit (logged, counted, and the connection closed).
+async fn accept_one(
+    listener: &TcpListener,
+    limit: &Arc<Semaphore>,
+    metrics: &Metrics,
+) -> Option<(
+    tokio::net::TcpStream,
+    SocketAddr,
+    tokio::sync::OwnedSemaphorePermit,
+)> {
+    let (io, peer) = match listener.accept().await {
+        Ok(c) => c,
+        Err(error) => {
+            // EMFILE and friends: back off instead of spinning.
+            tracing::warn!(%error, "accept failed");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            return None;
+        }
+    };
+    let Ok(permit) = limit.clone().try_acquire_owned() else {
+        metrics.limit_hit("max_connections");
+        tracing::warn!(%peer, "connection refused: --max-connections reached");
+        return None;
+    };
+    Some((io, peer, permit))
+}
+
 pub(crate) async fn accept_loop<S>(
     listener: TcpListener,
     svc: S,
@@ -396,19 +278,7 @@ pub(crate) async fn accept_loop<S>(
     S::Future: Send + 'static,
 {
     loop {
-        let (io, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            metrics.limit_hit("max_connections");
-            tracing::warn!(%peer, "connection refused: --max-connections reached");
-            drop(io);
+        let Some((io, peer, permit)) = accept_one(&listener, &limit, &metrics).await else {
             continue;
         };
         let _ = io.set_nodelay(true);
@@ -418,8 +288,7 @@ pub(crate) async fn accept_loop<S>(
         // A watcher, not the shutdown handle: the drain must be able to take the handle back.
         let watcher = drain.graceful.watcher();
         let started = drain.started.subscribe();
-        let tls = tls.clone();
-        let Some(acceptor) = tls else {
+        let Some(acceptor) = tls.clone() else {
             // Two tasks of their own types: each is sized for the server it runs.
             tokio::spawn(async move {
                 let _permit = permit;
@@ -458,13 +327,33 @@ pub(crate) async fn accept_loop<S>(
             else {
                 return;
             };
+            // ALPN said which protocol: HTTP/1.1 gets its own server, as on plain
+            // listeners, whose header read timeout also bounds a client that sends nothing.
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let (stream, framing) = FramingGuard::new(stream);
             let svc = with_client(svc, peer, principal, cert, framing);
-            let conn = builder
-                .auto
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .into_owned();
-            if let Err(error) = watcher.watch(conn).await {
+            let result = if h2 {
+                // h2 has no deadline for the client's preface: the first bytes get one.
+                let (stream, seen) = FirstBytes::new(stream);
+                let conn = builder
+                    .auto
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                    .into_owned();
+                tokio::select! {
+                    result = watcher.watch(conn) => result,
+                    () = silent_for(builder.first_bytes, &seen) => {
+                        Err("no bytes within the header read timeout after the TLS handshake".into())
+                    }
+                }
+            } else {
+                let conn = builder
+                    .http1
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades();
+                let _counted = watcher;
+                serve_http1(conn, started).await.map_err(Into::into)
+            };
+            if let Err(error) = result {
                 log_connection_error(&*error, peer, &metrics);
             }
         });

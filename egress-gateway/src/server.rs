@@ -12,8 +12,9 @@ use tokio::sync::Semaphore;
 
 use crate::admin::{AdminState, GatewayDump, Listeners, ResolveDump, StaticDump};
 use crate::cli::RunArgs;
+use crate::client_conn::http_builder;
 use crate::config::Loaded;
-use crate::listeners::{ServerListener, accept_loop, bind_servers, http_builder};
+use crate::listeners::{ServerListener, accept_loop, bind_servers};
 pub use crate::setup::StartError;
 use crate::setup::{
     Otlp, dialer, metrics, mirror, otlp, overrides, upstream_config, upstream_proxy,
@@ -102,7 +103,7 @@ impl Gateway {
         let tunnels = TaskTracker::new();
         let tunnel_slots = Arc::new(Semaphore::new(args.max_tunnels));
         let metrics = metrics(args)?;
-        let graceful = Arc::new(crate::listeners::Drain::new());
+        let graceful = Arc::new(crate::client_conn::Drain::new());
         let stack_config = StackConfig {
             policy: policy.clone(),
             dialer,
@@ -180,7 +181,7 @@ async fn serve_until_shutdown(
     state: Arc<AdminState>,
     mut tasks: tokio::task::JoinSet<()>,
     tunnels: &TaskTracker,
-    graceful: Arc<crate::listeners::Drain>,
+    graceful: Arc<crate::client_conn::Drain>,
     args: &RunArgs,
 ) {
     let proxy_addr = state.dump.listeners.proxy;
@@ -288,9 +289,9 @@ fn spawn_listeners<S>(
     servers: Vec<ServerListener>,
     svc: S,
     stack_config: &StackConfig,
-    builder: Arc<crate::listeners::HttpServers>,
+    builder: Arc<crate::client_conn::HttpServers>,
     limit: Arc<Semaphore>,
-    graceful: Arc<crate::listeners::Drain>,
+    graceful: Arc<crate::client_conn::Drain>,
     args: &RunArgs,
 ) -> tokio::task::JoinSet<()>
 where
@@ -375,7 +376,7 @@ async fn drain(
     state: &AdminState,
     mut tasks: tokio::task::JoinSet<()>,
     tunnels: &TaskTracker,
-    graceful: Arc<crate::listeners::Drain>,
+    graceful: Arc<crate::client_conn::Drain>,
     deadline: std::time::Duration,
 ) {
     state.ready.store(false, Ordering::Release);

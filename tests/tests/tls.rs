@@ -572,6 +572,41 @@ spec:
 
 /// Gateway servers that terminate TLS from workloads: SIMPLE, and MUTUAL with client
 /// certificates verified against the server's caCertificates.
+/// A client that completes the TLS handshake (HTTP/1.1 or h2 by ALPN) and then sends
+/// nothing is closed by the header read timeout, not held.
+async fn silent_tls_clients_are_closed(port: u16, ca: &TestCa) {
+    use tokio::io::AsyncReadExt;
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca.pem_path).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let name = rustls::pki_types::ServerName::try_from("api.test").unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        let mut buf = [0u8; 256];
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            loop {
+                match tls.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    // An h2 server's SETTINGS and pings may come first.
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "silent TLS client ({alpn:?}) left open");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn terminating_gateway_servers() {
     let origin = egress_tests::Origin::start().await;
@@ -627,12 +662,13 @@ spec:
     );
     let gw = Gateway::start(
         &yaml,
-        &[&format!(
-            "--resolve=api.test:80:127.0.0.1:{}",
-            origin.port()
-        )],
+        &[
+            &format!("--resolve=api.test:80:127.0.0.1:{}", origin.port()),
+            "--header-read-timeout=500ms",
+        ],
     );
     let ca = server_ca.pem_path.display().to_string();
+    silent_tls_clients_are_closed(simple_port, &server_ca).await;
     let url = |port: u16| format!("https://api.test:{port}/over-tls");
     let resolve = |port: u16| format!("api.test:{port}:127.0.0.1");
 
