@@ -61,6 +61,16 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+/// The request series of one label set (handles into the four request families).
+#[derive(Clone, Debug)]
+pub(super) struct RequestSeries {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    /// Observed when the response body's size is known (at once, or when it ends).
+    pub(super) response_bytes: Histogram,
+}
+
 /// The metrics of the gateway; encode them with [`Metrics::encode`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -68,7 +78,10 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
     request_bytes: Family<RequestLabels, Histogram>,
-    pub(super) response_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
+    /// The four series of each label set, resolved once: a request then hashes its labels
+    /// once instead of once per family. The handles share their values with the families.
+    series: std::sync::RwLock<std::collections::HashMap<RequestLabels, RequestSeries>>,
     refusals: Family<ReasonLabels, Counter>,
     tcp_opened: Family<TcpLabels, Counter>,
     tcp_closed: Family<TcpLabels, Counter>,
@@ -225,6 +238,7 @@ impl Metrics {
             duration,
             request_bytes,
             response_bytes,
+            series: std::sync::RwLock::default(),
             refusals,
             tcp_opened,
             tcp_closed,
@@ -237,6 +251,23 @@ impl Metrics {
             access_log,
             access_file: None,
         })
+    }
+
+    /// The series of `labels`, made on first use.
+    fn series(&self, labels: &RequestLabels) -> RequestSeries {
+        if let Some(s) = self.series.read().ok().and_then(|m| m.get(labels).cloned()) {
+            return s;
+        }
+        let s = RequestSeries {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        };
+        if let Ok(mut m) = self.series.write() {
+            m.insert(labels.clone(), s.clone());
+        }
+        s
     }
 
     /// Counts what dry-run policies would have decided: one sample per shadow engine.
@@ -383,7 +414,7 @@ pub(super) struct RequestInfo {
     pub(super) version: http::Version,
 }
 
-/// Counts one answered request and writes its access log line; the labels are kept
+/// Counts one answered request and writes its access log line; the series are returned
 /// for the response size, recorded when the body ends.
 pub(super) fn record<B>(
     metrics: &Metrics,
@@ -391,7 +422,7 @@ pub(super) fn record<B>(
     info: &RequestInfo,
     rsp: &Response<B>,
     elapsed: std::time::Duration,
-) -> RequestLabels {
+) -> RequestSeries {
     // What the gateway answered, as typed facts: never re-read from the headers that only
     // render them for the client.
     let ext = rsp.extensions();
@@ -435,12 +466,10 @@ pub(super) fn record<B>(
         egress_reason: reason,
     };
     let ms = elapsed.as_secs_f64() * 1000.0;
-    metrics.requests.get_or_create(&labels).inc();
-    metrics.duration.get_or_create(&labels).observe(ms);
-    metrics
-        .request_bytes
-        .get_or_create(&labels)
-        .observe(slot.request_bytes() as f64);
+    let series = metrics.series(&labels);
+    series.requests.inc();
+    series.duration.observe(ms);
+    series.request_bytes.observe(slot.request_bytes() as f64);
     if let Some(d) = slot.dry_run() {
         metrics.count_dry_run(d);
     }
@@ -453,7 +482,7 @@ pub(super) fn record<B>(
     if metrics.access_log {
         access_log(metrics, slot, info, rsp, &labels, ms);
     }
-    labels
+    series
 }
 
 /// The request's access log line: to the access log file when there is one, else as a
