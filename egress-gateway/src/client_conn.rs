@@ -56,7 +56,8 @@ pub(crate) fn http_builder(args: &RunArgs) -> HttpServers {
 /// The drain of client connections: hyper-util's graceful shutdown for the connections it
 /// can watch, and a signal for the plain HTTP/1.1 ones (hyper's upgradeable HTTP/1.1
 /// connection, which CONNECT needs, is not among them). Those hold a watcher without
-/// watching, so the shutdown still waits for them.
+/// watching, so the shutdown still waits for them. Connections take watchers, never the
+/// shutdown handle: the drain must be able to take that back.
 pub(crate) struct Drain {
     pub(crate) graceful: GracefulShutdown,
     pub(crate) started: tokio::sync::watch::Sender<bool>,
@@ -194,14 +195,14 @@ pub(crate) async fn silent_for(wait: std::time::Duration, seen: &std::sync::atom
 /// The HTTP/2 connection preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether a plain connection is HTTP/1.1 (`false`: it sent the whole HTTP/2 preface), from
-/// its first bytes, peeked, not consumed. `None` when it closed or did not say within the
-/// time allowed: a silent connection, or one that stalls inside the preface, is dropped
-/// instead of being held by a server that would wait for it without a deadline.
+/// Whether a plain connection is HTTP/1.1 (`Ok(false)`: it sent the whole HTTP/2 preface),
+/// from its first bytes, peeked, not consumed; `Err` when it closed first, or did not say
+/// within the time allowed: a silent connection, or one that stalls inside the preface, is
+/// dropped instead of being held by a server that would wait for it without a deadline.
 pub(crate) async fn speaks_http1(
     io: &tokio::net::TcpStream,
     wait: std::time::Duration,
-) -> Option<bool> {
+) -> Result<bool, Silent> {
     let decide = async {
         let mut buf = [0u8; H2_PREFACE.len()];
         let mut pause = std::time::Duration::from_millis(1);
@@ -222,5 +223,16 @@ pub(crate) async fn speaks_http1(
             pause = (pause * 2).min(std::time::Duration::from_millis(100));
         }
     };
-    tokio::time::timeout(wait, decide).await.ok().flatten()
+    match tokio::time::timeout(wait, decide).await {
+        Ok(Some(http1)) => Ok(http1),
+        Ok(None) => Err(Silent::Closed),
+        Err(_) => Err(Silent::TimedOut),
+    }
+}
+
+/// Why a connection was not served: it sent nothing before it closed, or before the deadline.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Silent {
+    Closed,
+    TimedOut,
 }

@@ -14,7 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::cli::RunArgs;
-use crate::client_conn::{Drain, FirstBytes, HttpServers, serve_http1, silent_for, speaks_http1};
+use crate::client_conn::{
+    Drain, FirstBytes, HttpServers, Silent, serve_http1, silent_for, speaks_http1,
+};
 use crate::config::Loaded;
 use egress_policy::istio::{Protocol, ServerTlsFiles};
 use egress_policy::routes::ServerHosts;
@@ -231,6 +233,15 @@ where
     ))
 }
 
+/// A connection closed before it sent a byte: counted and logged when it was the deadline
+/// (`--header-read-timeout`) that closed it; a client that just hung up is not a refusal.
+fn log_silent(silent: Silent, peer: SocketAddr, metrics: &Metrics) {
+    if silent == Silent::TimedOut {
+        metrics.limit_hit("header_read_timeout");
+        tracing::info!(%peer, "connection closed: no request within --header-read-timeout");
+    }
+}
+
 /// The next connection and its slot under `--max-connections`; `None` when accepting
 /// failed or the limit was hit (logged, counted, and the connection closed).
 async fn accept_one(
@@ -285,15 +296,15 @@ pub(crate) async fn accept_loop<S>(
         let svc = svc.clone();
         let builder = builder.clone();
         let metrics = metrics.clone();
-        // A watcher, not the shutdown handle: the drain must be able to take the handle back.
         let watcher = drain.graceful.watcher();
         let started = drain.started.subscribe();
         let Some(acceptor) = tls.clone() else {
             // Two tasks of their own types: each is sized for the server it runs.
             tokio::spawn(async move {
                 let _permit = permit;
-                let Some(http1) = speaks_http1(&io, builder.first_bytes).await else {
-                    return;
+                let http1 = match speaks_http1(&io, builder.first_bytes).await {
+                    Ok(http1) => http1,
+                    Err(silent) => return log_silent(silent, peer, &metrics),
                 };
                 // The client's address travels with each of its requests (consistent hashing
                 // by source IP, authorization by ipBlocks), and so does a proven principal.
@@ -342,7 +353,7 @@ pub(crate) async fn accept_loop<S>(
                 tokio::select! {
                     result = watcher.watch(conn) => result,
                     () = silent_for(builder.first_bytes, &seen) => {
-                        Err("no bytes within the header read timeout after the TLS handshake".into())
+                        return log_silent(Silent::TimedOut, peer, &metrics);
                     }
                 }
             } else {

@@ -757,4 +757,18 @@ async fn silent_connections_are_closed() {
             "connection that sent {first:?} left open"
         );
     }
+    // Each is a refusal by a limit: counted (and logged).
+    let metrics = curl_async(&[&format!("http://{}/stats/prometheus", gw.admin)]).await;
+    assert!(
+        metrics
+            .body
+            .contains("egress_limit_hits_total{limit=\"header_read_timeout\"} 3"),
+        "{}",
+        metrics.body
+    );
+    assert!(
+        gw.log().contains("no request within --header-read-timeout"),
+        "{}",
+        gw.log()
+    );
 }
